@@ -1,0 +1,5 @@
+import sys
+
+from vnp.cli import main
+
+sys.exit(main())

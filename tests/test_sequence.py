@@ -1,0 +1,260 @@
+"""The sequence stage: reading, chunking, six-frame translation and `vnp translate`."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import baseline_translate as baseline
+from vnp.chunking import chunk_spans
+from vnp.errors import InputError
+from vnp.seqio import input_stem, iter_records
+from vnp.translate import Chunk, main as translate_main, reverse_complement, translate_chunks
+
+
+def spans1(n: int, L: int) -> list[tuple[int, int]]:
+    """1-based inclusive chunk coordinates."""
+    return [(s.start + 1, s.end) for s in chunk_spans(n, L)]
+
+
+def kept(seq: str, cid: str = "c") -> list[tuple[str, str, str]]:
+    (frames,) = translate_chunks([Chunk(cid, "r", 1, 1, len(seq), seq)])
+    return [(f.id, f.nucleotide, f.protein) for f in frames]
+
+
+# --- chunking -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, L, expected", [
+    (1, 500, [(1, 1)]),                                   # shorter than L: keeps what there is
+    (499, 500, [(1, 499)]),
+    (500, 500, [(1, 500)]),                               # n = L
+    (501, 500, [(1, 500), (251, 501)]),                   # n = L + 1: shift int(499/2)+1 = 250
+    (700, 500, [(1, 500), (350, 700)]),                   # shift 151, last chunk 351 bp (quirk)
+    (1000, 500, [(1, 500), (501, 1000)]),                 # L divides n: no overlap
+    (1001, 500, [(1, 500), (334, 833), (667, 1001)]),     # shifts 167, 167: last chunk 335 bp
+    (1500, 500, [(1, 500), (501, 1000), (1001, 1500)]),
+    (10, 3, [(1, 3), (3, 5), (5, 7), (8, 10)]),           # surplus 2 over 4 chunks: shifts 1, 1, 0
+    (650, 300, [(1, 300), (217, 516), (433, 650)]),       # L = 300: shifts int(250/3)+1 = 84, 84
+])
+def test_chunk_coordinates_exact(n, L, expected):
+    assert spans1(n, L) == expected
+
+
+def test_empty_sequence_has_no_chunk():
+    assert chunk_spans(0, 500) == []
+
+
+def test_chunk_plan_properties():
+    rng = random.Random(7)
+    for _ in range(3000):
+        L = rng.choice([1, 2, 3, 7, 50, 300, 500])
+        n = rng.randint(1, 6 * L + 5)
+        spans = chunk_spans(n, L)
+        assert len(spans) == -(-n // L)
+        covered = [False] * n
+        for s in spans:
+            assert 0 <= s.start < s.end <= n
+            covered[s.start:s.end] = [True] * (s.end - s.start)
+        assert all(covered), (n, L)
+        # every chunk but the last is exactly L long; a sequence shorter than L is one chunk
+        assert all(s.end - s.start == L for s in spans[:-1])
+        assert spans[-1].end == n
+        if n < L:
+            assert (spans[0].start, spans[0].end) == (0, n)
+        assert [(s.start, s.end) for s in spans] == baseline.spans(n, L)
+
+
+# --- translation ----------------------------------------------------------------------------
+
+def test_six_frames_known_translation():
+    # ATGGCCAAA: F1 MAK, F2 TGG CCA = WP, F3 GGC CAA = GQ; reverse complement TTTGGCCAT:
+    # R1 TTT GGC CAT = FGH, R2 TTG GCC = LA, R3 TGG CCA = WP. The nucleotide is one base longer
+    # than the coding region where the chunk allows it.
+    assert kept("ATGGCCAAA") == [
+        ("cF1", "ATGGCCAAA", "MAK"),
+        ("cF2", "TGGCCAA", "WP"),
+        ("cF3", "GGCCAAA", "GQ"),
+        ("cR1", "TTTGGCCAT", "FGH"),
+        ("cR2", "TTGGCCA", "LA"),
+        ("cR3", "TGGCCAT", "WP"),
+    ]
+
+
+def test_frames_with_stop_are_dropped():
+    # F1: ATG TAA -> M*; F2: TGT AAC -> CN; F3: GTA -> V. Reverse GTTACAT: R1 GTT ACA -> VT,
+    # R2 TTA CAT -> LH, R3 TAC -> Y.
+    assert [f[0] for f in kept("ATGTAAC")] == ["cF2", "cF3", "cR1", "cR2", "cR3"]
+    assert kept("ATGTAAC")[0] == ("cF2", "TGTAAC", "CN")
+
+
+def test_ambiguous_codons_are_dropped_silently():
+    # F1 ATG NNN AAA -> M K; the stored slice still follows len(protein): seq[0 : 1 + 6].
+    frames = dict((i, (n, p)) for i, n, p in kept("ATGNNNAAA"))
+    assert frames["cF1"] == ("ATGNNNA", "MK")
+
+
+def test_reverse_complement_keeps_iupac_codes():
+    assert reverse_complement("ACGTRYN") == "NYRACGT"
+    assert reverse_complement("acgt") == "acgt"
+
+
+def test_lower_case_is_translated_as_upper_case():
+    assert kept("atggccaaa") == kept("ATGGCCAAA")
+
+
+@pytest.mark.parametrize("seq", ["", "A", "AT", "NNNNNN", "TAATAGTGA"])
+def test_sequences_without_frames(seq):
+    assert kept(seq) == [] or all("*" not in p and p for _, _, p in kept(seq))
+    if len(seq) < 3 or set(seq) == {"N"}:
+        assert kept(seq) == []
+
+
+def test_matches_per_codon_baseline_on_random_chunks():
+    rng = random.Random(11)
+    alphabet = "ACGT" * 20 + "acgtNRY"
+    records = [(f"s{i}", "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 130)))) for i in range(400)]
+    expected = list(baseline.translate_records(records, 37))
+    chunks = []
+    for rid, seq in records:
+        for span in chunk_spans(len(seq), 37):
+            chunks.append(Chunk(f"{rid}_chunk_{span.number}", rid, span.number, span.start + 1, span.end,
+                                seq[span.start:span.end]))
+    got = translate_chunks(chunks)
+    assert [c.id for c in chunks] == [e[0] for e in expected]
+    assert [c.seq for c in chunks] == [e[1] for e in expected]
+    assert [[(f.id, f.nucleotide, f.protein) for f in fr] for fr in got] == [e[2] for e in expected]
+    assert sum(len(fr) for fr in got) > 100  # the comparison covered many kept frames
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_record_ids_and_multiline_fasta(tmp_path):
+    path = write(tmp_path / "a.fa", ">s1 some description\nACGT\nAC GT\r\n\n>s2\nNNNN\n")
+    records = list(iter_records(path))
+    assert [(r.id, r.seq, r.line) for r in records] == [("s1", "ACGTACGT", 1), ("s2", "NNNN", 5)]
+
+
+@pytest.mark.parametrize("opener, suffix", [(gzip.open, ".gz"), (bz2.open, ".bz2"), (lzma.open, ".xz")])
+def test_compressed_inputs(tmp_path, opener, suffix):
+    text = ">s1\nACGTACGTAA\n>s2\nGGGCCC\n"
+    with opener(tmp_path / f"x.fa{suffix}", "wt") as fh:
+        fh.write(text)
+    plain = list(iter_records(write(tmp_path / "x.fa", text)))
+    assert list(iter_records(tmp_path / f"x.fa{suffix}")) == plain
+
+
+def test_fastq_reads_like_fasta(tmp_path):
+    fq = write(tmp_path / "r.fq", "@r1 x\nACGTTGCA\n+\nIIIIIIII\n@r2\nGGG\n+r2\nIII\n")
+    assert [(r.id, r.seq) for r in iter_records(fq)] == [("r1", "ACGTTGCA"), ("r2", "GGG")]
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("reads.fastq.gz", "reads"), ("a.fa", "a"), ("genome.fasta.xz", "genome"), ("x.fna.bz2", "x"),
+    ("plain", "plain"), ("s.v1.fa", "s.v1"),
+])
+def test_input_stem(name, stem):
+    assert input_stem(name) == stem
+
+
+BAD_INPUTS = {
+    "empty.fa": (b"", "empty file"),
+    "blank.fa": (b"\n\n  \n", "no records"),
+    "junk.fa": (bytes(range(256)) * 4, "binary data"),
+    "prose.fa": (b"hello world\n", "not a FASTA/FASTQ file"),
+    "digit.fa": (b">s1\nACGT\nAC1T\n", "record 's1' (line 3): invalid character '1'"),
+    "star.fa": (b">s1\nACGT*\n", "invalid character '*'"),
+    "dash.fa": (b">s1\nAC-GT\n", "invalid character '-'"),
+    "protein.fa": (b">p1\nMEFILPQ\n", "invalid character 'E'"),
+    "dup.fa": (b">s1\nACGT\n>s2\nAC\n>s1\nGG\n", "record 's1' (line 5): duplicate record ID"),
+    "noid.fa": (b">\nACGT\n", "header has no record ID"),
+    "qual.fq": (b"@r1\nACGT\n+\nIII\n", "record 'r1' (line 4): quality length 3 differs from sequence length 4"),
+    "cut.fq": (b"@r1\nACGT\n", "file ends before"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_error(tmp_path, name, capsys):
+    data, message = BAD_INPUTS[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    out = tmp_path / "out"
+    assert translate_main([str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and message in err, err
+    assert list(out.iterdir()) == []  # nothing written for that input
+
+
+def test_truncated_gzip(tmp_path, capsys):
+    blob = gzip.compress(b">s1\n" + b"ACGT" * 50000 + b"\n")
+    path = tmp_path / "cut.fa.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    assert translate_main([str(path), "-o", str(tmp_path / "out")]) == 2
+    assert "truncated or corrupt gzip" in capsys.readouterr().err
+
+
+def test_missing_file_and_directory(tmp_path, capsys):
+    assert translate_main([str(tmp_path / "nope.fa"), "-o", str(tmp_path / "o")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert translate_main([str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+def test_bad_input_leaves_earlier_outputs_intact(tmp_path):
+    good = write(tmp_path / "good.fa", ">s1\nATGGCCAAA\n")
+    out = tmp_path / "out"
+    assert translate_main([str(good), "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = write(tmp_path / "bad.fa", ">s1\nAT9\n")
+    assert translate_main([str(bad), "-o", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_cli_error_has_no_traceback(tmp_path):
+    bad = write(tmp_path / "bad.fa", ">s1\nACGT\n>s1\nAC\n")
+    proc = subprocess.run([sys.executable, "-m", "vnp.translate", str(bad), "-o", str(tmp_path / "o")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_same_input_twice_is_refused(tmp_path, capsys):
+    good = write(tmp_path / "good.fa", ">s1\nACGT\n")
+    assert translate_main([str(good), str(good), "-o", str(tmp_path / "o")]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+# --- parity with the original -----------------------------------------------------------------
+
+@pytest.mark.parametrize("stem", ["test_with_orfs", "test_fixed_500bp", "test_sequences_small"])
+def test_outputs_identical_to_original(vanilla, tmp_path, stem, capsys):
+    assert translate_main([str(vanilla / f"{stem}.fa"), "-L", "500", "-o", str(tmp_path)]) == 0
+    names = [f"{stem}_chunked500.fa", f"{stem}_identified_nucleotide.fa", f"{stem}_identified_protein.faa"]
+    for name in names:
+        reference = vanilla / name
+        if reference.exists():
+            assert (tmp_path / name).read_bytes() == reference.read_bytes(), name
+        else:  # the original wrote no frames for this input
+            assert (tmp_path / name).read_bytes() == b""
+    summary = capsys.readouterr().err
+    assert "chunks" in summary and "kept frames" in summary
+
+
+def test_summary_counts(tmp_path, capsys):
+    path = write(tmp_path / "m.fa", ">a\nATGGCCAAA\n>b\nAT\n>c\n" + "TAA" * 400 + "\n")
+    assert translate_main([str(path), "-L", "500", "-o", str(tmp_path / "o")]) == 0
+    # a: 1 chunk, 6 frames. b: 1 chunk, no frame. c: 1200 bp -> 3 chunks starting in phase
+    # (0, 399, 798); forward TAA|AAT|ATA: F1 stops, F2/F3 kept; reverse all kept: 5 frames each.
+    err = capsys.readouterr().err
+    assert "3 sequences, 5 chunks, 21 kept frames, 1 chunks with no kept frame" in err

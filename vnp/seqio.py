@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import itertools
 import lzma
 import os
 import zlib
@@ -28,6 +29,7 @@ _CODEC_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
 NUCLEOTIDE_LETTERS = b"ACGTURYSWKMBDHVNacgturyswkmbdhvn"
 # Biopython's FASTA parser removes these from sequence lines; so do we.
 _STRIPPED = b" \t\r"
+_STRIPPED_LINES = _STRIPPED + b"\n"
 
 SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fna", ".ffn", ".fa", ".fastq", ".fq", ".seq")
 COMPRESSION_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz")
@@ -86,43 +88,56 @@ def open_binary(path: str | os.PathLike) -> BinaryIO:
     return _OPENERS[codec](path, "rb")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, line without its newline), turning codec failures into InputError."""
+def _blocks(path: Path, size: int = 1 << 22) -> Iterator[bytes]:
+    """The decompressed bytes of a file in large blocks; codec failures become InputError."""
     fh = open_binary(path)
-    number = 0
+    offset = 0
     try:
         with fh:
-            for number, raw in enumerate(fh, start=1):
-                yield number, raw.rstrip(b"\n")
+            while block := fh.read(size):
+                offset += len(block)
+                yield block
     except _CODEC_ERRORS as err:
         codec = compression_of(path) or "file"
-        raise InputError(f"{where(path, line=number + 1)}: truncated or corrupt {codec} data ({err})") from None
+        raise InputError(f"{path}: truncated or corrupt {codec} data after {offset} bytes ({err})") from None
 
 
-def _first_text_line(lines: Iterator[tuple[int, bytes]], path: Path) -> tuple[int, bytes] | None:
-    """The first non-blank line, after checking the data is text at all."""
-    for number, line in lines:
-        if b"\x00" in line or not line.isascii():
-            raise InputError(f"{where(path, line=number)}: binary data, not a FASTA/FASTQ file")
-        if line.strip():
-            return number, line
-    return None
+def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without newline) over a block stream, starting at line `number`."""
+    carry = b""
+    for block in itertools.chain([first], blocks):
+        lines = (carry + block).split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            yield number, line
+            number += 1
+    if carry:
+        yield number, carry
 
 
 def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iterator[Record]:
-    """Stream the records of a FASTA or FASTQ file (format detected from its first line)."""
+    """Stream the records of a FASTA or FASTQ file (format detected from its first letter)."""
     path = Path(path)
-    lines = _lines(path)
-    first = _first_text_line(lines, path)
-    if first is None:
-        raise InputError(f"{path}: no records (only blank lines)")
-    number, line = first
-    if line.startswith(b">"):
-        records = _fasta_records(path, first, lines)
-    elif line.startswith(b"@"):
-        records = _fastq_records(path, first, lines)
+    blocks = _blocks(path)
+    data, newlines = b"", 0
+    for block in blocks:  # skip leading blank lines, however many blocks they take
+        data += block
+        text = data.lstrip()
+        newlines += data[: len(data) - len(text)].count(b"\n")
+        data = text
+        if data:
+            break
     else:
-        raise InputError(f"{where(path, line=number)}: not a FASTA/FASTQ file (expected '>' or '@', found {_show(line[:1])})")
+        raise InputError(f"{path}: no records (only blank lines)")
+    first_line = 1 + newlines
+    if b"\x00" in data[:4096] or not data[:4096].isascii():
+        raise InputError(f"{where(path, line=first_line)}: binary data, not a FASTA/FASTQ file")
+    if data.startswith(b">"):
+        records = _fasta_records(path, data, blocks, first_line)
+    elif data.startswith(b"@"):
+        records = _fastq_records(path, _split_lines(data, blocks, first_line))
+    else:
+        raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {_show(data[:1])})")
     seen: set[str] = set()
     for record in records:
         if check_duplicates:
@@ -136,6 +151,8 @@ def _record_id(path: Path, header: bytes, line: int) -> str:
     fields = header[1:].split(None, 1)
     if not fields:
         raise InputError(f"{where(path, line=line)}: header has no record ID")
+    if not fields[0].isascii() or b"\x00" in fields[0]:
+        raise InputError(f"{where(path, line=line)}: binary data in a header")
     return fields[0].decode("ascii")
 
 
@@ -155,29 +172,45 @@ def _show(char: bytes) -> str:
     return repr(text) if text.isprintable() and text else f"byte 0x{char.hex()}"
 
 
-def _fasta_records(path: Path, first: tuple[int, bytes], lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:
-    header_line, header = first
-    rid = _record_id(path, header, header_line)
-    parts: list[bytes] = []
-    count = 0
-    for number, line in lines:
-        if line.startswith(b">"):
-            count += 1
-            yield Record(rid, b"".join(parts).decode("ascii"), count, header_line)
-            header_line, rid, parts = number, _record_id(path, line, number), []
-            continue
-        if b"\x00" in line or not line.isascii():
-            raise InputError(f"{where(path, rid, number)}: binary data in a sequence line")
-        letters = line.translate(None, _STRIPPED)
-        _check_letters(path, rid, number, letters)
-        parts.append(letters)
-    count += 1
-    yield Record(rid, b"".join(parts).decode("ascii"), count, header_line)
+def _fasta_texts(first: bytes, blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Each record's text: '>' + header line + sequence lines (the newline before the next '>' dropped)."""
+    current: list[bytes] = []
+    for block in itertools.chain([first], blocks):
+        if block[:1] == b">" and current and current[-1].endswith(b"\n"):
+            current[-1] = current[-1][:-1]  # a record boundary falls exactly between two blocks
+            yield b"".join(current)
+            current = []
+        pieces = block.split(b"\n>")
+        current.append(pieces[0])
+        for piece in pieces[1:]:
+            yield b"".join(current)
+            current = [b">", piece]
+    yield b"".join(current)
 
 
-def _fastq_records(path: Path, first: tuple[int, bytes], lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:
+def _fasta_records(path: Path, first: bytes, blocks: Iterator[bytes], line: int) -> Iterator[Record]:
+    """FASTA records, read in large blocks: a record's letters are joined and checked in C calls."""
+    for count, text in enumerate(_fasta_texts(first, blocks), start=1):
+        header, _, body = text.partition(b"\n")
+        rid = _record_id(path, header, line)
+        yield Record(rid, _fasta_letters(path, rid, line, body), count, line)
+        line += text.count(b"\n") + 1
+
+
+def _fasta_letters(path: Path, rid: str, header_line: int, body: bytes) -> str:
+    letters = body.translate(None, _STRIPPED_LINES)
+    if letters.translate(None, NUCLEOTIDE_LETTERS):
+        # Slow path, only for bad input: find the line to name it.
+        for offset, line in enumerate(body.split(b"\n"), start=1):
+            if b"\x00" in line or not line.isascii():
+                raise InputError(f"{where(path, rid, header_line + offset)}: binary data in a sequence line")
+            _check_letters(path, rid, header_line + offset, line.translate(None, _STRIPPED))
+    return letters.decode("ascii")
+
+
+def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:
     """Four-line FASTQ records (@id, sequence, +, quality), blank lines between records allowed."""
-    pending: tuple[int, bytes] | None = first
+    pending: tuple[int, bytes] | None = None
     count = 0
     while True:
         if pending is None:

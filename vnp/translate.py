@@ -37,30 +37,33 @@ FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"  # NCBI table 1, TCAG order
 _COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")  # ACGT only, as the original
-_PAD = ord("N")  # pads short chunks; codons touching it are dropped like any ambiguous codon
 
 
 def _code_table() -> np.ndarray:
-    """Byte -> 0..3 for A, C, G, T (either case is upper-cased first), 4 for anything else."""
+    """Byte -> 0..3 for A, C, G, T in either case, 4 for anything else."""
     table = np.full(256, 4, dtype=np.uint8)
     for code, base in enumerate("ACGT"):
-        table[ord(base)] = code
+        table[ord(base)] = table[ord(base.lower())] = code
     return table
 
 
-def _codon_table() -> np.ndarray:
-    """Codon index 25*a + 5*b + c (codes 0..4) -> amino-acid byte, 0 where a code is 4."""
-    table = np.zeros(125, dtype=np.uint8)
+def _codon_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Codon index 25*a + 5*b + c (codes 0..4, at most 124) -> amino-acid byte, 0 where a code is
+    4; the second table gives the amino acid of the codon's reverse complement."""
+    forward = np.zeros(125, dtype=np.uint8)
+    reverse = np.zeros(125, dtype=np.uint8)
     for i, first in enumerate(_BASES):
         for j, second in enumerate(_BASES):
             for k, third in enumerate(_BASES):
-                codes = ["ACGT".index(b) for b in (first, second, third)]
-                table[25 * codes[0] + 5 * codes[1] + codes[2]] = ord(_AMINO[16 * i + 4 * j + k])
-    return table
+                a, b, c = ("ACGT".index(x) for x in (first, second, third))
+                amino = ord(_AMINO[16 * i + 4 * j + k])
+                forward[25 * a + 5 * b + c] = amino
+                reverse[25 * (3 - c) + 5 * (3 - b) + (3 - a)] = amino
+    return forward, reverse
 
 
 CODE = _code_table()
-CODON = _codon_table()
+CODON, CODON_RC = _codon_tables()
 STOP = ord("*")
 
 
@@ -98,52 +101,57 @@ def chunks_of(record: Record, chunk_length: int) -> Iterator[Chunk]:
                     span.start + 1, span.end, record.seq[span.start:span.end])
 
 
-def _strand_proteins(strands: Sequence[str], width: int) -> list[list[tuple[bytes, bool]]]:
-    """For each strand (upper case) and frame 0..2: (protein bytes, has_stop), all rows at once."""
-    padded = b"".join(s.encode("ascii").ljust(width, b"N") for s in strands)
-    codes = CODE[np.frombuffer(padded, dtype=np.uint8).reshape(len(strands), width)]  # (B, W)
-    per_row: list[list[tuple[bytes, bool]]] = [[] for _ in strands]
-    for frame in range(3):
-        n = (width - frame) // 3
-        if n <= 0:
-            for row in per_row:
-                row.append((b"", False))
-            continue
-        first = codes[:, frame:frame + 3 * n:3].astype(np.intp)
-        second = codes[:, frame + 1:frame + 3 * n:3]
-        third = codes[:, frame + 2:frame + 3 * n:3]
-        amino = CODON[25 * first + 5 * second + third]  # (B, n) amino-acid bytes, 0 = dropped
+def _frame_proteins(seqs: Sequence[str], length: int) -> list[list[bytes | None]]:
+    """Proteins of frames F1..R3 for sequences that are all `length` long; None where a frame has
+    a stop codon. One pass of array operations over the whole group."""
+    rows = len(seqs)
+    if length < 3:
+        return [[b""] * 6 for _ in seqs]
+    codes = CODE[np.frombuffer("".join(seqs).encode("ascii"), dtype=np.uint8).reshape(rows, length)]
+    codon = 25 * codes[:, :-2] + 5 * codes[:, 1:-1] + codes[:, 2:]  # (B, length-2), codon at each position
+    forward, reverse = CODON[codon], CODON_RC[codon]
+    # F frame f reads codons at f, f+3, ...; R frame r reads the reverse complement's codons,
+    # i.e. forward positions length-3-r, length-6-r, ... down to 0.
+    frames = [forward[:, f::3] for f in range(3)]
+    frames += [reverse[:, length - 3 - r::-3] if length - 3 - r >= 0 else reverse[:, :0] for r in range(3)]
+    out: list[list[bytes | None]] = [[] for _ in seqs]
+    for amino in frames:
         stops = (amino == STOP).any(axis=1)
-        flat = amino.tobytes()
-        for r, row in enumerate(per_row):
-            if stops[r]:
-                row.append((b"", True))
-            else:
-                row.append((flat[r * n:(r + 1) * n].replace(b"\x00", b""), False))
-    return per_row
+        width = amino.shape[1]
+        flat = np.ascontiguousarray(amino).tobytes()
+        for r, row in enumerate(out):
+            row.append(None if stops[r] else flat[r * width:(r + 1) * width].replace(b"\x00", b""))
+    return out
 
 
 def translate_chunks(chunks: Sequence[Chunk]) -> list[list[Frame]]:
-    """Kept frames of every chunk, in F1..R3 order; vectorised over the whole list."""
-    if not chunks:
-        return []
-    upper = [c.seq.upper() for c in chunks]
-    reverse = [reverse_complement(s) for s in upper]
-    width = max(len(s) for s in upper)
-    forward_rows = _strand_proteins(upper, width)
-    reverse_rows = _strand_proteins(reverse, width)
-    result = []
-    for chunk, fwd_seq, rev_seq, fwd, rev in zip(chunks, upper, reverse, forward_rows, reverse_rows):
-        frames = []
-        for index, (protein, stop) in enumerate(fwd + rev):
-            if stop or not protein:
-                continue
-            strand = fwd_seq if index < 3 else rev_seq
-            offset = index % 3 + 1  # the original's 1-based frame number on its strand
-            nucleotide = strand[offset - 1:offset + 3 * len(protein)]
-            frames.append(Frame(chunk.id + FRAME_NAMES[index], index, nucleotide, protein.decode("ascii")))
-        result.append(frames)
-    return result
+    """Kept frames of every chunk, in F1..R3 order; vectorised over chunks of equal length."""
+    by_length: dict[int, list[int]] = {}
+    for i, chunk in enumerate(chunks):
+        by_length.setdefault(len(chunk.seq), []).append(i)
+    proteins: list[list[bytes | None]] = [[] for _ in chunks]
+    for length, members in by_length.items():
+        for i, row in zip(members, _frame_proteins([chunks[i].seq for i in members], length)):
+            proteins[i] = row
+    return [_kept_frames(chunk, row) for chunk, row in zip(chunks, proteins)]
+
+
+def _kept_frames(chunk: Chunk, proteins: list[bytes | None]) -> list[Frame]:
+    frames = []
+    upper = reverse = None
+    for index, protein in enumerate(proteins):
+        if not protein:  # a stop codon (None) or nothing left to translate (b"")
+            continue
+        if index < 3:
+            upper = upper or chunk.seq.upper()
+            strand = upper
+        else:
+            reverse = reverse or reverse_complement(chunk.seq.upper())
+            strand = reverse
+        offset = index % 3 + 1  # the original's 1-based frame number on its strand
+        nucleotide = strand[offset - 1:offset + 3 * len(protein)]
+        frames.append(Frame(chunk.id + FRAME_NAMES[index], index, nucleotide, protein.decode("ascii")))
+    return frames
 
 
 def batched_chunks(records: Iterable[Record], chunk_length: int, max_bases: int = 1 << 21) -> Iterator[list[Chunk]]:

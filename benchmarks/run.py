@@ -1,0 +1,19 @@
+"""`make bench`: every benchmark, each printing ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = ["benchmarks.bench_translate"]
+
+
+def main() -> None:
+    names = sys.argv[1:] or BENCHMARKS
+    for name in names:
+        print(f"== {name}", flush=True)
+        importlib.import_module(name).main([])
+
+
+if __name__ == "__main__":
+    main()

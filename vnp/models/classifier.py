@@ -1,0 +1,286 @@
+"""VirNucPro's MLP classifier: the published `.pth` files, read safely, and our own safetensors format.
+
+The published `300_model.pth` / `500_model.pth` are whole modules saved with `torch.save(model)` from
+a training script, so their pickle names `__main__.MLPClassifier`. We read them with torch's
+weights-only unpickler, allowing only the handful of classes such a file needs and mapping the
+script's class onto ours; anything else in the pickle is refused before it can run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vnp.errors import InputError
+
+WEIGHTS_NAME = "classifier.safetensors"
+CONFIG_NAME = "classifier.json"
+FORMAT = "vnp-classifier"
+
+
+class MLPClassifier(nn.Module):
+    """VirNucPro's head: 3328 features (768 DNABERT-S + 2560 ESM2-3B) -> 512 -> 2 classes.
+
+    Layout and attribute names match the original `train.py`, so its state dicts load unchanged.
+    Always used in eval mode (BatchNorm uses running stats, Dropout is off).
+    """
+
+    def __init__(self, input_dim: int = 3328, hidden_dim: int = 512, num_class: int = 2):
+        super().__init__()
+        self.hidden_layer = nn.Linear(input_dim, hidden_dim)
+        self.bn1 = nn.BatchNorm1d(hidden_dim)
+        self.output_layer = nn.Linear(hidden_dim, num_class)
+        self.dropout = nn.Dropout(0.5)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(input_dim, hidden_dim, num_class), read from the weights."""
+        hidden, inputs = self.hidden_layer.weight.shape
+        return inputs, hidden, self.output_layer.weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.hidden_layer(x)  # (N, H)
+        x = self.bn1(x)
+        x = F.relu(x)
+        x = self.dropout(x)
+        return self.output_layer(x)  # (N, C) logits
+
+
+@torch.inference_mode()
+def score(model: MLPClassifier, x: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities (N, C) as float32.
+
+    For VirNucPro column 0 is score1 = P(others) and column 1 is score2 = P(virus).
+    """
+    input_dim = model.dims[0]
+    if x.ndim != 2 or x.shape[1] != input_dim:
+        raise ValueError(f"classifier expects features of shape (N, {input_dim}), got {tuple(x.shape)}")
+    model.eval()
+    weight = model.hidden_layer.weight
+    logits = model(x.to(device=weight.device, dtype=weight.dtype))
+    return torch.softmax(logits.float(), dim=1)
+
+
+def build_tiny_classifier(input_dim: int, seed: int, hidden_dim: int = 16, num_class: int = 2) -> MLPClassifier:
+    """A small random classifier for tests, with non-trivial BatchNorm running statistics.
+
+    Uses its own generator, so the global torch RNG is left as it was.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        model = MLPClassifier(input_dim, hidden_dim, num_class)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            noise = torch.randn(tensor.shape, generator=gen)
+            if name == "bn1.running_var":
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))  # must stay positive
+            elif name == "bn1.weight":
+                tensor.copy_(1.0 + 0.2 * noise)
+            elif name.endswith("weight"):
+                tensor.copy_(noise / tensor.shape[1] ** 0.5)
+            else:  # biases and running_mean
+                tensor.copy_(0.3 * noise)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Restricted torch.load (shared with vnp.models.esm)
+
+
+@contextlib.contextmanager
+def _allowing(extra_globals: list) -> Iterator[None]:
+    """Allow `extra_globals` for weights-only loads inside the block only.
+
+    Entries someone already registered globally are left out, so leaving the block cannot
+    remove them. (torch keeps this list per process, not per thread.)
+    """
+    already = set(torch.serialization.get_safe_globals())
+    extra = [g for g in extra_globals if g not in already]
+    with torch.serialization.safe_globals(extra):
+        yield
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line (and, if long, the first sentence) of an exception's message."""
+    line = (str(err).strip() or type(err).__name__).splitlines()[0]
+    return line.split(". ")[0] if len(line) > 160 else line
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> tuple[bool, str]:
+    """(refused, reason) from torch's long 'Weights only load failed' message.
+
+    Refused: the pickle asks for a global or a construction that is not allowed. Otherwise
+    (e.g. 'Unsupported operand') the file is just not a checkpoint.
+    """
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"  # torch drops it
+        return True, f"it references {name}, which could run code"
+    found = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.DOTALL)
+    reason = " ".join(found.group(1).split()) if found else _first_line(err)
+    if "Only persistent_load of storage" in reason:  # the old format pickles a module's source code
+        return True, "it holds a whole module in torch's pre-1.6 file format, which cannot be read safely"
+    return any(word in reason for word in ("allowlist", "unrecognized function")), reason
+
+
+def restricted_load(path: Path, allowed_globals: list, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` allowing only `allowed_globals` beyond torch's defaults.
+
+    `allowed_globals` takes classes/functions or `(obj, "module.Name")` pairs, as
+    `torch.serialization.safe_globals` does. A missing, corrupt or refused file raises InputError
+    with one line naming the file; `what` says what the file should be ("ESM checkpoint").
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    is_zip = zipfile.is_zipfile(path)
+    with _allowing(allowed_globals):
+        try:
+            if is_zip:  # a static scan names every offending global before anything is built
+                unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+                if unsafe:
+                    raise InputError(f"{path}: refusing to load: it references {unsafe[0]}, which could run code")
+            # mmap: a multi-GB checkpoint is paged in, not copied, while the model is built.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        except pickle.UnpicklingError as err:
+            refused, reason = _unpickler_reason(err)
+            if refused:
+                raise InputError(f"{path}: refusing to load: {reason}") from None
+            raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            reason = _first_line(err)
+            raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and saving
+
+# What a `torch.save(model)` of the original's MLPClassifier references beyond torch's defaults.
+LEGACY_GLOBALS = [
+    (MLPClassifier, "__main__.MLPClassifier"),  # the training script's class, mapped to ours
+    MLPClassifier,  # the same layout saved from vnp itself
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.Dropout,
+]
+
+
+def load_classifier(path: str | Path, input_dim: int | None = None) -> MLPClassifier:
+    """Load a classifier in eval mode on CPU.
+
+    `path` is a legacy pickled `.pth` (or a pickled state dict), or our format: a folder with
+    `classifier.safetensors` + `classifier.json`, or `X.safetensors` with `X.json` beside it.
+    `input_dim`, when given, must match the weights.
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        model = _load_safetensors(path)
+    else:
+        model = _load_legacy(path)
+    if input_dim is not None and model.dims[0] != input_dim:
+        raise InputError(f"{path}: classifier expects {model.dims[0]} features, not {input_dim}")
+    return model
+
+
+def save_classifier(model: MLPClassifier, out_dir: str | Path, provenance: dict | None = None) -> Path:
+    """Write `classifier.safetensors` + `classifier.json` into `out_dir`; returns the folder."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    input_dim, hidden_dim, num_class = model.dims
+    state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_NAME), metadata={"format": FORMAT})
+    config = {
+        "format": FORMAT,
+        "input_dim": input_dim,
+        "hidden_dim": hidden_dim,
+        "num_class": num_class,
+        "provenance": {"torch": torch.__version__, **(provenance or {})},
+    }
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def _load_legacy(path: Path) -> MLPClassifier:
+    obj = restricted_load(path, LEGACY_GLOBALS, "classifier checkpoint")
+    if isinstance(obj, nn.Module):
+        state = _plain_state(obj)
+    elif isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = dict(obj)
+    else:
+        raise InputError(f"{path}: expected a pickled MLPClassifier or its state dict, got {type(obj).__name__}")
+    return _from_state(state, path)
+
+
+def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers of an unpickled module and its direct children, read straight from
+    their attribute dicts: calling `state_dict()` would run whatever hooks the pickle set."""
+    children = _as_mapping(vars(module).get("_modules"))
+    state = {}
+    for prefix, part in [("", module), *((f"{name}.", child) for name, child in children.items())]:
+        if not isinstance(part, nn.Module):
+            continue
+        for group in ("_parameters", "_buffers"):
+            for name, tensor in _as_mapping(vars(part).get(group)).items():
+                if isinstance(tensor, torch.Tensor):
+                    state[prefix + name] = tensor.detach()
+    return state
+
+
+def _as_mapping(value: Any) -> Mapping:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _load_safetensors(path: Path) -> MLPClassifier:
+    weights, config_path = (
+        (path / WEIGHTS_NAME, path / CONFIG_NAME) if path.is_dir() else (path, path.with_suffix(".json"))
+    )
+    for needed in (weights, config_path):
+        if not needed.is_file():
+            raise InputError(f"{needed}: classifier file not found")
+    try:
+        config = json.loads(config_path.read_text())
+        dims = {key: int(config[key]) for key in ("input_dim", "hidden_dim", "num_class")}
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{config_path}: not a valid classifier config ({_first_line(err)})") from None
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
+        raise InputError(f"{weights}: not a readable safetensors file ({_first_line(err)})") from None
+    model = _from_state(state, weights)
+    if model.dims != (dims["input_dim"], dims["hidden_dim"], dims["num_class"]):
+        said = tuple(dims.values())
+        raise InputError(f"{weights}: weights have dims {model.dims}, but {config_path.name} says {said}")
+    return model
+
+
+def _from_state(state: Mapping[str, torch.Tensor], path: Path) -> MLPClassifier:
+    """A fresh MLPClassifier holding `state`, shapes checked; eval mode, float32, CPU."""
+    try:
+        hidden_dim, input_dim = state["hidden_layer.weight"].shape
+        num_class = state["output_layer.weight"].shape[0]
+    except (KeyError, ValueError) as err:
+        raise InputError(f"{path}: not an MLPClassifier state (missing or bad {_first_line(err)})") from None
+    with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG
+        model = MLPClassifier(input_dim, hidden_dim, num_class)
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise InputError(f"{path}: unexpected MLPClassifier weights {sorted(set(state) ^ set(expected))}")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            got = tuple(state[name].shape)
+            raise InputError(f"{path}: {name} has shape {got}, expected {tuple(tensor.shape)}")
+    model.load_state_dict({name: t.to(expected[name].dtype) for name, t in state.items()})
+    return model.eval()

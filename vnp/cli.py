@@ -1,6 +1,9 @@
 """The `vnp` console script: one subcommand per stage.
 
     vnp translate INPUT... -L 500 -o DIR
+    vnp embed dnabert INPUT.fa -m MODEL -o OUT.npz
+    vnp embed esm INPUT.faa -m MODEL -o OUT.npz
+    vnp pack tiny DIR
 """
 
 from __future__ import annotations
@@ -10,8 +13,12 @@ import importlib
 import sys
 
 # subcommand -> module that defines `add_arguments(parser)` and `run(args) -> int`
+# (listed in pipeline order; `predict` goes after `embed`)
 SUBCOMMANDS = {
     "translate": "vnp.translate",
+    "embed": "vnp.embed",
+    "pack": "vnp.models.pack",
+    "predict": "vnp.predict",
 }
 
 
@@ -27,8 +34,18 @@ def create_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Like parse_args, but positional items may also follow options (`INPUT -o OUT key=value`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "items") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.items = list(args.items) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = create_parser().parse_args(argv)
+    args = parse(create_parser(), argv)
     return args._run(args)
 
 

@@ -8,14 +8,10 @@ script's class onto ours; anything else in the pickle is refused before it can r
 
 from __future__ import annotations
 
-import contextlib
 import json
-import pickle
-import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vnp.errors import InputError
+from vnp.models.checkpoints import first_line, restricted_load
 
 WEIGHTS_NAME = "classifier.safetensors"
 CONFIG_NAME = "classifier.json"
@@ -94,75 +91,6 @@ def build_tiny_classifier(input_dim: int, seed: int, hidden_dim: int = 16, num_c
             else:  # biases and running_mean
                 tensor.copy_(0.3 * noise)
     return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Restricted torch.load (shared with vnp.models.esm)
-
-
-@contextlib.contextmanager
-def _allowing(extra_globals: list) -> Iterator[None]:
-    """Allow `extra_globals` for weights-only loads inside the block only.
-
-    Entries someone already registered globally are left out, so leaving the block cannot
-    remove them. (torch keeps this list per process, not per thread.)
-    """
-    already = set(torch.serialization.get_safe_globals())
-    extra = [g for g in extra_globals if g not in already]
-    with torch.serialization.safe_globals(extra):
-        yield
-
-
-def _first_line(err: BaseException) -> str:
-    """The first line (and, if long, the first sentence) of an exception's message."""
-    line = (str(err).strip() or type(err).__name__).splitlines()[0]
-    return line.split(". ")[0] if len(line) > 160 else line
-
-
-def _unpickler_reason(err: pickle.UnpicklingError) -> tuple[bool, str]:
-    """(refused, reason) from torch's long 'Weights only load failed' message.
-
-    Refused: the pickle asks for a global or a construction that is not allowed. Otherwise
-    (e.g. 'Unsupported operand') the file is just not a checkpoint.
-    """
-    text = str(err)
-    found = re.search(r"GLOBAL (\S+)", text)
-    if found:
-        name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"  # torch drops it
-        return True, f"it references {name}, which could run code"
-    found = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.DOTALL)
-    reason = " ".join(found.group(1).split()) if found else _first_line(err)
-    if "Only persistent_load of storage" in reason:  # the old format pickles a module's source code
-        return True, "it holds a whole module in torch's pre-1.6 file format, which cannot be read safely"
-    return any(word in reason for word in ("allowlist", "unrecognized function")), reason
-
-
-def restricted_load(path: Path, allowed_globals: list, what: str) -> Any:
-    """`torch.load(path, weights_only=True)` allowing only `allowed_globals` beyond torch's defaults.
-
-    `allowed_globals` takes classes/functions or `(obj, "module.Name")` pairs, as
-    `torch.serialization.safe_globals` does. A missing, corrupt or refused file raises InputError
-    with one line naming the file; `what` says what the file should be ("ESM checkpoint").
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
-    is_zip = zipfile.is_zipfile(path)
-    with _allowing(allowed_globals):
-        try:
-            if is_zip:  # a static scan names every offending global before anything is built
-                unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-                if unsafe:
-                    raise InputError(f"{path}: refusing to load: it references {unsafe[0]}, which could run code")
-            # mmap: a multi-GB checkpoint is paged in, not copied, while the model is built.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-        except pickle.UnpicklingError as err:
-            refused, reason = _unpickler_reason(err)
-            if refused:
-                raise InputError(f"{path}: refusing to load: {reason}") from None
-            raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
-        except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            reason = _first_line(err)
-            raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,11 +182,11 @@ def _load_safetensors(path: Path) -> MLPClassifier:
         config = json.loads(config_path.read_text())
         dims = {key: int(config[key]) for key in ("input_dim", "hidden_dim", "num_class")}
     except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{config_path}: not a valid classifier config ({_first_line(err)})") from None
+        raise InputError(f"{config_path}: not a valid classifier config ({first_line(err)})") from None
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
-        raise InputError(f"{weights}: not a readable safetensors file ({_first_line(err)})") from None
+        raise InputError(f"{weights}: not a readable safetensors file ({first_line(err)})") from None
     model = _from_state(state, weights)
     if model.dims != (dims["input_dim"], dims["hidden_dim"], dims["num_class"]):
         said = tuple(dims.values())
@@ -272,7 +200,7 @@ def _from_state(state: Mapping[str, torch.Tensor], path: Path) -> MLPClassifier:
         hidden_dim, input_dim = state["hidden_layer.weight"].shape
         num_class = state["output_layer.weight"].shape[0]
     except (KeyError, ValueError) as err:
-        raise InputError(f"{path}: not an MLPClassifier state (missing or bad {_first_line(err)})") from None
+        raise InputError(f"{path}: not an MLPClassifier state (missing or bad {first_line(err)})") from None
     with torch.random.fork_rng(devices=[]):  # the random init is overwritten; keep the caller's RNG
         model = MLPClassifier(input_dim, hidden_dim, num_class)
     expected = model.state_dict()

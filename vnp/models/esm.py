@@ -24,7 +24,7 @@ from esm.model.esm2 import ESM2
 from esm.multihead_attention import MultiheadAttention
 
 from vnp.errors import InputError
-from vnp.models.classifier import restricted_load
+from vnp.models.checkpoints import restricted_load
 
 Attention = Literal["sdpa", "fair-esm"]
 

@@ -1,0 +1,118 @@
+"""Configuration of `vnp predict`: typed defaults <- YAML file <- command-line `key=value`.
+
+Each field carries a one-line help (shown by `vnp predict --help`); invalid values fail at start
+with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vnp.errors import InputError
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class BatchConfig:
+    unit_chunks: int = _help(
+        "chunks per work unit: the unit of sharding, batching and progress. Changes the batch "
+        "composition, so it is part of the run record", 128)
+    dnabert_tokens: int = _help("token budget of one DNABERT-S batch (padded tokens)", 16384)
+    esm_tokens: int = _help("token budget of one ESM2 batch (padded tokens)", 8192)
+
+    def __post_init__(self) -> None:
+        for name in ("unit_chunks", "dnabert_tokens", "esm_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"batch.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class DistConfig:
+    timeout_s: float = _help(
+        "seconds any rank waits at a collective before the job fails instead of hanging", 1800.0)
+    backend: str = _help("auto (nccl on CUDA, gloo on CPU), nccl or gloo", "auto")
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"dist.timeout_s must be positive, got {self.timeout_s}")
+        if self.backend not in ("auto", "nccl", "gloo"):
+            raise ValueError(f"dist.backend must be auto, nccl or gloo, got {self.backend!r}")
+
+
+@dataclass
+class PredictConfig:
+    pack: str = _help("model pack: 500, 300, tiny (built on the fly) or a pack folder / YAML file", "500")
+    classifier: str = _help("the published classifier (300_model.pth / 500_model.pth) or a vnp classifier "
+                            "folder; overrides the pack's", "")
+    chunk_length: int = _help("chunk length in bp; 0 takes the pack's (300 or 500 for the published models)", 0)
+    device: str = _help("auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu or cuda", "auto")
+    precision: str = _help("auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", "auto")
+    threads: int = _help("CPU threads per rank; 0 = the cores of this node divided by its local ranks", 0)
+    esm_attention: str = _help("sdpa (fast path) or fair-esm (fair-esm's own forward, the reference)", "sdpa")
+    save_embeddings: bool = _help("also store every frame's 3328-d embedding in OUT/embeddings/", False)
+    resume: bool = _help("continue an interrupted run in OUT (a rerun of the same command also resumes)", True)
+    force: bool = _help("start afresh even if OUT holds a run with other inputs or settings", False)
+    progress: bool = _help("show a progress bar on rank 0", True)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def __post_init__(self) -> None:
+        if self.chunk_length < 0:
+            raise ValueError(f"chunk_length must be positive (or 0 for the pack's), got {self.chunk_length}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.esm_attention not in ("sdpa", "fair-esm"):
+            raise ValueError(f"esm_attention must be sdpa or fair-esm, got {self.esm_attention!r}")
+
+
+def load_config(yaml_path: str | None, overrides: list[str]) -> PredictConfig:
+    """Defaults <- YAML <- `key=value` overrides, validated; InputError names the bad key."""
+    try:
+        merged = OmegaConf.structured(PredictConfig)
+        if yaml_path:
+            if not Path(yaml_path).is_file():
+                raise InputError(f"{yaml_path}: config file not found")
+            merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        reason = str(err).splitlines()[0]
+        raise InputError(f"config: {'key ' + repr(key) + ': ' if key else ''}{reason}") from None
+    except ValueError as err:
+        raise InputError(f"config: {err}") from None
+
+
+def to_yaml(config: PredictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def iter_help(cls: type = PredictConfig, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """(dotted key, default, help) of every field, nested sections flattened."""
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) or "help" not in f.metadata:
+            section = {"batch": BatchConfig, "dist": DistConfig}[f.name]
+            yield from iter_help(section, prefix + f.name + ".")
+            continue
+        yield prefix + f.name, f.default, f.metadata["help"]
+
+
+def help_text() -> str:
+    lines = ["configuration keys (key=value on the command line, or in a YAML file given with -c):"]
+    for key, default, text in iter_help():
+        shown = str(default).lower() if isinstance(default, bool) else default
+        lines.append(f"  {key} (default: {shown})\n      {text}")
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""One process per rank: who am I, the matched init/cleanup pair, rank-0 printing.
+
+Rank, local rank and world size come from torchrun or accelerate (RANK, LOCAL_RANK, WORLD_SIZE),
+else from SLURM (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS), else this is a single process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Env:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    launcher: str  # torchrun, slurm or single
+
+
+def detect_env(environ: dict[str, str] | None = None) -> Env:
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        return Env(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), world,
+                   int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        world = int(env["SLURM_NTASKS"])
+        per_node = _slurm_tasks_per_node(env, world)
+        return Env(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), world, per_node, "slurm")
+    return Env(0, 0, 1, 1, "single")
+
+
+def _slurm_tasks_per_node(env, world: int) -> int:
+    # SLURM_TASKS_PER_NODE looks like "4(x2),3"; the first group is this layout's maximum.
+    text = env.get("SLURM_TASKS_PER_NODE", "")
+    match = re.match(r"(\d+)", text)
+    return int(match.group(1)) if match else world
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a SLURM node list: `gpu[03-05,9],cpu1` -> `gpu03`."""
+    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not head:
+        raise ValueError(f"cannot parse SLURM_NODELIST {nodelist!r}")
+    prefix, ranges = head.group(1), head.group(2)
+    if not ranges:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def slurm_rendezvous(environ: dict[str, str]) -> None:
+    """MASTER_ADDR from the first host of the job, MASTER_PORT from the job ID, when not set."""
+    if "MASTER_ADDR" not in environ:
+        nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+        environ["MASTER_ADDR"] = first_slurm_host(nodelist) if nodelist else "127.0.0.1"
+    if "MASTER_PORT" not in environ:
+        environ["MASTER_PORT"] = str(15000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)
+
+
+@dataclass(frozen=True)
+class Context:
+    env: Env
+    device: torch.device
+    backend: str | None  # None for a single process
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.rank == 0
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda was asked for but CUDA is not available")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def set_cpu_threads(threads: int, env: Env) -> int:
+    """Threads per rank on purpose: the node's cores shared by its local ranks unless given."""
+    if threads <= 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // max(1, env.local_world_size))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def init(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0) -> Context:
+    """Start this rank: pick its device and, for several ranks, join the process group."""
+    env = detect_env()
+    dev = pick_device(device, env.local_rank)
+    if env.world_size == 1:
+        return Context(env, dev, None)
+    if env.launcher == "slurm":
+        slurm_rendezvous(os.environ)
+    chosen = ("nccl" if dev.type == "cuda" else "gloo") if backend == "auto" else backend
+    dist.init_process_group(chosen, rank=env.rank, world_size=env.world_size,
+                            timeout=timedelta(seconds=timeout_s),
+                            device_id=dev if dev.type == "cuda" else None)
+    return Context(env, dev, chosen)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(ctx: Context, *args, **kwargs) -> None:
+    """Print on rank 0 only (to stderr unless told otherwise)."""
+    if ctx.is_main:
+        kwargs.setdefault("file", sys.stderr)
+        print(*args, **kwargs)
+
+
+class PeerFailure(RuntimeError):
+    """Another rank failed or stopped answering; this rank stops quietly (that rank reports)."""
+
+
+def broadcast_object(ctx: Context, obj=None):
+    """Rank 0's object on every rank (a small, quick collective)."""
+    if ctx.world_size == 1:
+        return obj
+    box = [obj]
+    try:
+        dist.broadcast_object_list(box, src=0)
+    except RuntimeError as err:
+        raise PeerFailure(f"broadcast failed: {err}") from None
+    return box[0]
+
+
+def all_gather_object(ctx: Context, obj) -> list:
+    if ctx.world_size == 1:
+        return [obj]
+    items = [None] * ctx.world_size
+    try:
+        dist.all_gather_object(items, obj)
+    except RuntimeError as err:
+        raise PeerFailure(f"all_gather failed: {err}") from None
+    return items

@@ -1,0 +1,84 @@
+"""Loading pickled checkpoints safely: torch's weights-only unpickler with a per-call allowlist.
+
+Used for the published VirNucPro classifier `.pth` files (`vnp.models.classifier`) and for fair-esm
+checkpoints (`vnp.models.esm`). A file that names anything beyond torch's defaults and the allowed
+globals is refused before it can run code, with one line that names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from vnp.errors import InputError
+
+
+@contextlib.contextmanager
+def _allowing(extra_globals: list) -> Iterator[None]:
+    """Allow `extra_globals` for weights-only loads inside the block only.
+
+    Entries someone already registered globally are left out, so leaving the block cannot
+    remove them. (torch keeps this list per process, not per thread.)
+    """
+    already = set(torch.serialization.get_safe_globals())
+    extra = [g for g in extra_globals if g not in already]
+    with torch.serialization.safe_globals(extra):
+        yield
+
+
+def first_line(err: BaseException) -> str:
+    """The first line (and, if long, the first sentence) of an exception's message."""
+    line = (str(err).strip() or type(err).__name__).splitlines()[0]
+    return line.split(". ")[0] if len(line) > 160 else line
+
+
+def _unpickler_reason(err: pickle.UnpicklingError) -> tuple[bool, str]:
+    """(refused, reason) from torch's long 'Weights only load failed' message.
+
+    Refused: the pickle asks for a global or a construction that is not allowed. Otherwise
+    (e.g. 'Unsupported operand') the file is just not a checkpoint.
+    """
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+)", text)
+    if found:
+        name = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"  # torch drops it
+        return True, f"it references {name}, which could run code"
+    found = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.DOTALL)
+    reason = " ".join(found.group(1).split()) if found else first_line(err)
+    if "Only persistent_load of storage" in reason:  # the old format pickles a module's source code
+        return True, "it holds a whole module in torch's pre-1.6 file format, which cannot be read safely"
+    return any(word in reason for word in ("allowlist", "unrecognized function")), reason
+
+
+def restricted_load(path: Path, allowed_globals: list, what: str) -> Any:
+    """`torch.load(path, weights_only=True)` allowing only `allowed_globals` beyond torch's defaults.
+
+    `allowed_globals` takes classes/functions or `(obj, "module.Name")` pairs, as
+    `torch.serialization.safe_globals` does. A missing, corrupt or refused file raises InputError
+    with one line naming the file; `what` says what the file should be ("ESM checkpoint").
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    is_zip = zipfile.is_zipfile(path)
+    with _allowing(allowed_globals):
+        try:
+            if is_zip:  # a static scan names every offending global before anything is built
+                unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+                if unsafe:
+                    raise InputError(f"{path}: refusing to load: it references {unsafe[0]}, which could run code")
+            # mmap: a multi-GB checkpoint is paged in, not copied, while the model is built.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        except pickle.UnpicklingError as err:
+            refused, reason = _unpickler_reason(err)
+            if refused:
+                raise InputError(f"{path}: refusing to load: {reason}") from None
+            raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            reason = first_line(err)
+            raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None

@@ -1,0 +1,166 @@
+"""Model packs: the three models of a VirNucPro run, named in one place.
+
+A pack is a folder holding `pack.yaml` (paths inside it are relative to the folder), or a YAML file,
+or one of the built-in names: `500` and `300` (conf/pack_500.yaml, conf/pack_300.yaml: the published
+models by hub id and fair-esm name; the classifier `.pth` is given by the user) and `tiny` (random
+models of the real architectures, built offline in seconds for tests and the demo).
+
+    vnp pack tiny DIR --chunk-length 500 --seed 0
+    vnp pack convert --classifier 500_model.pth -o DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vnp.errors import InputError, exit_on_input_error
+
+HELP = "build the tiny test pack, or convert a published classifier to vnp's format"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+BUILTIN = {"500": "pack_500.yaml", "300": "pack_300.yaml"}
+
+TINY_DNABERT = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+TINY_ESM = dict(num_layers=2, embed_dim=64, attention_heads=4)
+
+
+@dataclass
+class ModelPack:
+    name: str
+    chunk_length: int
+    dnabert: str  # HF hub id or a local snapshot folder
+    esm: str  # fair-esm model name or a local .pt
+    esm_layer: int | None  # None = last layer
+    classifier: str | None  # legacy .pth or vnp classifier folder
+    dnabert_dim: int
+    esm_dim: int
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.dnabert_dim + self.esm_dim
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OmegaConfBaseException, OSError) as err:
+        raise InputError(f"{path}: cannot read model pack ({err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a model pack must be a mapping of keys")
+    return data
+
+
+def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
+    names = {f.name for f in fields(ModelPack)}
+    unknown = set(data) - names
+    missing = names - set(data) - {"classifier", "esm_layer"}
+    if unknown or missing:
+        problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
+        raise InputError(f"{origin}: model pack has {problem}")
+    values = {**{"classifier": None, "esm_layer": None}, **data}
+    for key in ("dnabert", "esm", "classifier"):  # relative paths are relative to the pack
+        value = values[key]
+        if value and (base / str(value)).exists():
+            values[key] = str((base / str(value)).resolve())
+    values["name"] = str(values["name"])
+    return ModelPack(**values)
+
+
+def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = None,
+              chunk_length: int = 0) -> ModelPack:
+    """Resolve a pack by built-in name, folder or YAML file; `classifier` overrides the pack's."""
+    if spec == "tiny":
+        if tiny_dir is None:
+            raise InputError("pack=tiny needs a folder to build the tiny models in")
+        pack = build_tiny_pack(tiny_dir, chunk_length or 500)
+    elif spec in BUILTIN:
+        pack = pack_from_dict(_read_yaml(CONF_DIR / BUILTIN[spec]), CONF_DIR, f"pack {spec}")
+    else:
+        path = Path(spec)
+        yaml_path = path / "pack.yaml" if path.is_dir() else path
+        if not yaml_path.is_file():
+            raise InputError(f"pack={spec}: not a built-in pack (500, 300, tiny), a pack folder or a YAML file")
+        pack = pack_from_dict(_read_yaml(yaml_path), yaml_path.parent, str(yaml_path))
+    if classifier:
+        pack.classifier = str(Path(classifier).resolve())
+    if not pack.classifier:
+        raise InputError(f"pack {pack.name}: no classifier given; pass classifier=/path/to/{pack.name}_model.pth "
+                         "(the published VirNucPro model) or a folder made by `vnp pack convert`")
+    return pack
+
+
+def fingerprint(pack: ModelPack) -> str:
+    """A digest naming the models by content: the settings, hub ids or names as given, and for
+    local files their names, sizes and first MiB (so a pack folder can move without changing it)."""
+    settings = {k: v for k, v in asdict(pack).items() if k not in ("dnabert", "esm", "classifier")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for value in (pack.dnabert, pack.esm, pack.classifier):
+        path = Path(str(value))
+        if not path.exists():
+            digest.update(str(value).encode())  # a hub id or model name
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{file.stat().st_size}".encode())
+            with open(file, "rb") as fh:
+                digest.update(fh.read(1 << 20))
+    return digest.hexdigest()
+
+
+def build_tiny_pack(out_dir: str | Path, chunk_length: int = 500, seed: int = 0) -> ModelPack:
+    """Random models of the real architectures, offline, in seconds. Same seed, same bytes."""
+    from vnp.models.classifier import build_tiny_classifier, save_classifier
+    from vnp.models.dnabert import build_tiny_dnabert
+    from vnp.models.esm import build_tiny_esm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    build_tiny_dnabert(out / "dnabert", seed=seed, **TINY_DNABERT)
+    build_tiny_esm(out / "esm2_tiny.pt", seed=seed, **TINY_ESM)
+    input_dim = TINY_DNABERT["hidden_size"] + TINY_ESM["embed_dim"]
+    save_classifier(build_tiny_classifier(input_dim, seed), out / "classifier", provenance={"tiny_seed": seed})
+    data = dict(name="tiny", chunk_length=chunk_length, dnabert="dnabert", esm="esm2_tiny.pt",
+                esm_layer=None, classifier="classifier", dnabert_dim=TINY_DNABERT["hidden_size"],
+                esm_dim=TINY_ESM["embed_dim"])
+    (out / "pack.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+    return pack_from_dict(data, out, str(out / "pack.yaml"))
+
+
+def convert_classifier(source: str, out_dir: str) -> Path:
+    from vnp.models.classifier import load_classifier, save_classifier
+
+    model = load_classifier(source)
+    return save_classifier(model, out_dir, provenance={"converted_from": Path(source).name})
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="pack_command", required=True, metavar="ACTION")
+    tiny = sub.add_parser("tiny", help="build the tiny random pack (tests, demo)")
+    tiny.add_argument("out_dir", metavar="DIR")
+    tiny.add_argument("--chunk-length", type=int, default=500)
+    tiny.add_argument("--seed", type=int, default=0)
+    convert = sub.add_parser("convert", help="convert a published classifier (.pth) to safetensors + json")
+    convert.add_argument("--classifier", required=True, help="the published 300_model.pth or 500_model.pth")
+    convert.add_argument("-o", "--out-dir", required=True)
+
+
+@exit_on_input_error
+def run(args: argparse.Namespace) -> int:
+    if args.pack_command == "tiny":
+        if args.chunk_length <= 0:
+            raise InputError(f"--chunk-length must be positive, got {args.chunk_length}")
+        with torch.random.fork_rng(devices=[]):
+            build_tiny_pack(args.out_dir, args.chunk_length, args.seed)
+        print(f"tiny pack (random weights, labels meaningless) written to {args.out_dir}", file=sys.stderr)
+    else:
+        path = convert_classifier(args.classifier, args.out_dir)
+        print(f"classifier converted to {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,148 @@
+"""The chunk plan: one validating pass over the inputs, then random access to any chunk.
+
+Rank 0 reads every input once (plain or compressed, FASTA or FASTQ), validates it, and packs the
+sequences into `work/sequences.bin` (one byte per base, records back to back) with a small index
+(`work/index.npz`: lengths and offsets, like a .fai) and the record IDs (`work/ids.txt`). Chunk
+boundaries depend only on sequence lengths, so every rank derives the whole chunk plan from the
+index and then reads and translates only its own chunks. Compressed input is thus decompressed
+once per run, not once per rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from vnp.chunking import chunk_starts
+from vnp.errors import InputError, where
+from vnp.seqio import check_readable, iter_records
+from vnp.translate import Chunk
+
+SEQUENCES = "sequences.bin"
+INDEX = "index.npz"
+IDS = "ids.txt"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Existence and distinctness of the inputs, before anything is read."""
+    seen: dict[str, str] = {}
+    paths = []
+    for name in inputs:
+        path = Path(name)
+        check_readable(path)
+        real = os.path.realpath(path)
+        if real in seen:
+            raise InputError(f"{name}: the same input is given twice (also as {seen[real]})")
+        seen[real] = name
+        paths.append(path)
+    return paths
+
+
+def pack_inputs(inputs: Sequence[Path], work_dir: Path, on_record: Callable[[], None] | None = None) -> None:
+    """Validate every input and write the packed sequences, index and IDs (atomically)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    lengths: list[int] = []
+    first_file: dict[str, Path] = {}
+    per_input = []
+    tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
+    with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w") as id_out:
+        for path in inputs:
+            count = 0
+            for record in iter_records(path):
+                if record.id in first_file:
+                    raise InputError(f"{where(path, record.id, record.line)}: record ID also used in "
+                                     f"{first_file[record.id]} (IDs must be unique across inputs)")
+                first_file[record.id] = path
+                seq_out.write(record.seq.encode("ascii"))
+                id_out.write(record.id + "\n")
+                lengths.append(len(record.seq))
+                count += 1
+                if on_record is not None:
+                    on_record()
+            per_input.append(count)
+    length_array = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
+    file_sizes = np.asarray(per_input, dtype=np.int64)
+    with open(work_dir / (INDEX + ".tmp"), "wb") as fh:
+        np.savez(fh, lengths=length_array, offsets=offsets, records_per_input=file_sizes)
+    for name in (SEQUENCES, IDS, INDEX):
+        os.replace(work_dir / (name + ".tmp"), work_dir / name)
+
+
+@dataclass
+class ChunkPlan:
+    """Every chunk of every record, derived lazily from the record lengths."""
+
+    lengths: np.ndarray  # int64 [R]
+    offsets: np.ndarray  # int64 [R], into sequences.bin
+    first_chunk: np.ndarray  # int64 [R + 1]: chunks of record r are first_chunk[r] .. first_chunk[r+1]-1
+    chunk_length: int
+    records_per_input: np.ndarray  # int64 [inputs]
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.first_chunk[-1])
+
+    @property
+    def n_records(self) -> int:
+        return len(self.lengths)
+
+    def record_of(self, chunks: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.first_chunk, chunks, side="right") - 1
+
+    def spans(self, c0: int, c1: int) -> Iterator[tuple[int, int, int, int, int]]:
+        """(global chunk, record, chunk number, start, end) for chunks c0 .. c1-1 (0-based, half-open)."""
+        if c1 <= c0:
+            return
+        first_record, last_record = self.record_of(np.array([c0, c1 - 1]))
+        for r in range(int(first_record), int(last_record) + 1):
+            starts = chunk_starts(int(self.lengths[r]), self.chunk_length)
+            base = int(self.first_chunk[r])
+            for k in range(max(c0, base) - base, min(c1, int(self.first_chunk[r + 1])) - base):
+                start = int(starts[k])
+                yield base + k, r, k + 1, start, min(start + self.chunk_length, int(self.lengths[r]))
+
+
+def load_plan(work_dir: Path, chunk_length: int) -> ChunkPlan:
+    with np.load(work_dir / INDEX, allow_pickle=False) as data:
+        lengths, offsets, per_input = data["lengths"], data["offsets"], data["records_per_input"]
+    counts = np.where(lengths > 0, -(-lengths // chunk_length), 0)
+    first = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    return ChunkPlan(lengths, offsets, first, chunk_length, per_input)
+
+
+def read_chunks(plan: ChunkPlan, sequences: Path, c0: int, c1: int) -> list[Chunk]:
+    """The chunks c0 .. c1-1 with their letters, read from the packed sequences."""
+    spans = list(plan.spans(c0, c1))
+    if not spans:
+        return []
+    chunks = []
+    with open(sequences, "rb") as fh:
+        for record in sorted({s[1] for s in spans}):
+            mine = [s for s in spans if s[1] == record]
+            lo, hi = mine[0][3], max(s[4] for s in mine)
+            fh.seek(int(plan.offsets[record]) + lo)
+            region = fh.read(hi - lo).decode("ascii")
+            for index, _, number, start, end in mine:
+                chunks.append(Chunk(str(index), str(record), number, start + 1, end, region[start - lo:end - lo]))
+    return chunks
+
+
+def iter_ids(work_dir: Path) -> Iterator[str]:
+    """Record IDs in input order, streamed (rank 0 needs them only when writing tables)."""
+    with open(work_dir / IDS) as fh:
+        for line in fh:
+            yield line.rstrip("\n")

@@ -1,0 +1,182 @@
+"""Distributed VirNucPro prediction: one process per GPU (or CPU rank), any standard launcher.
+
+    python -m vnp.predict INPUT... -o OUT [-c CONFIG.yaml] [key=value ...]
+    torchrun --standalone --nproc_per_node=4 -m vnp.predict INPUT... -o OUT pack=500 classifier=500_model.pth
+    accelerate launch --num_processes 4 -m vnp.predict INPUT... -o OUT ...
+    srun python -m vnp.predict INPUT... -o OUT ...          (see launch/slurm.sbatch)
+    vnp predict --gpus 0,1 INPUT... -o OUT ...               (relaunches itself under torchrun)
+
+Rank 0 validates and packs the inputs once; every rank derives the chunk plan, takes work units
+(blocks of consecutive chunks) through a DistributedSampler, translates and embeds them with both
+language models, and sends the embeddings to rank 0 step by step; rank 0 classifies them as they
+arrive, commits scores to OUT/work/parts (for resume) and writes the tables at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vnp import dist as vdist
+from vnp.config import PredictConfig, help_text, load_config, to_yaml
+from vnp.errors import InputError
+from vnp.gather import NO_UNIT, UnitResult
+from vnp.run_state import RunState, prepare_run, wait_until_ready
+from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
+
+HELP = "predict viral chunks and sequences (distributed over any number of ranks)"
+
+log = logging.getLogger("vnp")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("items", nargs="*", metavar="INPUT|key=value",
+                        help="FASTA/FASTQ inputs (plain, .gz, .bz2, .xz) and configuration overrides")
+    parser.add_argument("-o", "--out", help="output folder (created; an interrupted run there is resumed)")
+    parser.add_argument("-c", "--config", help="YAML file of configuration keys (overridden by key=value)")
+    parser.add_argument("--gpus", help="comma-separated GPU ids: relaunch under torchrun, one rank per GPU")
+    parser.epilog = help_text()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """Inputs are paths; `key=value` items (that are not existing files) are overrides."""
+    inputs, overrides = [], []
+    for item in items:
+        (overrides if "=" in item and not os.path.exists(item) else inputs).append(item)
+    return inputs, overrides
+
+
+def relaunch_on_gpus(gpus: str, argv: list[str]) -> int:
+    """`--gpus 0,1`: the same command under torchrun with one rank per listed GPU."""
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        print(f"vnp: error: --gpus expects comma-separated GPU ids such as 0,1, got {gpus!r}", file=sys.stderr)
+        return 2
+    rest, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            rest.append(arg)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}",
+               "-m", "vnp.predict", *rest]
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    if args.gpus:
+        return relaunch_on_gpus(args.gpus, sys.argv[1:] if argv is None else argv)
+    env = vdist.detect_env()
+    try:
+        inputs, overrides = split_items(args.items)
+        if not inputs:
+            raise InputError("no input files given (vnp predict INPUT... -o OUT)")
+        if not args.out:
+            raise InputError("no output folder given (-o OUT)")
+        config = load_config(args.config, overrides)
+    except InputError as err:
+        if env.rank == 0:  # the same error on every rank: say it once
+            print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
+    return predict(config, inputs, Path(args.out))
+
+
+def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
+    """One rank's whole job; the matched init/cleanup pair around it."""
+    stop = StopFlag.install()
+    started = time.time()
+    try:
+        ctx = vdist.init(config.device, config.dist.backend, config.dist.timeout_s)
+    except Exception as err:
+        print(f"vnp: error: rank {vdist.detect_env().rank}: cannot start: {err}", file=sys.stderr)
+        return 1
+    state: RunState | None = None
+    try:
+        threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
+        state = prepare_run(ctx, config, inputs, out) if ctx.is_main else wait_until_ready(ctx, config, out)
+        _log_to_file(out, ctx.rank)
+        log.info("rank %d/%d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, ctx.device, threads,
+                 ctx.env.launcher)
+        models = Models.load_everywhere(ctx, state, config)
+        times = run_steps(ctx, state, config, models, stop)
+        if stop.requested:
+            vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "
+                              "Run the same command again to resume.")
+            return 143
+        if ctx.is_main:
+            _finish(ctx, state, config, times, started)
+        return 0
+    except InputError as err:
+        if not getattr(err, "reported", False):
+            print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
+    except vdist.PeerFailure as err:
+        log.error("stopping: %s", err)
+        return 1
+    except Exception as err:  # one line on stderr, the traceback in this rank's log
+        log.error("rank %d failed:\n%s", ctx.rank, traceback.format_exc())
+        log_path = out / "logs" / f"rank{ctx.rank}.log"
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"vnp: error: rank {ctx.rank} failed: {type(err).__name__}: {first} (log: {log_path})",
+              file=sys.stderr)
+        return 1
+    finally:
+        vdist.cleanup()
+
+
+def _log_to_file(out: Path, rank: int) -> None:
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "logs" / f"rank{rank}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s rank%(rank)s %(levelname)s %(message)s".replace(
+        "%(rank)s", str(rank))))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:
+    from vnp.outputs import write_tables
+    from vnp.plan import iter_ids
+
+    t0 = time.time()
+    keys, scores = state.store.sorted_scores()
+    counts = write_tables(state.out, state.plan, iter_ids(state.work), keys, scores)
+    times.stages["write_tables_s"] = round(time.time() - t0, 3)
+    times.stages["total_s"] = round(time.time() - started, 3)
+    (state.out / "config.yaml").write_text(to_yaml(config))
+    record = state.run_json(ctx, config, counts, times)
+    tmp = state.out / "run.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, state.out / "run.json")
+    labels = ", ".join(f"{n} {k}" for k, n in sorted(counts.labels.items()))
+    vdist.print0(ctx, f"vnp: {counts.sequences} sequences, {counts.chunks} chunks, {counts.frames} frames "
+                      f"({labels}); results in {state.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vnp predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    from vnp.cli import parse
+
+    return run(parse(parser, argv), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -113,3 +113,21 @@ def _contig_row(rid: str, length: int, n_chunks: int, viral: int, empty: int, ma
     counts.labels[label] = counts.labels.get(label, 0) + 1
     counts.viral_sequences += label == "virus"
     return f"{rid}\t{length}\t{n_chunks}\t{viral}\t{empty}\t{fraction}\t{top}\t{mean}\t{label}\n"
+
+
+def load_embeddings(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """All frame IDs and embeddings saved by `save_embeddings=true`, in input order.
+
+    The parts in OUT/embeddings each hold `ids`, `keys` (chunk * 6 + frame) and `embeddings`
+    (float32 [N, 3328]); they are plain .npz files readable with numpy.load(allow_pickle=False).
+    """
+    ids, keys, vectors = [], [], []
+    for path in sorted((Path(out) / "embeddings").glob("part-*.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            ids.append(data["ids"])
+            keys.append(data["keys"])
+            vectors.append(data["embeddings"])
+    if not ids:
+        return np.zeros(0, dtype=str), np.zeros((0, 0), np.float32)
+    order = np.argsort(np.concatenate(keys), kind="stable")
+    return np.concatenate(ids)[order], np.concatenate(vectors)[order]

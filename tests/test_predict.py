@@ -1,0 +1,243 @@
+"""`vnp predict` end to end: real processes under python, torchrun, accelerate and SLURM variables."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vnp.config import iter_help
+from vnp.predict import main as predict_main
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
+# The same threads per rank everywhere: BLAS picks its summation order by thread count.
+COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
+_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_mixed_input(path: Path, seed: int = 5) -> Path:
+    """Sequences shorter than L, longer ones (uneven chunks), no-frame ones, N and lower case."""
+    rng = random.Random(seed)
+    with open(path, "w") as fh:
+        for i, length in enumerate([90, 500, 1001, 2, 640, 1500, 333, 2100, 45, 777]):
+            if i in (3, 6):  # stop codons in all six frames (TAA forward, TTA = TAA reverse)
+                seq = ("TAACTAACTAACTTAGTTAGTTAG" * (length // 24 + 1))[:length]
+            elif i % 2:
+                seq = "".join(rng.choice(_SENSE) for _ in range(length // 3 + 1))[:length]
+            else:
+                seq = "".join(rng.choice("ACGT") for _ in range(length))
+            if i == 5:
+                seq = seq[:100] + "NNNN" + seq[104:400].lower() + seq[400:]
+            fh.write(f">read{i} len={length}\n{seq}\n")
+    return path
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "SLURM_", "MASTER_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env(), timeout=timeout, cwd=ROOT)
+    return proc
+
+
+def tables(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in TABLES}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    return write_mixed_input(tmp_path_factory.mktemp("input") / "mixed.fa")
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory, mixed) -> Path:
+    out = tmp_path_factory.mktemp("single") / "out"
+    proc = run([sys.executable, "-m", "vnp.predict", str(mixed), "-o", str(out), *COMMON])
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_single_process_outputs(single_run, mixed):
+    rows = (single_run / "prediction_results.txt").read_text().splitlines()
+    assert rows[0] == "Sequence_ID\tPrediction\tscore1\tscore2"
+    chunks = (single_run / "chunks.tsv").read_text().splitlines()[1:]
+    contigs = (single_run / "contigs.tsv").read_text().splitlines()[1:]
+    assert len(contigs) == 10
+    # ceil(n / 500) chunks per sequence, listed even without frames
+    assert len(chunks) == sum(-(-n // 500) for n in [90, 500, 1001, 2, 640, 1500, 333, 2100, 45, 777])
+    no_frames = [c for c in chunks if c.endswith("\tno_frames")]
+    assert any(c.startswith("read3_chunk_1\t") for c in no_frames)  # 2 bp
+    assert any(c.startswith("read6_chunk_1\t") for c in no_frames)  # stops in every frame
+    by_id = {c.split("\t")[0]: c.split("\t") for c in contigs}
+    assert by_id["read3"][-1] == "no_frames" and by_id["read1"][-1] in ("virus", "others")
+    frames_in_chunks = sum(int(c.split("\t")[4]) for c in chunks)
+    assert frames_in_chunks == len(rows) - 1
+    # every per-chunk call is consistent with its frames
+    best = (single_run / "prediction_results_highestscore.csv").read_text().splitlines()[1:]
+    assert len(best) == len(chunks) - len(no_frames)
+    import json
+    record = json.loads((single_run / "run.json").read_text())
+    assert record["world_size"] == 1 and record["counts"]["frames"] == len(rows) - 1
+    assert (single_run / "config.yaml").read_text().count("unit_chunks: 2") == 1
+
+
+def expected_scores_original_way(out: Path, mixed: Path) -> dict[str, tuple[float, float]]:
+    """One frame at a time through both embedders (the original's call pattern), concatenated,
+    then the classifier."""
+    import esm
+
+    from vnp.chunking import chunk_spans
+    from vnp.models.classifier import load_classifier, score
+    from vnp.models.dnabert import load_dnabert
+    from vnp.models.esm import load_esm
+    from vnp.seqio import iter_records
+    from vnp.translate import Chunk, translate_chunks
+
+    pack = out / "work" / "tiny_pack"
+    dnabert = load_dnabert(str(pack / "dnabert"))
+    esm_model = load_esm(str(pack / "esm2_tiny.pt"), attention="fair-esm")
+    classifier = load_classifier(pack / "classifier")
+    converter = esm_model.alphabet.get_batch_converter()
+    expected = {}
+    for record in iter_records(mixed):
+        for span in chunk_spans(len(record.seq), 500):
+            cid = f"{record.id}_chunk_{span.number}"
+            (frames,) = translate_chunks([Chunk(cid, record.id, span.number, 0, 0, record.seq[span.start:span.end])])
+            for frame in frames:
+                ids = torch.tensor([dnabert.tokenizer.encode(frame.nucleotide).ids])
+                with torch.no_grad():
+                    nt = dnabert.model(ids)[0].mean(dim=0)
+                    _, _, toks = converter([(frame.id, frame.protein)])
+                    rep = esm_model.model(toks, repr_layers=[esm_model.layer])["representations"][esm_model.layer]
+                    aa = rep[0, 1:len(frame.protein) + 1].mean(0)
+                    probs = score(classifier, torch.cat([nt, aa])[None])[0]
+                expected[frame.id] = (float(probs[0]), float(probs[1]))
+    return expected
+
+
+def test_scores_match_the_original_call_pattern(single_run, mixed):
+    expected = expected_scores_original_way(single_run, mixed)
+    rows = [r.split("\t") for r in (single_run / "prediction_results.txt").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == list(expected)  # same frames, same order
+    worst = max(max(abs(float(r[2]) - expected[r[0]][0]), abs(float(r[3]) - expected[r[0]][1])) for r in rows)
+    assert worst < 1e-5
+    assert all(r[1] == ("virus" if float(r[3]) > float(r[2]) else "others") for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_torchrun_tables_identical(single_run, mixed, tmp_path, ranks):
+    out = tmp_path / "out"
+    proc = run([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "vnp.predict",
+                str(mixed), "-o", str(out), *COMMON])
+    assert proc.returncode == 0, proc.stderr
+    assert tables(out) == tables(single_run)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_tables_identical(single_run, mixed, tmp_path):
+    out = tmp_path / "out"
+    # Without GPUs accelerate starts several processes only with --multi_gpu (torchrun underneath).
+    proc = run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+                "-m", "vnp.predict", str(mixed), "-o", str(out), *COMMON])
+    assert proc.returncode == 0, proc.stderr
+    assert tables(out) == tables(single_run)
+
+
+@pytest.mark.slow
+def test_slurm_variables_tables_identical(single_run, mixed, tmp_path):
+    out = tmp_path / "out"
+    port = free_port()
+    procs = []
+    for rank in range(3):
+        env = child_env()
+        env.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="3", SLURM_TASKS_PER_NODE="3",
+                   SLURM_NODELIST="localhost", SLURM_JOB_ID=str(port - 15000))  # port = 15000 + job id
+        procs.append(subprocess.Popen([sys.executable, "-m", "vnp.predict", str(mixed), "-o", str(out), *COMMON],
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    assert all(code == 0 for code, _ in results), results
+    assert tables(out) == tables(single_run)
+    import json
+    assert json.loads((out / "run.json").read_text())["launcher"] == "slurm"
+
+
+@pytest.mark.slow
+def test_more_ranks_than_chunks(tmp_path):
+    small = tmp_path / "small.fa"
+    small.write_text(">a\n" + "ATGGCC" * 20 + "\n>b\nAC\n")
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    args = [str(small), "pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=1"]
+    assert run([sys.executable, "-m", "vnp.predict", "-o", str(single), *args]).returncode == 0
+    proc = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=3", "-m", "vnp.predict", "-o", str(multi), *args])
+    assert proc.returncode == 0, proc.stderr
+    assert tables(multi) == tables(single)
+
+
+@pytest.mark.slow
+def test_gpus_flag_relaunches_under_torchrun(single_run, mixed, tmp_path):
+    out = tmp_path / "out"
+    proc = run([str(BIN / "vnp"), "predict", "--gpus", "0,1", str(mixed), "-o", str(out), "device=cpu", *COMMON])
+    assert proc.returncode == 0, proc.stderr
+    assert tables(out) == tables(single_run)
+    import json
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+
+
+def test_save_embeddings(tmp_path, mixed):
+    out = tmp_path / "out"
+    assert predict_main([str(mixed), "-o", str(out), *COMMON, "save_embeddings=true"]) == 0
+    from vnp.outputs import load_embeddings
+
+    ids, vectors = load_embeddings(out)
+    rows = [r.split("\t")[0] for r in (out / "prediction_results.txt").read_text().splitlines()[1:]]
+    assert list(ids) == rows
+    assert vectors.dtype == np.float32 and vectors.shape == (len(rows), 48 + 64)
+    from vnp.models.classifier import load_classifier, score
+
+    probs = score(load_classifier(out / "work" / "tiny_pack" / "classifier"), torch.from_numpy(vectors)).numpy()
+    written = np.array([[float(x) for x in r.split("\t")[2:]] for r in
+                        (out / "prediction_results.txt").read_text().splitlines()[1:]])
+    assert np.abs(probs - written).max() < 1e-6
+
+
+def test_help_documents_every_key(capsys):
+    with pytest.raises(SystemExit):
+        predict_main(["--help"])
+    text = capsys.readouterr().out
+    for key, _, _ in iter_help():
+        assert key in text
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nope=1", "key 'nope'"), ("batch.unit_chunks=0", "batch.unit_chunks must be positive"),
+    ("precision=fp8", "precision must be"),
+])
+def test_bad_config_is_one_line(tmp_path, mixed, capsys, override, message):
+    assert predict_main([str(mixed), "-o", str(tmp_path / "o"), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_published_pack_without_classifier_is_refused(tmp_path, mixed, capsys):
+    assert predict_main([str(mixed), "-o", str(tmp_path / "o"), "pack=500"]) == 2
+    assert "classifier=" in capsys.readouterr().err

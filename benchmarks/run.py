@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["benchmarks.bench_translate"]
+BENCHMARKS = ["benchmarks.bench_translate", "benchmarks.bench_embed", "benchmarks.bench_predict"]
 
 
 def main() -> None:

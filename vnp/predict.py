@@ -111,8 +111,8 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
         state = prepare_run(ctx, config, inputs, out) if ctx.is_main else wait_until_ready(ctx, config, out)
         _log_to_file(out, ctx.rank)
-        log.info("rank %d/%d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, ctx.device, threads,
-                 ctx.env.launcher)
+        log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
+                 ctx.device, threads, ctx.env.launcher)
         models = Models.load_everywhere(ctx, state, config)
         times = run_steps(ctx, state, config, models, stop)
         if stop.requested:

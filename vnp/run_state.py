@@ -8,6 +8,7 @@ collective, while rank 0 touches a heartbeat, so a large input cannot trip `dist
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -90,8 +91,23 @@ def _check_out(out: Path) -> None:
         raise InputError(f"{out}: output folder is not writable") from None
 
 
+_LOCKS: list = []  # open lock files, held for the life of the process
+
+
+def _lock_out(out: Path) -> None:
+    """One run at a time per output folder (a second one would mix its progress with ours)."""
+    handle = open(out / "work" / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise InputError(f"{out}: another vnp run is using this output folder") from None
+    _LOCKS.append(handle)
+
+
 def _quick_checks(ctx, config: PredictConfig, inputs: list[str], out: Path):
     _check_out(out)
+    _lock_out(out)
     paths = check_inputs(inputs)
     pack = load_pack(config.pack, config.classifier or None, tiny_dir=out / "work" / "tiny_pack",
                      chunk_length=config.chunk_length)

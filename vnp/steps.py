@@ -8,6 +8,7 @@ frame's embedding is computed the same way whatever the world size, and so are t
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from vnp.errors import InputError
 from vnp.gather import NO_UNIT, UnitResult, gather_step
 from vnp.plan import SEQUENCES, iter_ids, read_chunks
 from vnp.run_state import RunState
-from vnp.store import write_atomic
+from vnp.store import part_number, write_atomic
 from vnp.translate import FRAME_NAMES, translate_chunks
 
 log = logging.getLogger("vnp")
@@ -168,9 +169,9 @@ class Collector:
         return min((unit + 1) * size, self.state.plan.n_chunks) - unit * size
 
     def _drop_orphan_embeddings(self) -> None:
-        committed = {p.name for p in (self.state.work / "parts").glob("part-*.npz")}
-        for path in self.embeddings_dir.glob("part-*.npz*"):
-            if path.name not in committed:
+        committed = {part_number(p) for p in (self.state.work / "parts").glob("part-*.npz")}
+        for path in self.embeddings_dir.glob("part-*"):
+            if path.suffix != ".npz" or part_number(path) not in committed:
                 path.unlink()
 
     def consume(self, results: list[UnitResult], times: EmbedTimes) -> None:
@@ -204,7 +205,7 @@ class Collector:
             keys = np.concatenate([r.keys for r in embeddings]) if embeddings else np.zeros(0, np.int64)
             dim = self.state.pack.embedding_dim
             vectors = np.concatenate([r.embeddings for r in embeddings]) if embeddings else np.zeros((0, dim), np.float32)
-            write_atomic(self.embeddings_dir / f"part-{number:06d}.npz",
+            write_atomic(self.embeddings_dir, number,
                          {"ids": np.asarray(self.id_cursor.frame_ids(keys), dtype=str), "keys": keys,
                           "embeddings": vectors})
         self.state.store.commit()
@@ -246,7 +247,8 @@ def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models
         if collector is not None:
             collector.close()
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
-    mine = {"rank": ctx.rank, "translate_s": round(times.translate, 3), "dnabert_s": round(times.dnabert, 3),
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    mine = {"rank": ctx.rank, "peak_rss_mib": round(peak_mib, 1), "translate_s": round(times.translate, 3), "dnabert_s": round(times.dnabert, 3),
             "esm_s": round(times.esm, 3), "exchange_s": round(times.exchange, 3), "classify_s": round(times.classify, 3)}
     times.per_rank = vdist.all_gather_object(ctx, mine)
     if ctx.is_main and not stop.requested:

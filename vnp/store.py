@@ -2,55 +2,59 @@
 
 Rank 0 keeps, per frame, its global key (chunk * 6 + frame) and its two scores, and commits them in
 parts: each part is written to a temporary file, fsynced, then renamed, and carries a checksum of
-its arrays. On resume a part that is truncated, corrupt or fails its checksum is deleted and its
-units are computed again; a part is never trusted without its checksum.
+its bytes in its name. On resume a part that is truncated, corrupt or fails its checksum is deleted
+and its units are computed again; a part is never trusted without its checksum.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
-PART_GLOB = "part-*.npz"
+PART_GLOB = "part-*-*.npz"
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(arrays[name]).tobytes())
-    return digest.hexdigest()
+def part_number(path: Path) -> int:
+    """`part-000012-<digest>.npz` -> 12."""
+    return int(path.name.split("-")[1])
 
 
-def write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """An .npz with a checksum, written to a temporary name, fsynced, then renamed."""
+def write_atomic(folder: Path, number: int, arrays: dict[str, np.ndarray]) -> Path:
+    """Write an .npz named after its number and the SHA-256 of its bytes: to a temporary name,
+    fsynced, then renamed (with the folder fsynced), so a part is whole or absent."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    data = buffer.getvalue()
+    path = folder / f"part-{number:06d}-{hashlib.sha256(data).hexdigest()[:32]}.npz"
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, checksum=np.array(_digest(arrays)), **arrays)
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return path
 
 
 def read_checked(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a part, or None when it is unreadable or its checksum does not match."""
+    """The arrays of a part, or None when its bytes do not match the digest in its name (a
+    truncated, corrupt or foreign file) or it cannot be read."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except Exception:  # zip, npy header or CRC errors: all mean "do not trust"
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest()[:32] != path.stem.split("-")[2]:
+            return None
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except Exception:  # unreadable in any way: do not trust
         return None
-    checksum = arrays.pop("checksum", None)
-    if checksum is None or str(checksum) != _digest(arrays):
-        return None
-    return arrays
 
 
 class ScoreStore:
@@ -70,7 +74,7 @@ class ScoreStore:
         """Read every committed part; delete untrustworthy ones. Returns the finished units."""
         done: set[int] = set()
         for path in sorted(self.parts_dir.glob(PART_GLOB)):
-            self.next_part = max(self.next_part, int(path.stem.split("-")[1]) + 1)
+            self.next_part = max(self.next_part, part_number(path) + 1)
             arrays = read_checked(path)
             if arrays is None or done & set(arrays["units"].tolist()):
                 self.rejected.append(path)
@@ -103,7 +107,7 @@ class ScoreStore:
                   "keys": np.concatenate(key_list) if key_list else np.zeros(0, np.int64),
                   "scores": np.concatenate(score_list).reshape(-1, 2) if score_list else np.zeros((0, 2), np.float32)}
         number = self.next_part
-        write_atomic(self.parts_dir / f"part-{number:06d}.npz", arrays)
+        write_atomic(self.parts_dir, number, arrays)
         self.units.append(arrays["units"])
         self.keys.append(arrays["keys"])
         self.scores.append(arrays["scores"])

@@ -1,0 +1,224 @@
+"""Fault tolerance with real processes: kill -9, SIGTERM, corrupt progress, changed inputs, a
+failing rank. Every resumed run must give tables byte-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_predict import BIN, ROOT, TABLES, child_env, free_port, run, tables
+
+pytestmark = pytest.mark.slow
+_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
+ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
+
+
+def write_long_input(path: Path, n: int = 700, seed: int = 9) -> Path:
+    """Coding-like sequences of 500-1400 bp: many frames, a run of several seconds."""
+    rng = random.Random(seed)
+    with open(path, "w") as fh:
+        for i in range(n):
+            length = rng.choice([500, 700, 1400])
+            fh.write(f">s{i}\n" + "".join(rng.choices(_SENSE, k=length // 3 + 1))[:length] + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_input(tmp_path_factory) -> Path:
+    return write_long_input(tmp_path_factory.mktemp("long") / "long.fa")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, long_input) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "out"
+    proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS])
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def start_torchrun(long_input: Path, out: Path, ranks: int = 2, extra: list[str] = ()) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "vnp.predict",
+                             str(long_input), "-o", str(out), *ARGS, *extra],
+                            env=child_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for_parts(out: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while len(list((out / "work" / "parts").glob("part-*.npz"))) < count:
+        assert proc.poll() is None, f"run ended before {count} parts: {proc.stderr.read()}"
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def rank_pid(out: Path, rank: int) -> int:
+    text = (out / "logs" / f"rank{rank}.log").read_text()
+    return int(re.findall(r"pid (\d+)", text)[-1])
+
+
+def kill_every_rank(out: Path, proc: subprocess.Popen, ranks: int) -> None:
+    """kill -9 of all ranks and the launcher (torchrun starts its workers in sessions of their own)."""
+    for rank in range(ranks):
+        try:
+            os.kill(rank_pid(out, rank), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.kill()
+    proc.wait(timeout=60)
+
+
+def resume(long_input: Path, out: Path, ranks: int) -> dict:
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "vnp.predict"]
+    else:
+        cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "vnp.predict"]
+    proc = run([*cmd, str(long_input), "-o", str(out), *ARGS])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "run.json").read_text())
+
+
+def test_kill_one_rank_then_resume_with_1_and_3_ranks(long_input, reference, tmp_path):
+    out = tmp_path / "out"
+    proc = start_torchrun(long_input, out)
+    wait_for_parts(out, 5, proc)
+    os.kill(rank_pid(out, 1), signal.SIGKILL)
+    assert proc.wait(timeout=120) != 0
+    assert not (out / "prediction_results.txt").exists()
+    committed = len(list((out / "work" / "parts").glob("part-*.npz")))
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for target, ranks in ((out, 1), (copy, 3)):
+        record = resume(long_input, target, ranks)
+        assert tables(target) == tables(reference)
+        assert record["resumed_units"] >= committed  # finished work was not recomputed
+        assert record["world_size"] == ranks
+
+
+def test_sigterm_at_a_random_moment_then_resume(long_input, reference, tmp_path):
+    out = tmp_path / "out"
+    proc = start_torchrun(long_input, out)
+    time.sleep(random.uniform(1.0, 4.0))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    resume(long_input, out, 2)
+    assert tables(out) == tables(reference)
+
+
+def test_signal_ahead_of_time_stops_every_rank_cleanly(long_input, reference, tmp_path):
+    """SIGUSR1 to one rank (SLURM --signal=USR1@120): all ranks stop after the same step."""
+    out = tmp_path / "out"
+    proc = start_torchrun(long_input, out)
+    wait_for_parts(out, 3, proc)
+    os.kill(rank_pid(out, 1), signal.SIGUSR1)
+    assert proc.wait(timeout=120) != 0
+    assert "Run the same command again to resume" in proc.stderr.read()
+    record = resume(long_input, out, 2)
+    assert record["resumed_units"] >= 3
+    assert tables(out) == tables(reference)
+
+
+def test_corrupt_progress_is_recomputed(long_input, reference, tmp_path):
+    out = tmp_path / "out"
+    proc = start_torchrun(long_input, out)
+    wait_for_parts(out, 6, proc)
+    kill_every_rank(out, proc, 2)  # as when a node dies
+    parts = sorted((out / "work" / "parts").glob("part-*.npz"))
+    parts[0].write_bytes(parts[0].read_bytes()[:100])  # truncated
+    data = bytearray(parts[1].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    parts[1].write_bytes(bytes(data))
+    record = resume(long_input, out, 1)
+    assert record["rejected_progress_parts"] >= 2
+    assert tables(out) == tables(reference)
+
+
+def test_changed_input_is_refused_unless_forced(long_input, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    backup = long_input.read_bytes()
+    try:
+        long_input.write_bytes(backup.replace(b">s1\n", b">s1\nACGT", 1))
+        proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS])
+        assert proc.returncode == 2
+        assert "different inputs" in proc.stderr and proc.stderr.count("\n") == 1
+        assert tables(out) == tables(reference)  # nothing written in OUT was destroyed
+        proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS, "force=true"])
+        assert proc.returncode == 0, proc.stderr
+        assert tables(out) != tables(reference)
+    finally:
+        long_input.write_bytes(backup)
+
+
+def test_settings_that_do_not_change_results_may_differ(long_input, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS,
+                "batch.esm_tokens=2048", "progress=true"])
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["resumed_units"] == record["work_units"]  # nothing recomputed
+    assert tables(out) == tables(reference)
+
+
+FAILING = """
+import sys
+import vnp.steps as steps
+
+original = steps.embed_unit
+
+def failing(unit, state, config, models, times):
+    import torch.distributed as dist
+    if dist.is_initialized() and dist.get_rank() == 1 and unit >= 6:
+        raise RuntimeError("injected failure")
+    return original(unit, state, config, models, times)
+
+steps.embed_unit = failing
+from vnp.predict import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_failing_rank_ends_the_job_quickly_under_torchrun(long_input, tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING)
+    out = tmp_path / "out"
+    started = time.time()
+    proc = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(script), str(long_input),
+                "-o", str(out), *ARGS[:-1], "dist.timeout_s=20"], timeout=120)
+    assert proc.returncode != 0
+    assert time.time() - started < 60
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("vnp: error")]
+    assert lines == [f"vnp: error: rank 1 failed: RuntimeError: injected failure (log: {out}/logs/rank1.log)"]
+    assert "injected failure" in (out / "logs" / "rank1.log").read_text()
+
+
+def test_failing_rank_without_torchrun_does_not_hang(long_input, tmp_path):
+    """Processes started by hand (SLURM variables, no agent to kill the others): bounded by the timeout."""
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING)
+    out = tmp_path / "out"
+    port = free_port()
+    procs = []
+    started = time.time()
+    for rank in range(2):
+        env = child_env()
+        env.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_NODELIST="localhost",
+                   SLURM_JOB_ID=str(port - 15000))
+        procs.append(subprocess.Popen([sys.executable, str(script), str(long_input), "-o", str(out), *ARGS[:-1],
+                                       "dist.timeout_s=15"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    codes = [p.wait(timeout=90) for p in procs]
+    assert all(code != 0 for code in codes)
+    assert time.time() - started < 60
+    stderr = "".join(p.stderr.read() for p in procs)
+    assert stderr.count("vnp: error") == 1 and "injected failure" in stderr

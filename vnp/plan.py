@@ -54,10 +54,27 @@ def check_inputs(inputs: Sequence[str]) -> list[Path]:
 def pack_inputs(inputs: Sequence[Path], work_dir: Path, on_record: Callable[[], None] | None = None) -> None:
     """Validate every input and write the packed sequences, index and IDs (atomically)."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    lengths: list[int] = []
-    first_file: dict[str, Path] = {}
-    per_input = []
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
+    try:
+        lengths, per_input = _pack(inputs, tmp, on_record)
+    except BaseException:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        raise
+    length_array = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
+    file_sizes = np.asarray(per_input, dtype=np.int64)
+    with open(work_dir / (INDEX + ".tmp"), "wb") as fh:
+        np.savez(fh, lengths=length_array, offsets=offsets, records_per_input=file_sizes)
+    for name in (SEQUENCES, IDS, INDEX):
+        os.replace(work_dir / (name + ".tmp"), work_dir / name)
+
+
+def _pack(inputs: Sequence[Path], tmp: dict[str, Path], on_record) -> tuple[list[int], list[int]]:
+    """Stream every record into the packed files; (record lengths, records per input)."""
+    lengths: list[int] = []
+    per_input: list[int] = []
+    first_file: dict[str, Path] = {}
     with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w") as id_out:
         for path in inputs:
             count = 0
@@ -73,13 +90,7 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path, on_record: Callable[[], 
                 if on_record is not None:
                     on_record()
             per_input.append(count)
-    length_array = np.asarray(lengths, dtype=np.int64)
-    offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
-    file_sizes = np.asarray(per_input, dtype=np.int64)
-    with open(work_dir / (INDEX + ".tmp"), "wb") as fh:
-        np.savez(fh, lengths=length_array, offsets=offsets, records_per_input=file_sizes)
-    for name in (SEQUENCES, IDS, INDEX):
-        os.replace(work_dir / (name + ".tmp"), work_dir / name)
+    return lengths, per_input
 
 
 @dataclass

@@ -82,7 +82,8 @@ def _check_out(out: Path) -> None:
     try:
         (out / "work").mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"{out}: cannot create output folder ({err.strerror})") from None
+        problem = "output folder is not writable" if out.is_dir() else "cannot create output folder"
+        raise InputError(f"{out}: {problem} ({err.strerror})") from None
     probe = out / "work" / f".write-test-{os.getpid()}"
     try:
         probe.write_text("")
@@ -200,15 +201,13 @@ def _differences(old: dict, new: dict) -> list[str]:
     return names
 
 
-def _clear(out: Path, keep_index: bool) -> None:
-    """Remove a previous run's progress and results (force=true, or resume=false)."""
-    work = out / "work"
-    for name in ("parts",):
-        shutil.rmtree(work / name, ignore_errors=True)
+def _clear_results(out: Path) -> None:
+    """Remove a previous run's progress and results (after the new inputs proved valid)."""
+    shutil.rmtree(out / "work" / "parts", ignore_errors=True)
     shutil.rmtree(out / "embeddings", ignore_errors=True)
-    if not keep_index:
-        for name in ("index.npz", "sequences.bin", "ids.txt", RECORD):
-            (work / name).unlink(missing_ok=True)
+    for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv",
+                 "run.json", "config.yaml"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path, heartbeat: Path) -> RunState:
@@ -232,13 +231,12 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path,
     if old is not None and not same and not config.force:
         raise InputError(f"{out}: holds a run with different {', '.join(_differences(old, record))}; "
                          "rerun with force=true to start afresh there, or choose another output folder")
-    if config.force or not same:
-        _clear(out, keep_index=False)
-    elif not config.resume:
-        _clear(out, keep_index=True)
-    if not (same and (work / "index.npz").exists()):
-        pack_inputs(paths, work, on_record=beat)
+    if not (same and (work / "index.npz").exists()) or config.force:
+        pack_inputs(paths, work, on_record=beat)  # validates; replaces the old index only on success
+        _clear_results(out)
         _write_json(work / RECORD, record)
+    elif not config.resume:
+        _clear_results(out)
     summaries = _input_summaries(record, work)
     plan = load_plan(work, chunk_length)
     store = ScoreStore(work / "parts")

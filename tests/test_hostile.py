@@ -1,0 +1,124 @@
+"""Hostile input through `vnp predict` under torchrun with 2 ranks: one clear line, exit code 2,
+no traceback from any rank, and nothing already written in OUT destroyed."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_predict import BIN, ROOT, TABLES, child_env, tables
+
+pytestmark = pytest.mark.slow
+ARGS = ["pack=tiny", "progress=false", "threads=1", "dist.timeout_s=60"]
+GOOD = ">g1\n" + "ATGGCCAAAGGC" * 40 + "\n>g2\n" + "ACGT" * 130 + "\n"
+
+
+def torchrun(*items: str) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "vnp.predict", *items]
+    return subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=180)
+
+
+def rank_tracebacks(stderr: str) -> list[str]:
+    """Tracebacks printed by ranks; torchrun's own failure report (ChildFailedError, raised in the
+    launcher after a rank exits non-zero) is the launcher's, not a rank's."""
+    blocks = stderr.split("Traceback (most recent call last):")[1:]
+    return [b for b in blocks if "bin/torchrun" not in b.split("\n", 2)[1]]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    """An OUT holding a finished run, and its input."""
+    base = tmp_path_factory.mktemp("finished")
+    good = base / "good.fa"
+    good.write_text(GOOD)
+    out = base / "out"
+    proc = torchrun(str(good), "-o", str(out), *ARGS)
+    assert proc.returncode == 0, proc.stderr
+    return good, out
+
+
+def malicious_pickle(path: Path) -> Path:
+    code = ("import torch, os\n"
+            "class Evil:\n"
+            "    def __reduce__(self):\n"
+            "        return (os.system, ('touch PWNED',))\n"
+            f"torch.save({{'model': Evil()}}, {str(path)!r})\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return path
+
+
+def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, expected words in the one error line)."""
+    def file(name: str, data: bytes) -> str:
+        (tmp / name).write_bytes(data)
+        return str(tmp / name)
+
+    blob = gzip.compress(b">s1\n" + b"ACGT" * 50000 + b"\n")
+    good = file("good.fa", GOOD.encode())
+    return {
+        "missing": ([str(tmp / "nope.fa")], "no such file"),
+        "directory": ([str(tmp)], "is a directory"),
+        "empty": ([file("empty.fa", b"")], "empty file"),
+        "blank": ([file("blank.fa", b"\n\n")], "no records"),
+        "binary": ([file("junk.fa", bytes(range(256)) * 8)], "binary data"),
+        "truncated_gzip": ([file("cut.fa.gz", blob[: len(blob) // 2])], "truncated or corrupt gzip"),
+        "fastq_quality": ([file("q.fq", b"@r1\nACGT\n+\nIII\n")], "quality length 3 differs"),
+        "digit": ([file("d.fa", b">s1\nAC1T\n")], "record 's1' (line 2): invalid character '1'"),
+        "star": ([file("st.fa", b">s1\nACGT*\n")], "invalid character '*'"),
+        "dash": ([file("da.fa", b">s1\nAC-GT\n")], "invalid character '-'"),
+        "protein": ([file("p.fa", b">p1\nMEFILPQ\n")], "invalid character 'E'"),
+        "duplicate": ([file("dup.fa", b">s1\nACGT\n>s1\nAC\n")], "duplicate record ID"),
+        "same_twice": ([good, good], "given twice"),
+        "id_in_two_files": ([good, file("other.fa", b">g1\nACGT\n")], "IDs must be unique across inputs"),
+        "evil_classifier": ([good, f"classifier={malicious_pickle(tmp / 'evil.pth')}"], "refusing to load"),
+        "bad_key": ([good, "batch.unit_chunks=-3"], "batch.unit_chunks must be positive"),
+    }
+
+
+CASES = ["missing", "directory", "empty", "blank", "binary", "truncated_gzip", "fastq_quality", "digit", "star",
+         "dash", "protein", "duplicate", "same_twice", "id_in_two_files", "evil_classifier", "bad_key"]
+
+
+ON_FINISHED = {"missing", "truncated_gzip", "digit", "duplicate", "evil_classifier"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_one_line_exit_2(case, finished, tmp_path):
+    _, out = finished
+    before = tables(out)
+    items, expected = bad_inputs(tmp_path)[case]
+    # A fresh OUT shows the input's own error; a finished OUT must survive a bad rerun even with
+    # force=true (checked for a sample of the cases, to keep the suite short).
+    targets = [(tmp_path / "fresh", [])] + ([(out, ["force=true"])] if case in ON_FINISHED else [])
+    for target, extra in targets:
+        proc = torchrun(*items, "-o", str(target), *ARGS, *extra)
+        errors = [l for l in proc.stderr.splitlines() if l.startswith("vnp: error")]
+        assert proc.returncode != 0 and not rank_tracebacks(proc.stderr), proc.stderr
+        assert len(errors) == 1 and expected in errors[0], proc.stderr
+        assert "exitcode  : 2" in proc.stderr or proc.returncode == 2
+    assert tables(out) == before
+    assert not (ROOT / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_out_is_a_file(tmp_path, finished):
+    good, _ = finished
+    target = tmp_path / "out"
+    target.write_text("precious")
+    proc = torchrun(str(good), "-o", str(target), *ARGS)
+    assert "output folder is an existing file" in proc.stderr and proc.returncode != 0
+    assert target.read_text() == "precious"
+
+
+def test_out_not_writable(tmp_path, finished):
+    good, _ = finished
+    target = Path("/sys/fs")  # not writable even for root
+    if not target.is_dir():
+        pytest.skip("no read-only folder to try")
+    proc = torchrun(str(good), "-o", str(target), *ARGS)
+    assert "output folder is not writable" in proc.stderr and proc.returncode != 0
+    assert not rank_tracebacks(proc.stderr)

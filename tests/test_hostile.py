@@ -122,3 +122,18 @@ def test_out_not_writable(tmp_path, finished):
     proc = torchrun(str(good), "-o", str(target), *ARGS)
     assert "output folder is not writable" in proc.stderr and proc.returncode != 0
     assert not rank_tracebacks(proc.stderr)
+
+
+def test_corrupt_model_file_is_refused_before_any_work(tmp_path, finished):
+    good, _ = finished
+    from vnp.models.pack import build_tiny_pack
+
+    build_tiny_pack(tmp_path / "pack")
+    model = tmp_path / "pack" / "esm2_tiny.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    out = tmp_path / "out"
+    proc = torchrun(str(good), "-o", str(out), "pack=" + str(tmp_path / "pack"), "progress=false", "threads=1")
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("vnp: error")]
+    assert proc.returncode != 0 and not rank_tracebacks(proc.stderr), proc.stderr
+    assert len(errors) == 1 and "esm2_tiny.pt" in errors[0], proc.stderr
+    assert not list((out / "work" / "parts").glob("part-*"))  # no unit was embedded

@@ -222,3 +222,43 @@ def test_failing_rank_without_torchrun_does_not_hang(long_input, tmp_path):
     assert time.time() - started < 60
     stderr = "".join(p.stderr.read() for p in procs)
     assert stderr.count("vnp: error") == 1 and "injected failure" in stderr
+
+
+SLOW_RANK0 = """
+import sys, time
+import vnp.plan as plan
+import vnp.predict as predict_module
+import vnp.outputs as outputs
+
+original_iter = plan.iter_records
+
+def slow_records(path):
+    for record in original_iter(path):
+        time.sleep(0.4)  # a long validation pass on rank 0
+        yield record
+
+plan.iter_records = slow_records
+original_write = outputs.write_tables
+
+def slow_write(*args, **kwargs):
+    time.sleep(8)  # long final writes on rank 0
+    return original_write(*args, **kwargs)
+
+outputs.write_tables = slow_write
+from vnp.predict import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_rank0_long_preparation_and_writes_do_not_trip_the_timeout(tmp_path):
+    """dist.timeout_s=3 while rank 0 spends ~8 s validating and 8 s writing: the others wait on a
+    heartbeat, not a collective, and do not wait for the final writes at all."""
+    small = tmp_path / "small.fa"
+    small.write_text("".join(f">s{i}\n" + "ATGGCCAAAGGC" * 30 + "\n" for i in range(20)))
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_RANK0)
+    out = tmp_path / "out"
+    proc = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(script), str(small), "-o", str(out),
+                "pack=tiny", "progress=false", "threads=1", "dist.timeout_s=3"], timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "prediction_results.txt").exists()

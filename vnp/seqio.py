@@ -99,7 +99,8 @@ def _blocks(path: Path, size: int = 1 << 22) -> Iterator[bytes]:
                 yield block
     except _CODEC_ERRORS as err:
         codec = compression_of(path) or "file"
-        raise InputError(f"{path}: truncated or corrupt {codec} data after {offset} bytes ({err})") from None
+        where_ = f" after {offset} decompressed bytes" if offset else ""
+        raise InputError(f"{path}: truncated or corrupt {codec} data{where_} ({err})") from None
 
 
 def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator[tuple[int, bytes]]:

@@ -4,14 +4,13 @@ no traceback from any rank, and nothing already written in OUT destroyed."""
 from __future__ import annotations
 
 import gzip
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.test_predict import BIN, ROOT, TABLES, child_env, tables
+from tests.test_predict import BIN, ROOT, child_env, tables
 
 pytestmark = pytest.mark.slow
 ARGS = ["pack=tiny", "progress=false", "threads=1", "dist.timeout_s=60"]

@@ -102,7 +102,6 @@ def test_single_process_outputs(single_run, mixed):
 def expected_scores_original_way(out: Path, mixed: Path) -> dict[str, tuple[float, float]]:
     """One frame at a time through both embedders (the original's call pattern), concatenated,
     then the classifier."""
-    import esm
 
     from vnp.chunking import chunk_spans
     from vnp.models.classifier import load_classifier, score

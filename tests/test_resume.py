@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import BIN, ROOT, TABLES, child_env, free_port, run, tables
+from tests.test_predict import BIN, ROOT, child_env, free_port, run, tables
 
 pytestmark = pytest.mark.slow
 _SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]

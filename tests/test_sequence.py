@@ -14,7 +14,6 @@ import pytest
 
 from benchmarks import baseline_translate as baseline
 from vnp.chunking import chunk_spans
-from vnp.errors import InputError
 from vnp.seqio import input_stem, iter_records
 from vnp.translate import Chunk, main as translate_main, reverse_complement, translate_chunks
 

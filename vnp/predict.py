@@ -18,20 +18,15 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.errors import InputError
-from vnp.gather import NO_UNIT, UnitResult
 from vnp.run_state import RunState, prepare_run, wait_until_ready
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
 

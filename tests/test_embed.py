@@ -1,0 +1,215 @@
+"""`vnp embed` on the tiny pack: input order, shapes, the original's one-sequence-per-call values,
+one-line errors with exit code 2 and no partial output."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vnp.cli import main as vnp_main
+from vnp.embed import checked_records, collect, embed_records, nucleotide_check
+from vnp.models.dnabert import load_dnabert
+from vnp.models.dnabert import token_batches as dnabert_batches
+from vnp.models.esm import load_esm
+from vnp.models.esm import token_batches as esm_batches
+from vnp.models.pack import build_tiny_pack
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_BUDGET = "64"  # several padded batches for these inputs
+
+# IDs out of sorted order, descriptions, lower case, N, wrapped lines, varied lengths.
+NUCLEOTIDES = {
+    "z9_chunk_1F1": "ATGAAACGCATTAGCACCACCATTACCACCACCATCACCATTACCACAGGTAACGGTGCGGGCTGA",
+    "a1_chunk_2R3": "acgtacgtNNacgtTTGACCA",
+    "m5": "GATTACA" * 30,
+    "b2 some description": "C",
+    "k7": "TTTTAAAACCCCGGGGACGT",
+}
+PROTEINS = {
+    "z9_chunk_1F1": "MKRISTTITTTITITTGNGAG",
+    "a1": "M",
+    "m5 described": "ACDEFGHIKLMNPQRSTVWYXBZUO",
+    "q3": "MSTNPKPQRKTKRNTNRRPQDVKFPGG" * 3,
+    "b2": "MKTAYIAK-QRQ.ISFVKSHF",
+}
+
+
+def write_fasta(path: Path, records: dict[str, str], width: int = 20) -> Path:
+    with open(path, "w") as fh:
+        for title, seq in records.items():
+            fh.write(f">{title}\n" + "".join(seq[i:i + width] + "\n" for i in range(0, len(seq), width)))
+    return path
+
+
+def ids_of(records: dict[str, str]) -> list[str]:
+    return [title.split()[0] for title in records]
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    return build_tiny_pack(tmp_path_factory.mktemp("pack"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("inputs")
+    return {"fa": write_fasta(folder / "frames.fa", NUCLEOTIDES), "faa": write_fasta(folder / "frames.faa", PROTEINS)}
+
+
+def run_embed(capsys, *args: str) -> tuple[int, str]:
+    code = vnp_main(["embed", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def load_npz(path: Path) -> tuple[list[str], np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        assert set(data.files) == {"ids", "embeddings"}
+        return data["ids"].tolist(), data["embeddings"]
+
+
+def padded_batch_among(lengths: list[int], batcher) -> bool:
+    """Whether SMALL_BUDGET batches put sequences of different lengths together (padding)."""
+    return any(len({lengths[i] for i in batch}) > 1 for batch in batcher(lengths, int(SMALL_BUDGET)))
+
+
+@torch.no_grad()
+def dnabert_one_per_call(embedder, seqs: list[str]) -> np.ndarray:
+    """The original: `model(tokenizer(seq))[0]`, mean over its tokens, one unpadded sequence per call."""
+    rows = []
+    for seq in seqs:
+        input_ids = torch.tensor([embedder.tokenizer.encode(seq.upper()).ids])
+        rows.append(embedder.model(input_ids)[0].mean(0).numpy())
+    return np.stack(rows)
+
+
+@torch.no_grad()
+def esm_one_per_call(embedder, proteins: list[str]) -> np.ndarray:
+    """The original: fair-esm's batch converter and forward, `t[0, 1 : len + 1].mean(0)`."""
+    convert = embedder.alphabet.get_batch_converter()
+    rows = []
+    for protein in proteins:
+        _, _, tokens = convert([("id", protein)])
+        reps = embedder.model(tokens, repr_layers=[embedder.layer])["representations"][embedder.layer]
+        rows.append(reps[0, 1 : len(protein) + 1].mean(0).numpy())
+    return np.stack(rows)
+
+
+def test_dnabert_ids_shapes_and_values(pack, inputs, tmp_path, capsys):
+    out = tmp_path / "sub" / "dnabert.npz"
+    code, err = run_embed(capsys, "dnabert", inputs["fa"], "-m", pack.dnabert, "-o", out, "--max-tokens", SMALL_BUDGET)
+    assert code == 0, err
+    ids, vectors = load_npz(out)
+    assert ids == ids_of(NUCLEOTIDES)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(NUCLEOTIDES), pack.dnabert_dim)
+    embedder = load_dnabert(pack.dnabert)
+    assert padded_batch_among(embedder.token_lengths(list(NUCLEOTIDES.values())), dnabert_batches)
+    expected = dnabert_one_per_call(embedder, list(NUCLEOTIDES.values()))
+    np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
+    assert f"{len(NUCLEOTIDES)} records" in err and os.listdir(out.parent) == ["dnabert.npz"]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "fair-esm"])
+@pytest.mark.parametrize("layer", [None, 1])
+def test_esm_ids_shapes_and_values(pack, inputs, tmp_path, capsys, attention, layer):
+    out = tmp_path / "esm.npz"
+    extra = [] if layer is None else ["--layer", str(layer)]
+    code, err = run_embed(capsys, "esm", inputs["faa"], "-m", pack.esm, "-o", out, "--max-tokens", SMALL_BUDGET,
+                          "--attention", attention, *extra)
+    assert code == 0, err
+    ids, vectors = load_npz(out)
+    assert ids == ids_of(PROTEINS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(PROTEINS), pack.esm_dim)
+    embedder = load_esm(pack.esm, layer=layer, attention="fair-esm")
+    assert padded_batch_among(embedder.token_lengths(list(PROTEINS.values())), esm_batches)
+    expected = esm_one_per_call(embedder, list(PROTEINS.values()))
+    np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
+
+
+def test_slices_give_the_same_rows(pack, inputs, tmp_path, capsys):
+    """Embedding in slices of 2 records (as a rank would its share) changes nothing."""
+    embedder = load_dnabert(pack.dnabert)
+    records = checked_records(inputs["fa"], nucleotide_check)
+    ids, vectors = collect(embed_records(embedder, records, max_tokens=64, batch_records=2), embedder.hidden_size)
+    whole = embedder.embed([seq.upper() for seq in NUCLEOTIDES.values()], max_tokens=64)
+    assert ids.tolist() == ids_of(NUCLEOTIDES)
+    np.testing.assert_allclose(vectors, whole, atol=1e-6, rtol=0)
+    empty_ids, empty = collect(embed_records(embedder, [], max_tokens=64), embedder.hidden_size)
+    assert empty_ids.shape == (0,) and empty.shape == (0, pack.dnabert_dim)
+
+
+def test_gzip_input_and_bf16(pack, inputs, tmp_path, capsys):
+    gz = tmp_path / "frames.fa.gz"
+    gz.write_bytes(gzip.compress(inputs["fa"].read_bytes()))
+    out = tmp_path / "bf16.npz"
+    code, err = run_embed(capsys, "dnabert", gz, "-m", pack.dnabert, "-o", out, "--precision", "bf16")
+    assert code == 0, err
+    ids, vectors = load_npz(out)
+    assert ids == ids_of(NUCLEOTIDES) and vectors.dtype == np.float32 and np.isfinite(vectors).all()
+    full = dnabert_one_per_call(load_dnabert(pack.dnabert), list(NUCLEOTIDES.values()))
+    assert np.abs(vectors - full).max() < 0.2
+
+
+BAD_INPUTS = {
+    "missing": (None, "no such file"),
+    "empty": ("", "empty file"),
+    "blank": ("\n\n", "no FASTA records"),
+    "text": ("ACGT\nACGT\n", "no FASTA records"),
+    "duplicate": (">r1\nACGT\n>r2 x\nAC\n>r1 again\nGG\n", "record 'r1': duplicate record ID"),
+    "no_id": (">r1\nACGT\n>\nACGT\n", "record 2: header has no ID"),
+    "empty_seq": (">r1\n>r2\nACGT\n", "record 'r1': empty sequence"),
+    "not_dna": (">r1\nACGT\n>r2\nACGJ\n", "record 'r2': invalid character 'J'"),
+    "binary": (b">r1\nAC\xff\xfeGT\n", "not a text FASTA file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_nucleotide_input_is_one_line(pack, tmp_path, capsys, case):
+    content, message = BAD_INPUTS[case]
+    path = tmp_path / f"{case}.fa"
+    if content is not None:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = tmp_path / "out" / "x.npz"
+    code, err = run_embed(capsys, "dnabert", path, "-m", pack.dnabert, "-o", out)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"vnp: error: {path}") and message in err
+    assert not out.parent.exists() or os.listdir(out.parent) == []  # nothing partial left behind
+
+
+@pytest.mark.parametrize("protein, char", [("MKT*", "*"), ("MKtA", "t"), ("MK<mask>LJ", "J")])
+def test_protein_esm_cannot_encode_is_one_line(pack, tmp_path, capsys, protein, char):
+    path = write_fasta(tmp_path / "bad.faa", {"ok": "MKV", "p7 desc": protein})
+    out = tmp_path / "x.npz"
+    code, err = run_embed(capsys, "esm", path, "-m", pack.esm, "-o", out)
+    assert code == 2 and not out.exists()
+    assert err == f"vnp: error: {path}: record 'p7': character {char!r} cannot be encoded by ESM " \
+                  "(expected amino-acid letters, X, B, Z, U, O, '-' or '.')\n"
+
+
+def test_bad_settings_are_one_line(pack, inputs, tmp_path, capsys):
+    cases = [
+        (["dnabert", inputs["fa"], "-m", tmp_path / "no_model", "-o", tmp_path / "x.npz"], "no_model"),
+        (["esm", inputs["faa"], "-m", pack.esm, "--layer", "9", "-o", tmp_path / "x.npz"], "layer 9"),
+        (["dnabert", inputs["fa"], "-m", pack.dnabert, "-o", tmp_path], "existing folder"),
+        (["dnabert", inputs["fa"], "-m", pack.dnabert, "-o", tmp_path / "x.npz", "--max-tokens", "-1"], "--max-tokens"),
+    ]
+    for args, message in cases:
+        code, err = run_embed(capsys, *args)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_python_dash_m_entry_point(pack, inputs, tmp_path):
+    out = tmp_path / "esm.npz"
+    ok = subprocess.run([sys.executable, "-m", "vnp.embed", "esm", str(inputs["faa"]), "-m", pack.esm, "-o", str(out)],
+                        capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    assert load_npz(out)[0] == ids_of(PROTEINS)
+    bad = subprocess.run([sys.executable, "-m", "vnp.embed", "esm", str(tmp_path / "none.faa"), "-m", pack.esm,
+                          "-o", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "none.faa: no such file" in bad.stderr

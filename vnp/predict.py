@@ -23,7 +23,6 @@ import time
 import traceback
 from pathlib import Path
 
-
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.errors import InputError

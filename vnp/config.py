@@ -26,13 +26,16 @@ class BatchConfig:
     unit_chunks: int = _help(
         "chunks per work unit: the unit of sharding, batching and progress. Changes the batch "
         "composition, so it is part of the run record", 128)
-    dnabert_tokens: int = _help("token budget of one DNABERT-S batch (padded tokens)", 16384)
-    esm_tokens: int = _help("token budget of one ESM2 batch (padded tokens)", 8192)
+    dnabert_tokens: int = _help("token budget of one DNABERT-S batch (padded tokens); 0 = 2048 on CPU, "
+                                "16384 on GPU", 0)
+    esm_tokens: int = _help("token budget of one ESM2 batch (padded tokens); 0 = 2048 on CPU, 8192 on GPU", 0)
 
     def __post_init__(self) -> None:
-        for name in ("unit_chunks", "dnabert_tokens", "esm_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"batch.{name} must be positive, got {getattr(self, name)}")
+        if self.unit_chunks <= 0:
+            raise ValueError(f"batch.unit_chunks must be positive, got {self.unit_chunks}")
+        for name in ("dnabert_tokens", "esm_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"batch.{name} must be positive (or 0 for the default), got {getattr(self, name)}")
 
 
 @dataclass

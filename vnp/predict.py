@@ -52,20 +52,15 @@ def split_items(items: list[str]) -> tuple[list[str], list[str]]:
     return inputs, overrides
 
 
-def relaunch_on_gpus(gpus: str, argv: list[str]) -> int:
+def relaunch_on_gpus(args: argparse.Namespace) -> int:
     """`--gpus 0,1`: the same command under torchrun with one rank per listed GPU."""
-    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    ids = [g.strip() for g in args.gpus.split(",") if g.strip()]
     if not ids or not all(g.isdigit() for g in ids):
-        print(f"vnp: error: --gpus expects comma-separated GPU ids such as 0,1, got {gpus!r}", file=sys.stderr)
+        print(f"vnp: error: --gpus expects comma-separated GPU ids such as 0,1, got {args.gpus!r}", file=sys.stderr)
         return 2
-    rest, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-        elif arg == "--gpus":
-            skip = True
-        elif not arg.startswith("--gpus="):
-            rest.append(arg)
+    rest = list(args.items)
+    rest += ["-o", args.out] if args.out else []
+    rest += ["-c", args.config] if args.config else []
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(ids)}",
                "-m", "vnp.predict", *rest]
@@ -73,9 +68,9 @@ def relaunch_on_gpus(gpus: str, argv: list[str]) -> int:
     return 0  # not reached
 
 
-def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.gpus:
-        return relaunch_on_gpus(args.gpus, sys.argv[1:] if argv is None else argv)
+        return relaunch_on_gpus(args)
     env = vdist.detect_env()
     try:
         inputs, overrides = split_items(args.items)
@@ -169,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     from vnp.cli import parse
 
-    return run(parse(parser, argv), argv)
+    return run(parse(parser, argv))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from vnp import dist as vdist
 from vnp.config import PredictConfig
 from vnp.errors import InputError
+from vnp.models import token_budget
 from vnp.gather import NO_UNIT, UnitResult, gather_step
 from vnp.plan import SEQUENCES, iter_ids, read_chunks
 from vnp.run_state import RunState
@@ -116,9 +117,12 @@ def embed_unit(unit: int, state: RunState, config: PredictConfig, models: Models
     if not frames:
         return UnitResult(unit, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
     keys = np.asarray([c * 6 + f.index for c, f in frames], dtype=np.int64)
-    nucleotide = models.dnabert.embed([f.nucleotide for _, f in frames], max_tokens=config.batch.dnabert_tokens)
+    device = models.dnabert.device.type
+    nucleotide = models.dnabert.embed([f.nucleotide for _, f in frames],
+                                      max_tokens=token_budget("dnabert", device, config.batch.dnabert_tokens))
     t2 = time.perf_counter()
-    protein = models.esm.embed([f.protein for _, f in frames], max_tokens=config.batch.esm_tokens)
+    protein = models.esm.embed([f.protein for _, f in frames],
+                               max_tokens=token_budget("esm", device, config.batch.esm_tokens))
     t3 = time.perf_counter()
     times.dnabert += t2 - t1
     times.esm += t3 - t2

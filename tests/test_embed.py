@@ -213,3 +213,31 @@ def test_python_dash_m_entry_point(pack, inputs, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vnp.embed", "esm", str(tmp_path / "none.faa"), "-m", pack.esm,
                           "-o", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "none.faa: no such file" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_embed_under_torchrun_equals_single_process(tmp_path, ranks):
+    """Records sharded in units over the ranks, gathered to rank 0: same ids and rows."""
+    import random
+
+    from vnp.models.pack import build_tiny_pack
+
+    pack = build_tiny_pack(tmp_path / "pack")
+    fasta = tmp_path / "frames.fa"
+    rng = random.Random(4)
+    fasta.write_text("".join(f">f{i}\n{''.join(rng.choices('ACGT', k=rng.randint(20, 200)))}\n" for i in range(23)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    env["OMP_NUM_THREADS"] = "1"  # the same threads per rank as under torchrun: identical bits
+    root = Path(__file__).resolve().parents[1]
+    args = ["dnabert", str(fasta), "-m", pack.dnabert, "--batch-records", "4"]
+    single = subprocess.run([sys.executable, "-m", "vnp.embed", *args, "-o", str(tmp_path / "one.npz")],
+                            env=env, cwd=root, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={ranks}",
+                            "-m", "vnp.embed", *args, "-o", str(tmp_path / "many.npz")],
+                           env=env, cwd=root, capture_output=True, text=True)
+    assert multi.returncode == 0, multi.stderr
+    one, many = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
+    assert list(one["ids"]) == [f"f{i}" for i in range(23)] == list(many["ids"])
+    assert np.array_equal(one["embeddings"], many["embeddings"])

@@ -9,8 +9,11 @@ MODEL is a DNABERT-S folder or hub id (`zhihan1996/DNABERT-S`), or an ESM2 `.pt`
 (float32, one row per record); `numpy.load(path, allow_pickle=False)` reads it. It is written to a
 temporary name and renamed, so a failed run leaves no partial file.
 
-The input is read twice: once to check every record (IDs, letters) before any model time is
-spent, then streamed through the model in slices of records, so memory stays bounded.
+Runs under the same launchers as `vnp predict` (torchrun, accelerate, srun) and shards the same
+way: work units of `--batch-records` consecutive records are dealt to the ranks by a
+DistributedSampler, embedded there, gathered to rank 0 step by step and written in input order as
+they arrive, so no rank holds all the embeddings. Rank 0 first checks every record (IDs, letters)
+before any model time is spent; each rank then streams the file once, embedding only its units.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import re
 import sys
 import time
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
@@ -31,7 +35,11 @@ import numpy as np
 import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from vnp.errors import InputError, exit_on_input_error, where
+from torch.utils.data import DistributedSampler
+
+from vnp import dist as vdist
+from vnp.errors import InputError, where
+from vnp.gather import NO_UNIT, UnitResult, gather_step
 from vnp.models import token_budget
 from vnp.seqio import NUCLEOTIDE_LETTERS, open_binary
 
@@ -162,30 +170,60 @@ def embedding_dim(embedder: Embedder) -> int:
 
 def write_npz(path: Path, ids: np.ndarray, embeddings: np.ndarray) -> None:
     """Write `ids` and `embeddings` to a temporary file beside `path`, then rename it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = NpzRowWriter(path, len(ids), embeddings.shape[1])
     try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, ids=ids, embeddings=embeddings)
-        os.replace(tmp, path)
+        writer.write(embeddings)
+        writer.close(ids)
     finally:
-        tmp.unlink(missing_ok=True)
+        writer.discard()
+
+
+class NpzRowWriter:
+    """An .npz (`embeddings` float32 [n, dim], then `ids`) written row block by row block, so the
+    rows never need to be in memory together; temporary until `close`, then renamed into place."""
+
+    def __init__(self, path: Path, n: int, dim: int):
+        self.path, self.n, self.rows = path, n, 0
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        self.member = self.zip.open("embeddings.npy", "w", force_zip64=True)
+        np.lib.format.write_array_header_1_0(self.member, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
+
+    def write(self, rows: np.ndarray) -> None:
+        self.member.write(np.ascontiguousarray(rows, dtype="<f4").tobytes())
+        self.rows += len(rows)
+
+    def close(self, ids: Sequence[str]) -> None:
+        if self.rows != self.n or len(ids) != self.n:
+            raise RuntimeError(f"{self.path}: {self.rows} rows and {len(ids)} IDs written for {self.n} records")
+        self.member.close()
+        with self.zip.open("ids.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, np.asarray(ids, dtype=np.str_))
+        self.zip.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Drop the temporary file if `close` did not happen."""
+        try:
+            self.zip.close()
+        except Exception:
+            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def load_embedder(args: argparse.Namespace) -> Embedder:
-    """The model named by -m, on --device in --precision."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
+def load_embedder(args: argparse.Namespace, device: torch.device) -> Embedder:
+    """The model named by -m, on this rank's device in --precision."""
     dtype = PRECISIONS[args.precision]
     if args.model_kind == "dnabert":
         from vnp.models.dnabert import load_dnabert
 
-        return load_dnabert(args.model, device=args.device, dtype=dtype)
+        return load_dnabert(args.model, device=device, dtype=dtype)
     from vnp.models.esm import load_esm
 
-    return load_esm(args.model, layer=args.layer, device=args.device, dtype=dtype, attention=args.attention)
+    return load_esm(args.model, layer=args.layer, device=device, dtype=dtype, attention=args.attention)
 
 
 def check_output(path: Path) -> None:
@@ -210,35 +248,138 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("-o", "--output", required=True, help="output .npz (ids, embeddings)")
         p.add_argument("--max-tokens", type=int, default=None,
                        help="padded tokens per forward pass (default: by model and device)")
-        p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
         p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+        p.add_argument("--batch-records", type=int, default=BATCH_RECORDS,
+                       help="records per work unit (the unit dealt to ranks and batched together)")
+        p.add_argument("--timeout-s", type=float, default=1800.0, help="collective timeout between ranks")
     esm.add_argument("--layer", type=int, default=None, help="representation layer (default: the last)")
     esm.add_argument("--attention", choices=["sdpa", "fair-esm"], default="sdpa")
 
 
-@exit_on_input_error
 def run(args: argparse.Namespace) -> int:
+    """One rank of an embedding job (a single process, or any launcher's ranks)."""
     if args.max_tokens is not None and args.max_tokens <= 0:
-        raise InputError(f"--max-tokens must be positive, got {args.max_tokens}")
-    max_tokens = token_budget(args.model_kind, args.device, args.max_tokens or 0)
-    if max_tokens <= 0:
-        raise InputError(f"--max-tokens must be positive, got {max_tokens}")
+        return _fail(f"--max-tokens must be positive, got {args.max_tokens}", vdist.detect_env().rank)
+    try:
+        ctx = vdist.init(args.device, "auto", args.timeout_s)
+    except RuntimeError as err:
+        return _fail(str(err), vdist.detect_env().rank)
+    try:
+        return _embed_job(ctx, args)
+    except InputError as err:
+        return 2 if getattr(err, "reported", False) else _fail(str(err), ctx.rank)
+    except vdist.PeerFailure:
+        return 1  # the rank that failed has said why
+    finally:
+        vdist.cleanup()
+
+
+def _fail(message: str, rank: int) -> int:
+    print(f"vnp: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _agree(ctx: vdist.Context, error: str | None) -> None:
+    """Every rank learns whether any failed; the first failing rank reports, once."""
+    errors = vdist.all_gather_object(ctx, error)
+    if any(errors):
+        first = next(r for r, e in enumerate(errors) if e)
+        err = InputError(errors[first])
+        err.reported = ctx.rank != first
+        raise err
+
+
+def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
     path, output = Path(args.input), Path(args.output)
-    check_output(output)
-    open_binary(path).close()  # missing, unreadable or empty input fails before the model loads
-    embedder = load_embedder(args)
+    error = None
+    if ctx.is_main:
+        try:
+            check_output(output)
+            open_binary(path).close()  # missing, unreadable or empty input fails before the model loads
+        except InputError as err:
+            error = str(err)
+    _agree(ctx, error)
+    embedder, error = None, None
+    try:
+        embedder = load_embedder(args, ctx.device)
+    except InputError as err:
+        error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)
+    _agree(ctx, error)
     check = nucleotide_check if args.model_kind == "dnabert" else protein_check(embedder.alphabet)
-    count = count_records(path, check)
+    ids, error = [], None
+    if ctx.is_main:  # one checking pass over the whole input, before any model time is spent
+        try:
+            ids = [rid for rid, _ in checked_records(path, check)]
+        except InputError as err:
+            error = str(err)
+    _agree(ctx, error)
+    count = vdist.broadcast_object(ctx, len(ids))
+    max_tokens = token_budget(args.model_kind, ctx.device.type, args.max_tokens or 0)
     start = time.perf_counter()
-    pieces = embed_records(embedder, checked_records(path, check), max_tokens)
-    ids, embeddings = collect(pieces, embedding_dim(embedder))
+    writer = NpzRowWriter(output, count, embedding_dim(embedder)) if ctx.is_main else None
+    try:
+        _run_units(ctx, path, check, embedder, max_tokens, count, args.batch_records, writer)
+        if writer is not None:
+            writer.close(ids)
+    finally:
+        if writer is not None:
+            writer.discard()
     seconds = time.perf_counter() - start
-    if len(ids) != count:  # every record accounted for, checked rather than assumed
-        raise InputError(f"{path}: changed while being read ({count} records, then {len(ids)})")
-    write_npz(output, ids, embeddings)
-    print(f"{path}: {count} records embedded with {args.model_kind} ({embeddings.shape[1]} dims) in "
-          f"{seconds:.1f} s ({count / max(seconds, 1e-9):.1f} records/s) -> {output}", file=sys.stderr)
+    vdist.print0(ctx, f"{path}: {count} records embedded with {args.model_kind} ({embedding_dim(embedder)} dims) on "
+                      f"{ctx.world_size} rank(s) in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} records/s) "
+                      f"-> {output}")
     return 0
+
+
+def my_units(path: Path, check: SequenceCheck, units: list[int], size: int) -> Iterator[tuple[int, list[str]]]:
+    """(unit, its sequences) for this rank's units, ascending, in one pass over the file."""
+    wanted = iter(sorted(set(units)))
+    unit = next(wanted, None)
+    piece: list[str] = []
+    for index, (_, seq) in enumerate(checked_records(path, check)):
+        if unit is None:
+            return
+        if index // size == unit:
+            piece.append(seq)
+        if index == (unit + 1) * size - 1:
+            yield unit, piece
+            unit, piece = next(wanted, None), []
+    if unit is not None:
+        yield unit, piece  # the last, shorter unit
+
+
+def _run_units(ctx, path: Path, check, embedder: Embedder, max_tokens: int, count: int, size: int,
+               writer: NpzRowWriter | None) -> None:
+    """Units of `size` records dealt by a DistributedSampler; rows gathered to rank 0 in order."""
+    n_units = -(-count // size)
+    sampler = DistributedSampler(range(n_units), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    slots = list(iter(sampler))
+    padding = [step * ctx.world_size + ctx.rank >= n_units for step in range(len(slots))]
+    mine = my_units(path, check, [u for u, pad in zip(slots, padding) if not pad], size)
+    dim = embedding_dim(embedder)
+    exchange = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    next_unit = 0
+    for unit, pad in zip(slots, padding):
+        if pad:
+            result = UnitResult(NO_UNIT, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+        else:
+            got, seqs = next(mine)
+            assert got == unit, (got, unit)
+            rows = np.arange(unit * size, unit * size + len(seqs), dtype=np.int64)
+            result = UnitResult(unit, rows, embedder.embed(seqs, max_tokens=max_tokens))
+        try:
+            results, _ = gather_step(result, dim, exchange, ctx.world_size, ctx.rank)
+        except RuntimeError as err:
+            raise vdist.PeerFailure(str(err)) from None
+        for arrived in sorted((r for r in results if r.unit >= next_unit), key=lambda r: r.unit):
+            if arrived.unit != next_unit:
+                raise RuntimeError(f"unit {arrived.unit} arrived before unit {next_unit}")
+            writer.write(arrived.embeddings)
+            next_unit += 1
+    if ctx.is_main and next_unit != n_units:
+        raise RuntimeError(f"{n_units - next_unit} units of records were not embedded")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vnp.demo import coding_like
 from vnp.embed import BATCH_RECORDS, embed_records
 from vnp.models import TOKEN_BUDGETS
 from vnp.models.dnabert import build_tiny_dnabert, load_dnabert
@@ -48,8 +49,6 @@ DNABERT_ARCH = dict(num_hidden_layers=4, hidden_size=768, num_attention_heads=12
 ESM_ARCH = dict(num_layers=6, embed_dim=320, attention_heads=20)
 ORIGINAL_ESM_TOKENS = 2048  # the original's toks_per_batch
 
-_STOPS = {"TAA", "TAG", "TGA"}
-_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -61,7 +60,7 @@ def coding_frames(count: int, chunk_length: int = 500, seed: int = 0) -> list[Fr
 
     def records():
         for number in itertools.count():
-            seq = "".join(rng.choices(_SENSE, k=rng.randint(50, 1000)))
+            seq = coding_like(rng, 3 * rng.randint(50, 1000))
             yield Record(f"seq{number}", seq, number + 1, 1)
 
     frames: list[Frame] = []

@@ -16,8 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vnp.demo import coding_like, random_dna
+
 BIN = Path(sys.executable).parent
-_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 
 
 def write_input(path: Path, chunks: int, seed: int = 0) -> None:
@@ -25,7 +26,7 @@ def write_input(path: Path, chunks: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     with open(path, "w") as fh:
         for i in range(chunks):
-            seq = "".join(rng.choices(_SENSE, k=167))[:500] if i % 2 else "".join(rng.choices("ACGT", k=500))
+            seq = coding_like(rng, 500) if i % 2 else random_dna(rng, 500)
             fh.write(f">s{i}\n{seq}\n")
 
 

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 from benchmarks import baseline_translate as baseline
+from vnp.demo import coding_like
 from vnp.translate import translate_file
-
-_SENSE = [c for c, a in baseline.CODONS.items() if a != "*"]
 
 
 def generate_fasta(path: Path, mbp: float, seed: int = 0) -> int:
@@ -31,7 +30,7 @@ def generate_fasta(path: Path, mbp: float, seed: int = 0) -> int:
         while total < target:
             length = rng.choice([150, 300, 500, 800, 1500, 5000, 20000])
             if n % 2:
-                seq = "".join(rng.choices(_SENSE, k=length // 3))
+                seq = coding_like(rng, length)
             else:
                 seq = "".join(rng.choices("ACGT", k=length))
             if n % 7 == 0:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vnp.config import iter_help
+from vnp.demo import coding_like, random_dna
 from vnp.predict import main as predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,6 @@ BIN = Path(sys.executable).parent
 TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
 # The same threads per rank everywhere: BLAS picks its summation order by thread count.
 COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
-_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 
 
 def free_port() -> int:
@@ -38,9 +38,9 @@ def write_mixed_input(path: Path, seed: int = 5) -> Path:
             if i in (3, 6):  # stop codons in all six frames (TAA forward, TTA = TAA reverse)
                 seq = ("TAACTAACTAACTTAGTTAGTTAG" * (length // 24 + 1))[:length]
             elif i % 2:
-                seq = "".join(rng.choice(_SENSE) for _ in range(length // 3 + 1))[:length]
+                seq = coding_like(rng, length)
             else:
-                seq = "".join(rng.choice("ACGT") for _ in range(length))
+                seq = random_dna(rng, length)
             if i == 5:
                 seq = seq[:100] + "NNNN" + seq[104:400].lower() + seq[400:]
             fh.write(f">read{i} len={length}\n{seq}\n")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_predict import BIN, ROOT, child_env, free_port, run, tables
+from vnp.demo import coding_like
 
 pytestmark = pytest.mark.slow
-_SENSE = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA")]
 ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
 
 
@@ -29,7 +29,7 @@ def write_long_input(path: Path, n: int = 700, seed: int = 9) -> Path:
     with open(path, "w") as fh:
         for i in range(n):
             length = rng.choice([500, 700, 1400])
-            fh.write(f">s{i}\n" + "".join(rng.choices(_SENSE, k=length // 3 + 1))[:length] + "\n")
+            fh.write(f">s{i}\n{coding_like(rng, length)}\n")
     return path
 
 

@@ -15,7 +15,8 @@ import pytest
 from benchmarks import baseline_translate as baseline
 from vnp.chunking import chunk_spans
 from vnp.seqio import input_stem, iter_records
-from vnp.translate import Chunk, main as translate_main, reverse_complement, translate_chunks
+from vnp.translate import Chunk, reverse_complement, translate_chunks
+from vnp.translate import main as translate_main
 
 
 def spans1(n: int, L: int) -> list[tuple[int, int]]:

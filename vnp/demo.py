@@ -19,20 +19,26 @@ from pathlib import Path
 from vnp.predict import main as predict_main
 
 LENGTHS = (60, 150, 300, 499, 500, 501, 730, 1001, 1500, 2345, 2)
-_STOPS = {"TAA", "TAG", "TGA"}
+SENSE_CODONS = tuple(a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA"))
+
+
+def coding_like(rng: random.Random, length: int) -> str:
+    """`length` bp without a stop codon in frame F1 (so at least that frame is kept)."""
+    return "".join(rng.choices(SENSE_CODONS, k=length // 3 + 1))[:length]
+
+
+def random_dna(rng: random.Random, length: int) -> str:
+    return "".join(rng.choices("ACGT", k=length))
 
 
 def example_sequences(seed: int = 2025) -> list[tuple[str, str]]:
     rng = random.Random(seed)
-    sense = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in _STOPS]
     records = []
     for i, length in enumerate(LENGTHS):
         if i % 2:
-            seq = "".join(rng.choice(sense) for _ in range(length // 3 + 1))[:length]
-            kind = "coding-like"
+            seq, kind = coding_like(rng, length), "coding-like"
         else:
-            seq = "".join(rng.choice("ACGT") for _ in range(length))
-            kind = "random"
+            seq, kind = random_dna(rng, length), "random"
         if i == 7:
             seq = seq[:200] + "N" * 12 + seq[212:600].lower() + seq[600:]
             kind += ", with N and lower case"

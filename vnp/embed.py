@@ -34,7 +34,6 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
-
 from torch.utils.data import DistributedSampler
 
 from vnp import dist as vdist

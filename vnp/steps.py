@@ -21,8 +21,8 @@ from tqdm import tqdm
 from vnp import dist as vdist
 from vnp.config import PredictConfig
 from vnp.errors import InputError
-from vnp.models import token_budget
 from vnp.gather import NO_UNIT, UnitResult, gather_step
+from vnp.models import token_budget
 from vnp.plan import SEQUENCES, iter_ids, read_chunks
 from vnp.run_state import RunState
 from vnp.store import part_number, write_atomic

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tokenizers import Tokenizer
+from torch import nn
 
 from vnp.errors import InputError
 
@@ -444,7 +444,9 @@ def resolve_model_folder(name_or_path: str) -> Path:
 
 def download_snapshot(repo_id: str) -> Path:
     """Fetch only the files we read from the hub (safetensors preferred over the .bin)."""
-    from huggingface_hub import snapshot_download  # imported here: only needed for hub ids
+    from huggingface_hub import (
+        snapshot_download,  # imported here: only needed for hub ids
+    )
 
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, TOKENIZER_FILE,

@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -51,12 +51,12 @@ def check_inputs(inputs: Sequence[str]) -> list[Path]:
     return paths
 
 
-def pack_inputs(inputs: Sequence[Path], work_dir: Path, on_record: Callable[[], None] | None = None) -> None:
+def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
     """Validate every input and write the packed sequences, index and IDs (atomically)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, per_input = _pack(inputs, tmp, on_record)
+        lengths, per_input = _pack(inputs, tmp)
     except BaseException:
         for path in tmp.values():
             path.unlink(missing_ok=True)
@@ -70,7 +70,7 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path, on_record: Callable[[], 
         os.replace(work_dir / (name + ".tmp"), work_dir / name)
 
 
-def _pack(inputs: Sequence[Path], tmp: dict[str, Path], on_record) -> tuple[list[int], list[int]]:
+def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list[int]]:
     """Stream every record into the packed files; (record lengths, records per input)."""
     lengths: list[int] = []
     per_input: list[int] = []
@@ -87,8 +87,6 @@ def _pack(inputs: Sequence[Path], tmp: dict[str, Path], on_record) -> tuple[list
                 id_out.write(record.id + "\n")
                 lengths.append(len(record.seq))
                 count += 1
-                if on_record is not None:
-                    on_record()
             per_input.append(count)
     return lengths, per_input
 

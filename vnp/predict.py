@@ -26,7 +26,7 @@ from pathlib import Path
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.errors import InputError
-from vnp.run_state import RunState, prepare_run, wait_until_ready
+from vnp.run_state import RunState, prepare_run, remove_handshake_files, wait_until_ready
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
 
 HELP = "predict viral chunks and sequences (distributed over any number of ranks)"
@@ -143,6 +143,7 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     from vnp.outputs import write_tables
     from vnp.plan import iter_ids
 
+    remove_handshake_files(state.work)  # every rank read them before the first step
     t0 = time.time()
     keys, scores = state.store.sorted_scores()
     counts = write_tables(state.out, state.plan, iter_ids(state.work), keys, scores)

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -129,12 +130,15 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
         raise
     vdist.broadcast_object(ctx, {"nonce": nonce, "error": None})
     ready = out / "work" / f"ready-{nonce}.json"
-    heartbeat = out / "work" / f"heartbeat-{nonce}"
+    remove_handshake_files(out / "work")
+    beating = _Heartbeat(out / "work" / f"heartbeat-{nonce}")
     try:
-        state = _prepare_work(ctx, config, paths, pack, out, heartbeat)
+        state = _prepare_work(ctx, config, paths, pack, out)
     except BaseException as err:
         _write_json(ready, {"ok": False, "error": str(err) if isinstance(err, InputError) else None})
         raise
+    finally:
+        beating.stop()
     state.stages["prepare_s"] = round(time.time() - t0, 3)
     np.save(out / "work" / f"remaining-{nonce}.npy", np.asarray(state.remaining, dtype=np.int64))
     _write_json(ready, {"ok": True, "pack": asdict(pack), "chunk_length": state.chunk_length,
@@ -170,6 +174,14 @@ def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> Ru
                     record=info["record"])
 
 
+def remove_handshake_files(work: Path) -> None:
+    """The ready, remaining and heartbeat files of earlier runs (or of this one, once all ranks
+    have read them)."""
+    for pattern in ("ready-*.json", "remaining-*.npy", "heartbeat-*"):
+        for path in work.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -182,11 +194,9 @@ RESULT_KEYS = ("inputs", "pack", "chunk_length", "unit_chunks", "precision", "es
 
 
 def _run_record(config: PredictConfig, paths, pack: ModelPack, chunk_length: int, precision: str,
-                device: torch.device, beat) -> dict:
-    inputs = []
-    for path in paths:
-        inputs.append({"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)})
-        beat()
+                device: torch.device) -> dict:
+    inputs = [{"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
+              for path in paths]
     return {"inputs": inputs, "pack": fingerprint(pack), "chunk_length": chunk_length,
             "unit_chunks": config.batch.unit_chunks, "precision": precision,
             "esm_attention": config.esm_attention, "device": device.type,
@@ -210,29 +220,47 @@ def _clear_results(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path, heartbeat: Path) -> RunState:
+class _Heartbeat:
+    """Rank 0 touches a file every few seconds while it prepares; the other ranks watch it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._done = threading.Event()
+        path.touch()
+        self._thread = threading.Thread(target=self._run, name="vnp-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(HEARTBEAT_EVERY_S):
+            self.path.touch()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def _fetch_models(pack: ModelPack) -> None:
+    """Download hub models once, on rank 0, before the other ranks load them from the cache."""
+    from vnp.models.dnabert import resolve_model_folder
+    from vnp.models.esm import resolve_checkpoint
+
+    resolve_model_folder(pack.dnabert)
+    resolve_checkpoint(pack.esm)
+
+
+def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path) -> RunState:
     work = out / "work"
-    last = [0.0]
-
-    def beat() -> None:
-        if time.time() - last[0] >= HEARTBEAT_EVERY_S:
-            heartbeat.touch()
-            last[0] = time.time()
-
-    beat()
-    for stale in list(work.glob("ready-*.json")) + list(work.glob("remaining-*.npy")) + list(work.glob("heartbeat-*")):
-        if stale != heartbeat:
-            stale.unlink(missing_ok=True)
+    _fetch_models(pack)
     chunk_length = config.chunk_length or pack.chunk_length
     precision = resolved_precision(config, ctx.device)
-    record = _run_record(config, paths, pack, chunk_length, precision, ctx.device, beat)
+    record = _run_record(config, paths, pack, chunk_length, precision, ctx.device)
     old = json.loads((work / RECORD).read_text()) if (work / RECORD).exists() else None
     same = old is not None and not _differences(old, record)
     if old is not None and not same and not config.force:
         raise InputError(f"{out}: holds a run with different {', '.join(_differences(old, record))}; "
                          "rerun with force=true to start afresh there, or choose another output folder")
     if not (same and (work / "index.npz").exists()) or config.force:
-        pack_inputs(paths, work, on_record=beat)  # validates; replaces the old index only on success
+        pack_inputs(paths, work)  # validates; replaces the old index only on success
         _clear_results(out)
         _write_json(work / RECORD, record)
     elif not config.resume:

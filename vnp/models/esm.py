@@ -233,7 +233,7 @@ def load_esm(
     """
     if attention not in ("sdpa", "fair-esm"):
         raise InputError(f"esm attention: expected 'sdpa' or 'fair-esm', got {attention!r}")
-    path = _resolve_checkpoint(str(name_or_path))
+    path = resolve_checkpoint(str(name_or_path))
     data = restricted_load(path, ESM_GLOBALS, "ESM checkpoint")
     if not isinstance(data, dict) or "cfg" not in data or "model" not in data:
         raise InputError(f"{path}: not an ESM2 checkpoint (expected the keys 'model' and 'cfg')")
@@ -253,7 +253,7 @@ def load_esm(
     return EsmEmbedder(model, alphabet, layer, attention)
 
 
-def _resolve_checkpoint(name_or_path: str) -> Path:
+def resolve_checkpoint(name_or_path: str) -> Path:
     """A local file, or the hub cache copy of a named model (downloaded when missing)."""
     path = Path(name_or_path).expanduser()
     if path.suffix == ".pt" or len(path.parts) > 1 or path.exists():

@@ -164,3 +164,14 @@ def run(args: argparse.Namespace) -> int:
         path = convert_classifier(args.classifier, args.out_dir)
         print(f"classifier converted to {path}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vnp pack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         dim = big["models"]["dnabert_dim"] + big["models"]["esm_dim"]
         print(f"predict: rank 0 peak RSS {rank0_peak(two):.0f} MiB at 5,000 chunks, {rank0_peak(big):.0f} MiB at "
               f"20,000 chunks (2 ranks): {growth / max(extra_frames, 1):.0f} bytes per extra frame "
-              f"(keeping embeddings would cost {4 * dim} bytes per frame with this pack, 13,312 with the "
-              f"published 3,328-d one)")
+              f"(rank 0 stores 16 per frame: key and two scores; keeping embeddings would add {4 * dim} "
+              f"with this pack's {dim}-d ones, 13,312 with the published 3,328-d ones)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ChunkSpan:
     """A chunk of one sequence: 0-based half-open [start, end) and its 1-based number."""
 

@@ -16,8 +16,6 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from vnp.predict import main as predict_main
-
 LENGTHS = (60, 150, 300, 499, 500, 501, 730, 1001, 1500, 2345, 2)
 SENSE_CODONS = tuple(a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in ("TAA", "TAG", "TGA"))
 
@@ -59,6 +57,8 @@ def example_path() -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "demo_out")
+    from vnp.predict import main as predict_main  # torch is imported only when the demo runs
+
     code = predict_main([str(example_path()), "-o", str(out), "pack=tiny", "force=true"])
     if code == 0:
         print(f"\nDemo results are in {out}/: prediction_results.txt (per frame), "

@@ -50,8 +50,7 @@ def _chunk_rows(plan: ChunkPlan, record: int, rid: str) -> list[tuple[int, str, 
 
 def write_tables(out: Path, plan: ChunkPlan, ids: Iterable[str], keys: np.ndarray, scores: np.ndarray) -> TableCounts:
     """Write the four tables (to temporary names, renamed at the end); `keys` sorted ascending."""
-    chunk_of, frame_of = keys // 6, keys % 6
-    text = scores.astype(np.float32).astype(str)  # numpy's shortest float32 repr, as str(np.float32)
+    chunk_of = keys // 6
     bounds = np.searchsorted(chunk_of, np.arange(plan.n_chunks + 1))  # frames of chunk c: bounds[c]:bounds[c+1]
     counts = TableCounts()
     tmp = {name: out / (name + ".tmp") for name in FILES}
@@ -69,9 +68,12 @@ def write_tables(out: Path, plan: ChunkPlan, ids: Iterable[str], keys: np.ndarra
             rows = _chunk_rows(plan, record, rid)
             for c, cid, start, end in rows:
                 lo, hi = int(bounds[c]), int(bounds[c + 1])
+                # numpy's shortest float32 repr, as the original's str(np.float32); formatted per
+                # chunk so no table of strings for all frames is ever held
+                text = scores[lo:hi].astype(np.float32).astype(str)
                 for i in range(lo, hi):
                     label = "virus" if scores[i, 1] > scores[i, 0] else "others"
-                    frames_out.write(f"{cid}{FRAME_NAMES[frame_of[i]]}\t{label}\t{text[i, 0]}\t{text[i, 1]}\n")
+                    frames_out.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
                 if hi == lo:
                     empty += 1
                     chunks_out.write(f"{cid}\t{rid}\t{start}\t{end}\t0\tNA\tNA\tno_frames\n")

@@ -35,7 +35,7 @@ SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fna", ".ffn", ".fa", ".fastq", ".fq", "
 COMPRESSION_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     """One sequence: its ID, its letters as read (case kept) and where it starts in the file."""
 

@@ -124,5 +124,8 @@ class ScoreStore:
             return np.zeros(0, np.int64), np.zeros((0, 2), np.float32)
         keys = np.concatenate(self.keys)
         scores = np.concatenate(self.scores).reshape(-1, 2)
+        self.keys, self.scores = [keys], [scores]  # one copy in memory, not two
+        if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])):  # a run without resume arrives in order
+            return keys, scores
         order = np.argsort(keys, kind="stable")
         return keys[order], scores[order]

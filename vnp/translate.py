@@ -67,7 +67,7 @@ CODON, CODON_RC = _codon_tables()
 STOP = ord("*")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Frame:
     """A kept reading frame of a chunk."""
 
@@ -77,7 +77,7 @@ class Frame:
     protein: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Chunk:
     """A chunk of a sequence, with its 1-based inclusive coordinates on that sequence."""
 

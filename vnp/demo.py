@@ -57,9 +57,8 @@ def example_path() -> Path:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "demo_out")
-    from vnp.predict import (
-        main as predict_main,  # torch is imported only when the demo runs
-    )
+    # torch is imported only when the demo runs (the generators above are used by benchmarks)
+    from vnp.predict import main as predict_main
 
     code = predict_main([str(example_path()), "-o", str(out), "pack=tiny", "force=true"])
     if code == 0:

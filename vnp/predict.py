@@ -26,12 +26,7 @@ from pathlib import Path
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.errors import InputError
-from vnp.run_state import (
-    RunState,
-    prepare_run,
-    remove_handshake_files,
-    wait_until_ready,
-)
+from vnp.run_state import RunState, prepare_run, remove_handshake_files, wait_until_ready
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
 
 HELP = "predict viral chunks and sequences (distributed over any number of ranks)"

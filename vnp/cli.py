@@ -1,9 +1,9 @@
 """The `vnp` console script: one subcommand per stage.
 
-    vnp translate INPUT... -L 500 -o DIR
-    vnp embed dnabert INPUT.fa -m MODEL -o OUT.npz
-    vnp embed esm INPUT.faa -m MODEL -o OUT.npz
-    vnp pack tiny DIR
+    vnp predict INPUT... -o OUT [key=value ...]    the whole job, under any launcher
+    vnp translate INPUT... -L 500 -o DIR           chunking and six-frame translation only
+    vnp embed dnabert|esm INPUT -m MODEL -o OUT.npz
+    vnp pack tiny DIR | vnp pack convert --classifier X.pth -o DIR
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ SUBCOMMANDS = {
 
 
 def create_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vnp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vnp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from types import ModuleType
 
 # subcommand -> module that defines `add_arguments(parser)` and `run(args) -> int`
 # (listed in pipeline order; `predict` goes after `embed`)
@@ -33,6 +34,15 @@ def create_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def module_main(module: ModuleType, argv: list[str] | None = None) -> int:
+    """`python -m vnp.<module>`: the same arguments as `vnp <command>`."""
+    command = module.__spec__.name.rsplit(".", 1)[-1]
+    parser = argparse.ArgumentParser(prog=f"vnp {command}", description=module.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    return module.run(parse(parser, argv))
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

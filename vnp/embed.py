@@ -382,10 +382,9 @@ def _run_units(ctx, path: Path, check, embedder: Embedder, max_tokens: int, coun
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vnp embed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from vnp.cli import module_main
+
+    return module_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

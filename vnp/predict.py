@@ -26,7 +26,12 @@ from pathlib import Path
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.errors import InputError
-from vnp.run_state import RunState, prepare_run, remove_handshake_files, wait_until_ready
+from vnp.run_state import (
+    RunState,
+    prepare_run,
+    remove_handshake_files,
+    wait_until_ready,
+)
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
 
 HELP = "predict viral chunks and sequences (distributed over any number of ranks)"
@@ -160,12 +165,9 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vnp predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    from vnp.cli import parse
+    from vnp.cli import module_main
 
-    return run(parse(parser, argv))
+    return module_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

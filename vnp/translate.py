@@ -271,10 +271,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vnp translate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from vnp.cli import module_main
+
+    return module_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

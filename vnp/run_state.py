@@ -42,6 +42,7 @@ class RunState:
     remaining: list[int]  # work units still to do, ascending
     precision: str
     store: ScoreStore | None = None  # rank 0 only
+    classifier: object | None = None  # rank 0 only: loaded (and checked) while preparing
     record: dict = field(default_factory=dict)
     inputs: list[dict] = field(default_factory=list)
     resumed_units: int = 0
@@ -115,8 +116,8 @@ def _quick_checks(ctx, config: PredictConfig, inputs: list[str], out: Path):
                      chunk_length=config.chunk_length)
     from vnp.models.classifier import load_classifier
 
-    load_classifier(pack.classifier, input_dim=pack.embedding_dim)  # refuse a bad one before any work
-    return paths, pack
+    classifier = load_classifier(pack.classifier, input_dim=pack.embedding_dim)  # refused before any work
+    return paths, pack, classifier
 
 
 def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], out: Path) -> RunState:
@@ -124,7 +125,7 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
     nonce = uuid.uuid4().hex[:12]
     t0 = time.time()
     try:
-        paths, pack = _quick_checks(ctx, config, inputs, out)
+        paths, pack, classifier = _quick_checks(ctx, config, inputs, out)
     except InputError as err:
         vdist.broadcast_object(ctx, {"nonce": nonce, "error": str(err)})
         raise
@@ -139,6 +140,7 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
         raise
     finally:
         beating.stop()
+    state.classifier = classifier
     state.stages["prepare_s"] = round(time.time() - t0, 3)
     np.save(out / "work" / f"remaining-{nonce}.npy", np.asarray(state.remaining, dtype=np.int64))
     _write_json(ready, {"ok": True, "pack": asdict(pack), "chunk_length": state.chunk_length,

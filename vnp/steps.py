@@ -72,7 +72,6 @@ class Models:
     @classmethod
     def load_everywhere(cls, ctx: vdist.Context, state: RunState, config: PredictConfig) -> "Models":
         """Every rank loads its models before any work; one rank's failure stops them all."""
-        from vnp.models.classifier import load_classifier
         from vnp.models.dnabert import load_dnabert
         from vnp.models.esm import load_esm
 
@@ -83,8 +82,7 @@ class Models:
             esm = load_esm(state.pack.esm, layer=state.pack.esm_layer, device=ctx.device, dtype=dtype,
                            attention=config.esm_attention)
             _check_dims(state, dnabert.hidden_size, esm.embed_dim)
-            classifier = load_classifier(state.pack.classifier, input_dim=state.pack.embedding_dim).to(ctx.device) \
-                if ctx.is_main else None
+            classifier = state.classifier.to(ctx.device) if ctx.is_main else None
             models = cls(dnabert, esm, classifier)
         except InputError as err:
             error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)

@@ -30,6 +30,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def slurm_job_id() -> str:
+    """A SLURM_JOB_ID whose derived MASTER_PORT (15000 + id % 20000) is free right now."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(15000, 35000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return str(port - 15000)
+
+
 def write_mixed_input(path: Path, seed: int = 5) -> Path:
     """Sequences shorter than L, longer ones (uneven chunks), no-frame ones, N and lower case."""
     rng = random.Random(seed)
@@ -165,12 +178,12 @@ def test_accelerate_launch_tables_identical(single_run, mixed, tmp_path):
 @pytest.mark.slow
 def test_slurm_variables_tables_identical(single_run, mixed, tmp_path):
     out = tmp_path / "out"
-    port = free_port()
+    job_id = slurm_job_id()
     procs = []
     for rank in range(3):
         env = child_env()
         env.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="3", SLURM_TASKS_PER_NODE="3",
-                   SLURM_NODELIST="localhost", SLURM_JOB_ID=str(port - 15000))  # port = 15000 + job id
+                   SLURM_NODELIST="localhost", SLURM_JOB_ID=job_id)
         procs.append(subprocess.Popen([sys.executable, "-m", "vnp.predict", str(mixed), "-o", str(out), *COMMON],
                                       env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import BIN, ROOT, child_env, free_port, run, tables
+from tests.test_predict import BIN, ROOT, child_env, run, tables
 from vnp.demo import coding_like
 
 pytestmark = pytest.mark.slow
@@ -207,13 +207,13 @@ def test_failing_rank_without_torchrun_does_not_hang(long_input, tmp_path):
     script = tmp_path / "failing.py"
     script.write_text(FAILING)
     out = tmp_path / "out"
-    port = free_port()
+    job_id = slurm_job_id()
     procs = []
     started = time.time()
     for rank in range(2):
         env = child_env()
         env.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2", SLURM_NODELIST="localhost",
-                   SLURM_JOB_ID=str(port - 15000))
+                   SLURM_JOB_ID=job_id)
         procs.append(subprocess.Popen([sys.executable, str(script), str(long_input), "-o", str(out), *ARGS[:-1],
                                        "dist.timeout_s=15"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import BIN, ROOT, child_env, run, tables
+from tests.test_predict import BIN, ROOT, child_env, run, slurm_job_id, tables
 from vnp.demo import coding_like
 
 pytestmark = pytest.mark.slow

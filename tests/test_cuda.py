@@ -1,0 +1,83 @@
+"""The CUDA path, for a machine with a GPU (skipped without one).
+
+    python -m pytest -q tests/test_cuda.py
+
+Tiny models: the GPU results must match the CPU's (fp32) and bf16 must run end to end.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_predict import TABLES, child_env, run, write_mixed_input
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    from vnp.models.pack import build_tiny_pack
+
+    return build_tiny_pack(tmp_path_factory.mktemp("pack"))
+
+
+def sequences(n: int = 40) -> tuple[list[str], list[str]]:
+    rng = random.Random(1)
+    dna = ["".join(rng.choices("ACGT", k=rng.randint(30, 501))) for _ in range(n)]
+    protein = ["".join(rng.choices("ACDEFGHIKLMNPQRSTVWY", k=rng.randint(10, 166))) for _ in range(n)]
+    return dna, protein
+
+
+def test_dnabert_on_gpu_matches_cpu(pack):
+    from vnp.models.dnabert import load_dnabert
+
+    dna, _ = sequences()
+    cpu = load_dnabert(pack.dnabert).embed(dna, max_tokens=4096)
+    gpu = load_dnabert(pack.dnabert, device="cuda").embed(dna, max_tokens=4096)
+    assert np.abs(cpu - gpu).max() < 1e-4
+    bf16 = load_dnabert(pack.dnabert, device="cuda", dtype=torch.bfloat16).embed(dna, max_tokens=4096)
+    assert np.isfinite(bf16).all() and np.abs(cpu - bf16).max() < 0.1
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "fair-esm"])
+def test_esm_on_gpu_matches_cpu(pack, attention):
+    from vnp.models.esm import load_esm
+
+    _, protein = sequences()
+    cpu = load_esm(pack.esm, attention="fair-esm").embed(protein, max_tokens=4096)
+    gpu = load_esm(pack.esm, device="cuda", attention=attention).embed(protein, max_tokens=4096)
+    assert np.abs(cpu - gpu).max() < 1e-4
+    bf16 = load_esm(pack.esm, device="cuda", dtype=torch.bfloat16, attention=attention).embed(protein)
+    assert np.isfinite(bf16).all() and np.abs(cpu - bf16).max() < 0.1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_predict_on_gpu(tmp_path, precision):
+    fasta = write_mixed_input(tmp_path / "mixed.fa")
+    common = ["pack=tiny", "progress=false", "batch.unit_chunks=2"]
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    assert run([sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(cpu), *common, "device=cpu"]).returncode == 0
+    proc = run([sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(gpu), *common, "device=cuda",
+                f"precision={precision}"])
+    assert proc.returncode == 0, proc.stderr
+    rows = {name: (gpu / name).read_text().splitlines() for name in TABLES}
+    expected = {name: (cpu / name).read_text().splitlines() for name in TABLES}
+    assert [r.split("\t")[0] for r in rows["prediction_results.txt"]] == \
+        [r.split("\t")[0] for r in expected["prediction_results.txt"]]
+    if precision == "fp32":
+        got = np.array([[float(x) for x in r.split("\t")[2:]] for r in rows["prediction_results.txt"][1:]])
+        want = np.array([[float(x) for x in r.split("\t")[2:]] for r in expected["prediction_results.txt"][1:]])
+        assert np.abs(got - want).max() < 1e-4
+    assert '"device": "cuda:0"' in (gpu / "run.json").read_text()
+
+
+def test_gpus_flag_on_one_gpu(tmp_path):
+    fasta = write_mixed_input(tmp_path / "mixed.fa")
+    proc = run([sys.executable, "-m", "vnp.cli", "predict", "--gpus", "0", str(fasta), "-o", str(tmp_path / "o"),
+                "pack=tiny", "progress=false"], env=child_env())
+    assert proc.returncode == 0, proc.stderr

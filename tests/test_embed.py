@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vnp.cli import main as vnp_main
-from vnp.embed import checked_records, collect, embed_records, nucleotide_check
+from vnp.embed import checked_records, embed_records, nucleotide_check
 from vnp.models.dnabert import load_dnabert
 from vnp.models.dnabert import token_batches as dnabert_batches
 from vnp.models.esm import load_esm
@@ -39,6 +39,16 @@ PROTEINS = {
     "q3": "MSTNPKPQRKTKRNTNRRPQDVKFPGG" * 3,
     "b2": "MKTAYIAK-QRQ.ISFVKSHF",
 }
+
+
+def collect(pieces, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate embed_records' slices: (ids [N] unicode, embeddings [N, dim] float32)."""
+    ids: list[str] = []
+    arrays = [np.zeros((0, dim), dtype=np.float32)]
+    for piece_ids, piece in pieces:
+        ids.extend(piece_ids)
+        arrays.append(piece)
+    return np.asarray(ids, dtype=np.str_), np.concatenate(arrays)
 
 
 def write_fasta(path: Path, records: dict[str, str], width: int = 20) -> Path:

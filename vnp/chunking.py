@@ -11,7 +11,6 @@ the published classifiers were trained and evaluated on these chunks.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,10 +52,6 @@ def chunk_spans(length: int, chunk_length: int) -> list[ChunkSpan]:
     """All chunks of one sequence, in order."""
     starts = chunk_starts(length, chunk_length)
     return [ChunkSpan(k + 1, int(s), min(int(s) + chunk_length, length)) for k, s in enumerate(starts)]
-
-
-def n_chunks(length: int, chunk_length: int) -> int:
-    return math.ceil(length / chunk_length) if length > 0 else 0
 
 
 def chunk_id(record_id: str, number: int) -> str:

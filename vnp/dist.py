@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 
 
 @dataclass(frozen=True)
@@ -154,3 +155,10 @@ def all_gather_object(ctx: Context, obj) -> list:
     except RuntimeError as err:
         raise PeerFailure(f"all_gather failed: {err}") from None
     return items
+
+
+def shard(n_items: int, ctx: Context) -> list[int | None]:
+    """This rank's item for each step, dealt by a DistributedSampler (no shuffle); None where the
+    sampler repeated an item only to give every rank the same number of steps."""
+    sampler = DistributedSampler(range(n_items), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
+    return [item if step * ctx.world_size + ctx.rank < n_items else None for step, item in enumerate(sampler)]

@@ -34,7 +34,6 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
-from torch.utils.data import DistributedSampler
 
 from vnp import dist as vdist
 from vnp.errors import InputError, where
@@ -122,11 +121,6 @@ def protein_check(alphabet) -> SequenceCheck:
     return check
 
 
-def count_records(path: Path, check: SequenceCheck) -> int:
-    """Check every record of a file (see `checked_records`); returns how many there are."""
-    return sum(1 for _ in checked_records(path, check))
-
-
 # ----------------------------------------------------------------------------- embedding
 
 
@@ -149,32 +143,12 @@ def embed_records(embedder: Embedder, records: Records, max_tokens: int,
         yield ids, embedder.embed([seq for _, seq in piece], max_tokens=max_tokens)
 
 
-def collect(pieces: Iterable[tuple[list[str], np.ndarray]], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate slices: (ids [N] unicode, embeddings [N, dim] float32)."""
-    ids: list[str] = []
-    arrays = [np.zeros((0, dim), dtype=np.float32)]
-    for piece_ids, piece in pieces:
-        ids.extend(piece_ids)
-        arrays.append(piece)
-    return np.asarray(ids, dtype=np.str_), np.concatenate(arrays).astype(np.float32, copy=False)
-
-
 def embedding_dim(embedder: Embedder) -> int:
     """Width of the embedder's vectors (DNABERT: hidden_size, ESM: embed_dim)."""
     dim = getattr(embedder, "hidden_size", None) or getattr(embedder, "embed_dim", None)
     if dim is None:
         raise TypeError(f"{type(embedder).__name__} has neither hidden_size nor embed_dim")
     return int(dim)
-
-
-def write_npz(path: Path, ids: np.ndarray, embeddings: np.ndarray) -> None:
-    """Write `ids` and `embeddings` to a temporary file beside `path`, then rename it."""
-    writer = NpzRowWriter(path, len(ids), embeddings.shape[1])
-    try:
-        writer.write(embeddings)
-        writer.close(ids)
-    finally:
-        writer.discard()
 
 
 class NpzRowWriter:
@@ -353,15 +327,13 @@ def _run_units(ctx, path: Path, check, embedder: Embedder, max_tokens: int, coun
                writer: NpzRowWriter | None) -> None:
     """Units of `size` records dealt by a DistributedSampler; rows gathered to rank 0 in order."""
     n_units = -(-count // size)
-    sampler = DistributedSampler(range(n_units), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-    slots = list(iter(sampler))
-    padding = [step * ctx.world_size + ctx.rank >= n_units for step in range(len(slots))]
-    mine = my_units(path, check, [u for u, pad in zip(slots, padding) if not pad], size)
+    slots = vdist.shard(n_units, ctx)
+    mine = my_units(path, check, [u for u in slots if u is not None], size)
     dim = embedding_dim(embedder)
     exchange = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
     next_unit = 0
-    for unit, pad in zip(slots, padding):
-        if pad:
+    for unit in slots:
+        if unit is None:
             result = UnitResult(NO_UNIT, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
         else:
             got, seqs = next(mine)

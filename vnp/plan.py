@@ -109,6 +109,14 @@ class ChunkPlan:
     def n_records(self) -> int:
         return len(self.lengths)
 
+    def n_units(self, unit_chunks: int) -> int:
+        """Work units of `unit_chunks` consecutive chunks covering the plan."""
+        return -(-self.n_chunks // unit_chunks)
+
+    def unit_range(self, unit: int, unit_chunks: int) -> tuple[int, int]:
+        """Global chunks [c0, c1) of a work unit (the last one may be shorter)."""
+        return unit * unit_chunks, min((unit + 1) * unit_chunks, self.n_chunks)
+
     def record_of(self, chunks: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.first_chunk, chunks, side="right") - 1
 

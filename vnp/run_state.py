@@ -55,7 +55,7 @@ class RunState:
 
     @property
     def n_units(self) -> int:
-        return -(-self.plan.n_chunks // self.record["unit_chunks"]) if self.plan.n_chunks else 0
+        return self.plan.n_units(self.record["unit_chunks"])
 
     def run_json(self, ctx: vdist.Context, config: PredictConfig, counts, times) -> dict:
         return {
@@ -271,8 +271,7 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path)
     plan = load_plan(work, chunk_length)
     store = ScoreStore(work / "parts")
     done = store.load_committed()
-    n_units = -(-plan.n_chunks // config.batch.unit_chunks) if plan.n_chunks else 0
-    remaining = [u for u in range(n_units) if u not in done]
+    remaining = [u for u in range(plan.n_units(config.batch.unit_chunks)) if u not in done]
     state = RunState(out, pack, chunk_length, plan, remaining, precision, store=store, record=record,
                      inputs=summaries, resumed_units=len(done), rejected_parts=len(store.rejected))
     return state

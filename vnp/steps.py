@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from vnp import dist as vdist
@@ -104,8 +103,7 @@ def _check_dims(state: RunState, dnabert_dim: int, esm_dim: int) -> None:
 
 def embed_unit(unit: int, state: RunState, config: PredictConfig, models: Models, times: EmbedTimes) -> UnitResult:
     """Read, translate and embed the frames of one work unit."""
-    size = state.record["unit_chunks"]
-    c0, c1 = unit * size, min((unit + 1) * size, state.plan.n_chunks)
+    c0, c1 = state.plan.unit_range(unit, state.record["unit_chunks"])
     t0 = time.perf_counter()
     chunks = read_chunks(state.plan, state.work / SEQUENCES, c0, c1)
     frames = [(int(chunk.id), f) for chunk, kept in zip(chunks, translate_chunks(chunks)) for f in kept]
@@ -166,8 +164,8 @@ class Collector:
                         dynamic_ncols=True, mininterval=1.0)
 
     def _unit_chunks(self, unit: int) -> int:
-        size = self.state.record["unit_chunks"]
-        return min((unit + 1) * size, self.state.plan.n_chunks) - unit * size
+        c0, c1 = self.state.plan.unit_range(unit, self.state.record["unit_chunks"])
+        return c1 - c0
 
     def _drop_orphan_embeddings(self) -> None:
         committed = {part_number(p) for p in (self.state.work / "parts").glob("part-*.npz")}
@@ -220,16 +218,14 @@ def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models
     times = EmbedTimes()
     t_start = time.time()
     remaining = state.remaining
-    sampler = DistributedSampler(remaining, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=False)
-    slots = list(iter(sampler))
+    slots = vdist.shard(len(remaining), ctx)
     collector = Collector(state, config, models, ctx.device) if ctx.is_main else None
     exchange_device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
     dim = state.pack.embedding_dim
     log.info("%d units to do (%d done before), %d steps on this rank", len(remaining), state.resumed_units, len(slots))
     try:
         for step, slot in enumerate(slots):
-            padding = step * ctx.world_size + ctx.rank >= len(remaining)  # the sampler repeats units to even out
-            unit = NO_UNIT if padding else remaining[slot]
+            unit = NO_UNIT if slot is None else remaining[slot]
             result = embed_unit(unit, state, config, models, times) if unit != NO_UNIT else \
                 UnitResult(NO_UNIT, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
             t0 = time.perf_counter()

@@ -94,10 +94,6 @@ class ScoreStore:
         key_list.append(keys.astype(np.int64))
         score_list.append(scores.astype(np.float32))
 
-    @property
-    def pending_units(self) -> int:
-        return len(self._pending[0])
-
     def commit(self) -> int | None:
         """Write the pending units as one part; returns its number (None when nothing pending)."""
         units, key_list, score_list = self._pending

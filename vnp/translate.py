@@ -181,7 +181,6 @@ class TranslateCounts:
     chunks: int = 0
     frames: int = 0
     chunks_without_frames: int = 0
-    bases: int = 0
 
     def summary(self, name: str) -> str:
         return (f"{name}: {self.sequences} sequences, {self.chunks} chunks, {self.frames} kept frames, "
@@ -191,7 +190,6 @@ class TranslateCounts:
 def _counted(records: Iterable[Record], counts: TranslateCounts) -> Iterator[Record]:
     for record in records:
         counts.sequences += 1
-        counts.bases += len(record.seq)
         yield record
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -71,6 +72,20 @@ def run(cmd: list[str], env: dict | None = None, timeout: int = 240) -> subproce
     return proc
 
 
+def launcher(ranks: int) -> list[str]:
+    """A plain process for 1 rank, torchrun for more, each ending where `vnp.predict` follows."""
+    if ranks == 1:
+        return [sys.executable, "-m"]
+    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m"]
+
+
+def predict_ok(ranks: int, fasta: Path, out: Path, args: list[str]) -> dict:
+    """Run `vnp.predict` on `ranks` ranks; it must succeed. Returns its run.json."""
+    proc = run([*launcher(ranks), "vnp.predict", str(fasta), "-o", str(out), *args])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "run.json").read_text())
+
+
 def tables(out: Path) -> dict[str, bytes]:
     return {name: (out / name).read_bytes() for name in TABLES}
 
@@ -83,8 +98,7 @@ def mixed(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, mixed) -> Path:
     out = tmp_path_factory.mktemp("single") / "out"
-    proc = run([sys.executable, "-m", "vnp.predict", str(mixed), "-o", str(out), *COMMON])
-    assert proc.returncode == 0, proc.stderr
+    predict_ok(1, mixed, out, COMMON)
     return out
 
 
@@ -106,7 +120,6 @@ def test_single_process_outputs(single_run, mixed):
     # every per-chunk call is consistent with its frames
     best = (single_run / "prediction_results_highestscore.csv").read_text().splitlines()[1:]
     assert len(best) == len(chunks) - len(no_frames)
-    import json
     record = json.loads((single_run / "run.json").read_text())
     assert record["world_size"] == 1 and record["counts"]["frames"] == len(rows) - 1
     assert (single_run / "config.yaml").read_text().count("unit_chunks: 2") == 1
@@ -158,9 +171,7 @@ def test_scores_match_the_original_call_pattern(single_run, mixed):
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_torchrun_tables_identical(single_run, mixed, tmp_path, ranks):
     out = tmp_path / "out"
-    proc = run([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "vnp.predict",
-                str(mixed), "-o", str(out), *COMMON])
-    assert proc.returncode == 0, proc.stderr
+    predict_ok(ranks, mixed, out, COMMON)
     assert tables(out) == tables(single_run)
 
 
@@ -189,7 +200,6 @@ def test_slurm_variables_tables_identical(single_run, mixed, tmp_path):
     results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
     assert all(code == 0 for code, _ in results), results
     assert tables(out) == tables(single_run)
-    import json
     assert json.loads((out / "run.json").read_text())["launcher"] == "slurm"
 
 
@@ -211,7 +221,6 @@ def test_gpus_flag_relaunches_under_torchrun(single_run, mixed, tmp_path):
     proc = run([str(BIN / "vnp"), "predict", "--gpus", "0,1", str(mixed), "-o", str(out), "device=cpu", *COMMON])
     assert proc.returncode == 0, proc.stderr
     assert tables(out) == tables(single_run)
-    import json
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
 
 

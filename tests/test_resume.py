@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import BIN, ROOT, child_env, run, slurm_job_id, tables
+from tests.test_predict import (
+    BIN,
+    ROOT,
+    child_env,
+    predict_ok,
+    run,
+    slurm_job_id,
+    tables,
+)
 from vnp.demo import coding_like
 
 pytestmark = pytest.mark.slow
@@ -41,8 +49,7 @@ def long_input(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, long_input) -> Path:
     out = tmp_path_factory.mktemp("ref") / "out"
-    proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS])
-    assert proc.returncode == 0, proc.stderr
+    predict_ok(1, long_input, out, ARGS)
     return out
 
 
@@ -78,13 +85,7 @@ def kill_every_rank(out: Path, proc: subprocess.Popen, ranks: int) -> None:
 
 
 def resume(long_input: Path, out: Path, ranks: int) -> dict:
-    if ranks == 1:
-        cmd = [sys.executable, "-m", "vnp.predict"]
-    else:
-        cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "vnp.predict"]
-    proc = run([*cmd, str(long_input), "-o", str(out), *ARGS])
-    assert proc.returncode == 0, proc.stderr
-    return json.loads((out / "run.json").read_text())
+    return predict_ok(ranks, long_input, out, ARGS)
 
 
 def test_kill_one_rank_then_resume_with_1_and_3_ranks(long_input, reference, tmp_path):

@@ -106,9 +106,8 @@ def to_yaml(config: PredictConfig) -> str:
 def iter_help(cls: type = PredictConfig, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
     """(dotted key, default, help) of every field, nested sections flattened."""
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) or "help" not in f.metadata:
-            section = {"batch": BatchConfig, "dist": DistConfig}[f.name]
-            yield from iter_help(section, prefix + f.name + ".")
+        if "help" not in f.metadata:  # a nested section: its class is what its factory builds
+            yield from iter_help(type(f.default_factory()), prefix + f.name + ".")
             continue
         yield prefix + f.name, f.default, f.metadata["help"]
 

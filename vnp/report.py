@@ -1,0 +1,809 @@
+"""`OUT/report.html`: one self-contained page about a finished run, with plots.
+
+    vnp report OUT [--top 10]
+
+Written by rank 0 at the end of `vnp predict` (and by `vnp call`), or on demand. It reads only
+the files in OUT (run.json, config.yaml, contigs.tsv, chunks.tsv and, when the run has them,
+summary.tsv and regions.tsv), by header name, so runs of older versions still get a report; a
+missing file or column leaves a note in its section instead of a plot.
+
+The page needs nothing but itself: plots are SVG images in `data:` URIs, styles are inline, there
+is no script, and a Content-Security-Policy forbids the browser any other load, so it opens from a
+shared filesystem or an e-mail attachment. Its numbers are also in a JSON block
+(`<script type="application/json" id="vnp-report-data">`) for programs and tests.
+
+Bounded for any run size: tables are streamed in batches into histograms and top-N lists, and only
+the top N sequences get a score track (long ones binned to at most `TRACK_POINTS` points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from vnp.errors import InputError
+
+HELP = "write OUT/report.html: plots and tables of a finished run (also written by predict)"
+
+TOP_N = 10
+BATCH_ROWS = 200_000
+SCORE_BINS = np.linspace(0.0, 1.0, 51)
+SHARE_BINS = np.linspace(0.0, 1.0, 21)
+TRACK_POINTS = 2000  # a score track's most points; longer sequences are binned (max per bin)
+TABLE_ROWS = 200  # the most rows of a per-input table shown
+
+# Colour-blind-safe (Okabe-Ito), the same meaning everywhere in the report.
+COLOURS = {"virus": "#D55E00", "others": "#0072B2", "no_frames": "#999999", "filtered": "#CC79A7",
+           "busy": "#009E73", "wait": "#E69F00", "other": "#BBBBBB", "line": "#333333"}
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+CONTIG_SHOWN = ("sequence_id", "input", "length", "chunks", "viral_chunks", "chunks_without_frames",
+                "fraction_viral", "max_virus_score", "mean_virus_score", "label", "confidence")
+REGION_SHOWN = ("sequence_id", "region_id", "start", "end", "length", "chunks", "mean_virus_score",
+                "max_virus_score", "kind")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT", help="output folder of a finished vnp predict run")
+    parser.add_argument("--top", type=int, default=TOP_N, help=f"sequences and regions listed and plotted "
+                        f"(default {TOP_N})")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.top < 1:
+            raise InputError(f"--top must be at least 1, got {args.top}")
+        path = write_report(Path(args.out), top=args.top)
+    except InputError as err:
+        print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
+    print(f"vnp: report in {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- reading OUT
+
+
+def read_columns(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[dict[str, np.ndarray]]:
+    """A tab-separated table in batches: header name -> column of strings (never all rows at once)."""
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None:
+            return
+        while True:
+            rows = [row for _, row in zip(range(batch_rows), reader)]
+            if not rows:
+                return
+            width = len(header)
+            bad = next((i for i, row in enumerate(rows) if len(row) != width), None)
+            if bad is not None:
+                raise InputError(f"{path}: a row has {len(rows[bad])} fields, the header {width}")
+            yield {name: np.array(column) for name, column in zip(header, zip(*rows))}
+
+
+def numbers(column: np.ndarray) -> np.ndarray:
+    """Float values of a table column; NA (or empty) is NaN."""
+    values = np.full(len(column), np.nan)
+    known = (column != "NA") & (column != "")
+    values[known] = column[known].astype(np.float64)
+    return values
+
+
+def _table_header(path: Path) -> list[str]:
+    with open(path) as fh:
+        return fh.readline().rstrip("\n").split("\t")
+
+
+@dataclass
+class Top:
+    """The best `n` rows seen so far by a sort key (larger first, then earlier rows)."""
+
+    n: int
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add(self, batch: dict[str, np.ndarray], keys: np.ndarray, first_row: int) -> None:
+        """`keys`: [rows, k] sort keys, compared left to right, larger first."""
+        order = np.arange(first_row, first_row + len(keys))
+        if self.rows:
+            batch = {name: np.concatenate([self.rows[name], batch[name]]) for name in self.rows}
+            keys = np.concatenate([self.keys, keys])
+            order = np.concatenate([self.order, order])
+        best = np.lexsort([order] + [-keys[:, i] for i in reversed(range(keys.shape[1]))])[:self.n]
+        self.rows = {name: column[best] for name, column in batch.items()}
+        self.keys, self.order = keys[best], order[best]
+
+    def records(self) -> list[dict[str, str]]:
+        names = list(self.rows)
+        return [dict(zip(names, values)) for values in zip(*(self.rows[n].tolist() for n in names))]
+
+
+@dataclass
+class Contigs:
+    sequences: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+    confidence: dict[str, int] = field(default_factory=dict)
+    share_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(SHARE_BINS) - 1, np.int64))
+    top: Top = field(default_factory=lambda: Top(TOP_N))
+    columns: list[str] = field(default_factory=list)
+
+
+def read_contigs(path: Path, top: int) -> Contigs:
+    """Label counts, the histogram of viral chunk shares and the top sequences of contigs.tsv."""
+    result = Contigs(top=Top(top), columns=_table_header(path))
+    for batch in read_columns(path):
+        n = len(batch["sequence_id"])
+        for name, counts in (("label", result.labels), ("confidence", result.confidence)):
+            if name in batch:
+                values, found = np.unique(batch[name], return_counts=True)
+                for value, k in zip(values.tolist(), found.tolist()):
+                    counts[value] = counts.get(value, 0) + k
+        share = numbers(batch["fraction_viral"])
+        result.share_hist += np.histogram(share[~np.isnan(share)], SHARE_BINS)[0]
+        top_score = numbers(batch["max_virus_score"])
+        keys = np.column_stack([batch["label"] == "virus", np.nan_to_num(top_score, nan=-1.0),
+                                np.nan_to_num(share, nan=-1.0)])
+        shown = {name: batch[name] for name in CONTIG_SHOWN if name in batch}
+        result.top.add(shown, keys, result.sequences)
+        result.sequences += n
+    return result
+
+
+@dataclass
+class Chunks:
+    chunks: int = 0
+    without_frames: int = 0
+    score_hist: dict[str, np.ndarray] = field(default_factory=dict)  # chunk label -> counts
+    tracks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # sequence -> start, end, score
+
+
+def read_chunks(path: Path, track_ids: list[str]) -> Chunks:
+    """Histogram of chunk virus scores by chunk label, and the chunks of the sequences to plot."""
+    result = Chunks()
+    parts: dict[str, list[tuple]] = {rid: [] for rid in track_ids}
+    wanted = np.array(track_ids) if track_ids else None
+    for batch in read_columns(path):
+        score = numbers(batch["max_score2"])
+        result.chunks += len(score)
+        result.without_frames += int(np.isnan(score).sum())
+        labels = batch["label"]
+        for label in np.unique(labels[~np.isnan(score)]).tolist():
+            counts = np.histogram(score[labels == label], SCORE_BINS)[0]
+            result.score_hist[label] = result.score_hist.get(label, 0) + counts
+        if wanted is None:
+            continue
+        mine = np.isin(batch["sequence_id"], wanted)
+        for rid, start, end, value in zip(batch["sequence_id"][mine].tolist(), batch["start"][mine].astype(np.int64),
+                                          batch["end"][mine].astype(np.int64), score[mine]):
+            parts[rid].append((start, end, value))
+    for rid, rows in parts.items():
+        if rows:
+            start, end, value = (np.array(c) for c in zip(*rows))
+            result.tracks[rid] = {"start": start, "end": end, "score": value}
+    return result
+
+
+@dataclass
+class Regions:
+    regions: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    top: Top = field(default_factory=lambda: Top(TOP_N))
+    of_tracks: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+
+
+def read_regions(path: Path, track_ids: list[str], top: int) -> Regions:
+    result = Regions(top=Top(top), of_tracks={rid: [] for rid in track_ids})
+    wanted = np.array(track_ids) if track_ids else np.zeros(0, str)
+    for batch in read_columns(path):
+        n = len(batch["sequence_id"])
+        if "kind" in batch:
+            values, found = np.unique(batch["kind"], return_counts=True)
+            for value, k in zip(values.tolist(), found.tolist()):
+                result.kinds[value] = result.kinds.get(value, 0) + k
+        keys = np.column_stack([np.nan_to_num(numbers(batch["mean_virus_score"]), nan=-1.0),
+                                numbers(batch["length"])])
+        result.top.add({name: batch[name] for name in REGION_SHOWN if name in batch}, keys, result.regions)
+        mine = np.isin(batch["sequence_id"], wanted)
+        kinds = batch["kind"][mine] if "kind" in batch else np.full(int(mine.sum()), "")
+        for rid, start, end, kind in zip(batch["sequence_id"][mine].tolist(), batch["start"][mine].tolist(),
+                                         batch["end"][mine].tolist(), kinds.tolist()):
+            result.of_tracks[rid].append((int(start), int(end), kind))
+        result.regions += n
+    return result
+
+
+def read_summary(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def settings_changed(path: Path) -> list[tuple[str, str, str]]:
+    """(key, value, default) of every setting in OUT/config.yaml that differs from vnp's default."""
+    from omegaconf import OmegaConf
+
+    from vnp.config import PredictConfig
+
+    def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+        items = {}
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                items.update(flat(value, f"{prefix}{key}."))
+            else:
+                items[prefix + str(key)] = value
+        return items
+
+    used = flat(OmegaConf.to_container(OmegaConf.load(path)))
+    defaults = flat(OmegaConf.to_container(OmegaConf.structured(PredictConfig)))
+    return [(key, _setting(value), _setting(defaults[key]) if key in defaults else "(not a setting of this vnp)")
+            for key, value in used.items() if key not in defaults or defaults[key] != value]
+
+
+def _setting(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value) if value == "" else str(value)
+
+
+def score_cutoff(run: dict) -> float | None:
+    """The virus-score cutoff of the calls, when run.json records one (a key naming a cutoff in "calls")."""
+    def search(tree: object) -> float | None:
+        if isinstance(tree, dict):
+            for key, value in tree.items():
+                if any(w in key for w in ("cutoff", "threshold")) and isinstance(value, (int, float)) \
+                        and not isinstance(value, bool):
+                    return float(value)
+            for value in tree.values():
+                found = search(value)
+                if found is not None:
+                    return found
+        return None
+
+    return search(run.get("calls"))
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _pyplot():
+    """matplotlib with the Agg backend, imported only when a report is written."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "vnp", "font.size": 10,
+                         "font.family": "sans-serif", "axes.spines.top": False, "axes.spines.right": False,
+                         "axes.titlesize": 11, "axes.titleweight": "bold", "figure.dpi": 100})
+    return plt
+
+
+def _svg_uri(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    fig.clear()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    svg = buffer.getvalue()
+    svg = svg[svg.index(b"<svg"):]  # no XML declaration or DOCTYPE (an external DTD reference)
+    return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
+
+
+def plot_labels(plt, labels: dict[str, int]) -> str:
+    names = sorted(labels, key=lambda k: -labels[k])
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(names)))
+    bars = ax.barh(names, [labels[n] for n in names], color=[COLOURS.get(n, "#56B4E9") for n in names])
+    ax.bar_label(bars, labels=[f"{labels[n]:,}" for n in names], padding=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("sequences")
+    ax.set_title("Sequences by label")
+    ax.margins(x=0.15)
+    return _svg_uri(fig)
+
+
+def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    widths = np.diff(SCORE_BINS)
+    bottom = np.zeros(len(widths))
+    for label in sorted(hist):
+        ax.bar(SCORE_BINS[:-1], hist[label], widths, bottom=bottom, align="edge",
+               color=COLOURS.get(label, "#56B4E9"), label=f"{label} chunks", edgecolor="white", linewidth=0.3)
+        bottom = bottom + hist[label]
+    line = 0.5 if cutoff is None else cutoff
+    ax.axvline(line, color=COLOURS["line"], linestyle="--", linewidth=1.2,
+               label=f"cutoff {line:g}" if cutoff is not None else "0.5 (one frame: virus = others)")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("chunk virus score (highest P(virus) of the chunk's frames)")
+    ax.set_ylabel("chunks")
+    if bottom.max() > 0 and bottom.max() / max(1, np.median(bottom[bottom > 0])) > 100:
+        ax.set_yscale("log")
+        ax.set_ylabel("chunks (log scale)")
+    ax.legend(frameon=False, fontsize=9, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3)
+    ax.set_title("Chunk virus scores", loc="left")
+    return _svg_uri(fig)
+
+
+def plot_share(plt, hist: np.ndarray) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(SHARE_BINS[:-1] * 100, hist, np.diff(SHARE_BINS) * 100, align="edge", color=COLOURS["virus"],
+           edgecolor="white", linewidth=0.5)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("viral chunks of the sequence (% of its chunks with frames)")
+    ax.set_ylabel("sequences")
+    ax.set_title("Share of viral chunks per sequence")
+    return _svg_uri(fig)
+
+
+def track_points(start: np.ndarray, end: np.ndarray, score: np.ndarray, limit: int = TRACK_POINTS):
+    """(x midpoints, scores) along a sequence; chunks without frames are NaN (a gap in the line).
+
+    Past `limit` chunks, the sequence is cut into `limit` equal bins holding their highest score
+    (NaN where a bin holds only chunks without frames)."""
+    mid = (start + end) / 2.0
+    if len(mid) <= limit:
+        return mid, score
+    edges = np.linspace(start.min(), end.max() + 1, limit + 1)
+    which = np.clip(np.searchsorted(edges, mid, side="right") - 1, 0, limit - 1)
+    best = np.full(limit, -np.inf)
+    np.maximum.at(best, which, np.nan_to_num(score, nan=-np.inf))
+    best[np.isinf(best)] = np.nan
+    return (edges[:-1] + edges[1:]) / 2, best
+
+
+def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
+               cutoff: float | None) -> str:
+    fig, ax = plt.subplots(figsize=(9, 1.9))
+    scale, unit = (1e3, "kb") if length >= 10_000 else (1.0, "bp")
+    for start, end, kind in regions:
+        ax.axvspan((start - 1) / scale, end / scale, color=COLOURS["virus"], alpha=0.15 if kind == "partial" else 0.25,
+                   linewidth=0)
+    x, y = track_points(track["start"], track["end"], track["score"])
+    gaps = np.isnan(y)
+    if len(x) <= 60:  # few chunks: each chunk's span as a step, plus its midpoint
+        spans = ~np.isnan(track["score"])
+        ax.hlines(track["score"][spans], (track["start"][spans] - 1) / scale, track["end"][spans] / scale,
+                  color=COLOURS["others"], alpha=0.35, linewidth=3)
+    ax.plot(x / scale, y, color=COLOURS["others"], linewidth=1.2, marker="o" if len(x) <= 200 else None,
+            markersize=3)
+    if gaps.any():
+        ax.plot(x[gaps] / scale, np.zeros(int(gaps.sum())), linestyle="none", marker="|", markersize=8,
+                color=COLOURS["no_frames"], label="chunk without frames")
+        ax.legend(frameon=False, fontsize=8, loc="upper right")
+    ax.axhline(0.5 if cutoff is None else cutoff, color=COLOURS["line"], linestyle="--", linewidth=0.8)
+    ax.set_xlim(0, length / scale)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("virus score")
+    ax.set_xlabel(f"position ({unit})")
+    ax.set_title(rid, loc="left", fontsize=10)
+    return _svg_uri(fig)
+
+
+def plot_progress(plt, samples: list[dict]) -> str | None:
+    t = np.array([s.get("t_s", np.nan) for s in samples], dtype=float)
+    frames = np.array([s.get("frames", np.nan) for s in samples], dtype=float)
+    chunks = np.array([s.get("chunks", np.nan) for s in samples], dtype=float)
+    if len(t) < 2:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3))
+    left.plot(t, chunks, color=COLOURS["others"], label="chunks")
+    left.plot(t, frames, color=COLOURS["virus"], label="frames")
+    left.set_xlabel("time since start (s)")
+    left.set_ylabel("done")
+    left.set_title("Progress")
+    left.legend(frameon=False)
+    dt = np.diff(t)
+    rate = np.divide(np.diff(frames), dt, out=np.full(len(dt), np.nan), where=dt > 0)
+    right.step(t[1:], rate, where="pre", color=COLOURS["busy"])
+    right.set_xlabel("time since start (s)")
+    right.set_ylabel("frames/s")
+    right.set_title("Throughput (all ranks)")
+    right.set_ylim(bottom=0)
+    fig.tight_layout()
+    return _svg_uri(fig)
+
+
+def rank_parts(row: dict) -> list[tuple[str, float]]:
+    """A rank's time split for the bar chart: busy vs waiting when recorded, else its stages."""
+    if "busy_s" in row:
+        busy, wait = float(row["busy_s"]), float(row.get("wait_s", 0.0))
+        parts = [("busy (model forwards)", busy), ("waiting on exchange", wait)]
+        if "loop_s" in row:
+            parts.append(("other", max(0.0, float(row["loop_s"]) - busy - wait)))
+        return parts
+    return [(key[:-2], float(value)) for key, value in row.items()
+            if key.endswith("_s") and key != "loop_s" and isinstance(value, (int, float))]
+
+
+def plot_ranks(plt, per_rank: list[dict]) -> str | None:
+    rows = [(int(r.get("rank", i)), rank_parts(r)) for i, r in enumerate(per_rank)]
+    names = list(dict.fromkeys(name for _, parts in rows for name, _ in parts))
+    if not names:
+        return None
+    palette = {"busy (model forwards)": COLOURS["busy"], "waiting on exchange": COLOURS["wait"],
+               "other": COLOURS["other"]}
+    spare = iter(["#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#F0E442", "#0072B2", "#D55E00", "#999999"])
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.4 * len(rows)))
+    left = np.zeros(len(rows))
+    labels = [f"rank {rank}" for rank, _ in rows]
+    for name in names:
+        values = np.array([dict(parts).get(name, 0.0) for _, parts in rows])
+        ax.barh(labels, values, left=left, label=name, color=palette.get(name) or next(spare, "#999999"))
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Time per rank")
+    ax.legend(frameon=False, fontsize=8, ncols=min(4, len(names)), loc="upper center",
+              bbox_to_anchor=(0.5, -0.35 if len(rows) < 3 else -0.15))
+    return _svg_uri(fig)
+
+
+# ---------------------------------------------------------------- HTML
+
+STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#222;
+ background:#f6f7f9;line-height:1.45}
+main{max-width:1100px;margin:0 auto;padding:1.5rem 2rem 3rem}
+header{background:#1f3a5f;color:#fff;padding:1.2rem 2rem}
+header h1{margin:0;font-size:1.5rem} header p{margin:.2rem 0 0;opacity:.85}
+section{background:#fff;border:1px solid #e2e5ea;border-radius:8px;padding:1rem 1.4rem;margin:1.2rem 0}
+h2{font-size:1.2rem;margin:.2rem 0 .8rem;color:#1f3a5f} h3{font-size:1rem;margin:1rem 0 .4rem}
+.cards{display:flex;flex-wrap:wrap;gap:.8rem;margin-top:1.2rem}
+.card{background:#fff;border:1px solid #e2e5ea;border-radius:8px;padding:.7rem 1.1rem;min-width:8.5rem}
+.card b{display:block;font-size:1.45rem;color:#1f3a5f} .card span{color:#555;font-size:.85rem}
+table{border-collapse:collapse;font-size:.88rem;margin:.3rem 0 .8rem}
+th,td{border-bottom:1px solid #e6e8eb;padding:.25rem .7rem;text-align:left;vertical-align:top}
+th{background:#f0f2f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+code,.mono{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.82rem;word-break:break-all}
+img{height:auto;display:block;margin:.4rem 0} img.wide{width:100%} img.plot{width:100%;max-width:760px}
+.note{color:#555;font-style:italic} .warn{background:#fff4e5;border-left:4px solid #E69F00;padding:.5rem .8rem}
+.pill{display:inline-block;border-radius:9px;padding:0 .5rem;color:#fff;font-size:.8rem}
+.grid{display:flex;flex-wrap:wrap;gap:1rem} .grid>div{flex:1 1 480px}
+"""
+
+
+def esc(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return text.strip() != ""
+    except ValueError:
+        return False
+
+
+def table(header: list[str], rows: list[list[object]], data_key: str | None = None) -> str:
+    """An HTML table; numeric cells right-aligned; `data_key` names the table for programs."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for name, value in zip(header, row):
+            text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+            cls = ' class="num"' if _is_number(str(value)) else ""
+            if name == "label" and value in COLOURS:
+                text = f'<span class="pill" style="background:{COLOURS[value]}">{esc(value)}</span>'
+            else:
+                text = esc(text)
+            cells.append(f'<td{cls} data-col="{esc(name)}">{text}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    key = f' data-table="{esc(data_key)}"' if data_key else ""
+    return f"<table{key}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def figure(uri: str, alt: str, wide: bool = False) -> str:
+    kind = "wide" if wide else "plot"
+    return f'<img class="{kind}" alt="{esc(alt)}" src="{uri}">'
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{esc(text)}</p>'
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "NA"
+    return f"{value:,.1f} s" if value < 120 else f"{value / 60:,.1f} min"
+
+
+@dataclass
+class Report:
+    """Everything the page shows, read from OUT."""
+
+    out: Path
+    run: dict
+    top: int
+    contigs: Contigs | None
+    chunks: Chunks | None
+    regions: Regions | None
+    summary: list[dict[str, str]] | None
+    changed: list[tuple[str, str, str]] | None
+    cutoff: float | None
+
+    def data(self) -> dict:
+        """The numbers shown, as a JSON block (for programs and tests)."""
+        counts = self.run.get("counts", {})
+        return {
+            "run": {key: self.run.get(key) for key in ("vnp", "world_size", "launcher", "device", "precision",
+                                                      "chunk_length", "work_units", "resumed_units",
+                                                      "rejected_progress_parts")},
+            "run_counts": counts,
+            "contigs": None if self.contigs is None else {
+                "sequences": self.contigs.sequences, "labels": self.contigs.labels,
+                "confidence": self.contigs.confidence,
+                "share_histogram": self.contigs.share_hist.tolist(),
+                "top": [r["sequence_id"] for r in self.contigs.top.records()]},
+            "chunks": None if self.chunks is None else {
+                "chunks": self.chunks.chunks, "without_frames": self.chunks.without_frames,
+                "score_histogram": {k: v.tolist() for k, v in self.chunks.score_hist.items()}},
+            "regions": None if self.regions is None else {
+                "regions": self.regions.regions, "kinds": self.regions.kinds,
+                "top": [r.get("region_id", "") for r in self.regions.top.records()]},
+            "summary": self.summary,
+            "cutoff": self.cutoff,
+            "tracks": list(self.chunks.tracks) if self.chunks else [],
+        }
+
+
+def load(out: Path, top: int = TOP_N) -> Report:
+    if not (out / "run.json").is_file():
+        raise InputError(f"{out}: no run.json (not the output folder of a finished vnp run)")
+    try:
+        run = json.loads((out / "run.json").read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{out / 'run.json'}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    contigs = read_contigs(out / "contigs.tsv", top) if (out / "contigs.tsv").is_file() else None
+    track_ids = []
+    if contigs is not None:
+        track_ids = [r["sequence_id"] for r in contigs.top.records() if _is_number(r.get("max_virus_score", "NA"))]
+    chunks = read_chunks(out / "chunks.tsv", track_ids) if (out / "chunks.tsv").is_file() else None
+    regions = read_regions(out / "regions.tsv", track_ids, top) if (out / "regions.tsv").is_file() else None
+    summary = read_summary(out / "summary.tsv") if (out / "summary.tsv").is_file() else None
+    changed = settings_changed(out / "config.yaml") if (out / "config.yaml").is_file() else None
+    return Report(out, run, top, contigs, chunks, regions, summary, changed, score_cutoff(run))
+
+
+def write_report(out: Path, top: int = TOP_N) -> Path:
+    """Write OUT/report.html from the files in OUT; returns its path."""
+    out = Path(out)
+    report = load(out, top)
+    page = render(report)
+    path = out / "report.html"
+    tmp = out / "report.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def render(report: Report) -> str:
+    plt = _pyplot()
+    run = report.run
+    title = f"vnp report: {report.out.resolve().name}"
+    sections = [_section_run(report), _section_labels(report, plt), _section_scores(report, plt),
+                _section_top(report), _section_tracks(report, plt), _section_performance(report, plt),
+                _section_resume(report)]
+    data = json.dumps(report.data(), separators=(",", ":")).replace("</", "<\\/")
+    subtitle = (f"vnp {esc(run.get('vnp', '?'))} · pack {esc(run.get('models', {}).get('name', '?'))} · "
+                f"{esc(run.get('world_size', '?'))} rank(s) on {esc(run.get('device', '?'))} · "
+                f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
+            f"<header><h1>{esc(title)}</h1><p>{subtitle}</p></header><main>{_cards(report)}"
+            + "".join(sections)
+            + f'</main><script type="application/json" id="vnp-report-data">{data}</script></body></html>\n')
+
+
+def _cards(report: Report) -> str:
+    counts = report.run.get("counts", {})
+    items = [("sequences", counts.get("sequences")),
+             ("viral sequences", counts.get("viral_sequences")),
+             ("regions", report.regions.regions if report.regions else None),
+             ("chunks", counts.get("chunks")), ("frames", counts.get("frames")),
+             ("viral chunks", counts.get("viral_chunks"))]
+    cards = [f'<div class="card" data-card="{esc(name)}"><b>{value:,}</b><span>{esc(name)}</span></div>'
+             for name, value in items if isinstance(value, int)]
+    total = report.run.get("timings_s", {}).get("total_s")
+    if total is not None:
+        cards.append(f'<div class="card" data-card="time"><b>{_seconds(total)}</b><span>total time</span></div>')
+    return f'<div class="cards">{"".join(cards)}</div>'
+
+
+def _section_run(report: Report) -> str:
+    run = report.run
+    models = run.get("models", {})
+    facts = [("vnp / torch", f"{run.get('vnp', '?')} / {run.get('torch', '?')}"),
+             ("model pack", models.get("name", "?")),
+             ("pack fingerprint", models.get("fingerprint", "?")),
+             ("chunk length", f"{run.get('chunk_length', '?')} bp"),
+             ("world size", run.get("world_size", "?")), ("launcher", run.get("launcher", "?")),
+             ("device", run.get("device", "?")), ("precision", run.get("precision", "?")),
+             ("work units", run.get("work_units", "?"))]
+    parts = ["<section><h2>Run</h2>", table(["item", "value"], [[k, v] for k, v in facts], "run")]
+    inputs = run.get("inputs", [])
+    parts.append("<h3>Inputs</h3>")
+    parts.append(table(["input", "size", "records", "sha256"],
+                       [[i.get("path", "?"), _size(int(i.get("size", 0))), i.get("records", "NA"),
+                         i.get("sha256", "?")] for i in inputs[:TABLE_ROWS]], "inputs")
+                 if inputs else note("run.json lists no inputs."))
+    if len(inputs) > TABLE_ROWS:
+        parts.append(note(f"… and {len(inputs) - TABLE_ROWS:,} more inputs (see run.json)."))
+    parts.append("<h3>Per input</h3>")
+    if report.summary:
+        header = list(report.summary[0])
+        shown = report.summary[:TABLE_ROWS] + ([report.summary[-1]] if len(report.summary) > TABLE_ROWS else [])
+        parts.append(table(header, [[r[h] for h in header] for r in shown], "summary"))
+    else:
+        parts.append(note("No summary.tsv in this output folder (written by vnp versions with calls and "
+                          "regions): see the inputs above for the records per input."))
+    parts.append("<h3>Settings that differ from the defaults</h3>")
+    if report.changed is None:
+        parts.append(note("No config.yaml in this output folder."))
+    elif report.changed:
+        parts.append(table(["key", "value", "default"], [list(c) for c in report.changed], "settings"))
+    else:
+        parts.append(note("None: every setting has its default value."))
+    return "".join(parts) + "</section>"
+
+
+def _section_labels(report: Report, plt) -> str:
+    parts = ["<section><h2>Counts and labels</h2>"]
+    counts = report.run.get("counts", {})
+    shown = [[k, v] for k, v in counts.items() if isinstance(v, int)]
+    if report.contigs is None:
+        parts.append(note("No contigs.tsv in this output folder."))
+    else:
+        labels = report.contigs.labels
+        grid = ['<div class="grid"><div>']
+        grid.append(figure(plot_labels(plt, labels), "bar chart of sequences by label") if labels else
+                    note("contigs.tsv has no rows."))
+        grid.append("</div><div>")
+        grid.append(table(["label", "sequences"], [[k, v] for k, v in sorted(labels.items(), key=lambda x: -x[1])],
+                          "labels"))
+        if report.contigs.confidence:
+            grid.append(table(["confidence", "sequences"], sorted(report.contigs.confidence.items()), "confidence"))
+        grid.append("</div></div>")
+        parts.extend(grid)
+    if shown:
+        parts.append("<h3>Run counts (run.json)</h3>" + table(["count", "value"], shown, "counts"))
+    return "".join(parts) + "</section>"
+
+
+def _section_scores(report: Report, plt) -> str:
+    parts = ["<section><h2>Scores</h2>"]
+    if report.cutoff is None:
+        parts.append(note("run.json records no score cutoff: a chunk is viral when its highest virus score is at "
+                          "least its highest non-virus score (0.5 for a chunk with one frame); the dashed line "
+                          "marks 0.5."))
+    else:
+        parts.append(f'<p>Virus-score cutoff of the calls: <b data-cutoff="{report.cutoff}">{report.cutoff:g}</b> '
+                     "(dashed line).</p>")
+    if report.chunks is None:
+        parts.append(note("No chunks.tsv in this output folder."))
+    elif report.chunks.score_hist:
+        parts.append(figure(plot_scores(plt, report.chunks.score_hist, report.cutoff),
+                            "histogram of chunk virus scores"))
+        parts.append(note(f"{report.chunks.chunks - report.chunks.without_frames:,} chunks with frames; "
+                          f"{report.chunks.without_frames:,} chunks without a stop-free frame are not shown."))
+    else:
+        parts.append(note("No chunk has a stop-free frame: there are no scores."))
+    if report.contigs is not None and report.contigs.share_hist.sum():
+        parts.append(figure(plot_share(plt, report.contigs.share_hist), "histogram of viral chunk share per sequence"))
+    return "".join(parts) + "</section>"
+
+
+def _section_top(report: Report) -> str:
+    parts = [f"<section><h2>Top {report.top} sequences</h2>"]
+    if report.contigs is None:
+        parts.append(note("No contigs.tsv in this output folder."))
+    else:
+        rows = report.contigs.top.records()
+        viral = report.contigs.labels.get("virus", 0)
+        parts.append(note(f"{viral:,} sequences are labelled virus; ranked by label virus first, then highest "
+                          "chunk virus score, then share of viral chunks."))
+        header = [c for c in CONTIG_SHOWN if c in report.contigs.columns]
+        parts.append(table(header, [[r[h] for h in header] for r in rows], "top_sequences"))
+    parts.append(f"<h3>Top {report.top} regions</h3>")
+    if report.regions is None:
+        parts.append(note("No regions.tsv in this output folder (written by vnp versions with calls and regions)."))
+    elif report.regions.regions == 0:
+        parts.append(note("No regions were called."))
+    else:
+        rows = report.regions.top.records()
+        header = [c for c in REGION_SHOWN if c in rows[0]]
+        kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(report.regions.kinds.items()))
+        parts.append(note(f"{report.regions.regions:,} regions ({kinds}); ranked by mean virus score, then length."))
+        parts.append(table(header, [[r[h] for h in header] for r in rows], "top_regions"))
+    return "".join(parts) + "</section>"
+
+
+def _section_tracks(report: Report, plt) -> str:
+    parts = ["<section><h2>Score tracks</h2>"]
+    if report.chunks is None or not report.chunks.tracks:
+        parts.append(note("No sequence with scored chunks to plot."))
+        return "".join(parts) + "</section>"
+    parts.append(note("Chunk virus score along each of the top sequences (line through the chunk midpoints, "
+                      "bars over each chunk's span); gaps and grey ticks: chunks without a stop-free frame; "
+                      "shaded: called regions; dashed: the cutoff."))
+    lengths = {r["sequence_id"]: int(r.get("length", 0) or 0) for r in report.contigs.top.records()}
+    for rid, track in report.chunks.tracks.items():
+        regions = report.regions.of_tracks.get(rid, []) if report.regions else []
+        length = lengths.get(rid) or int(track["end"].max())
+        parts.append(f'<div data-track="{esc(rid)}">'
+                     + figure(plot_track(plt, rid, length, track, regions, report.cutoff), f"score track of {rid}", wide=True)
+                     + "</div>")
+    return "".join(parts) + "</section>"
+
+
+def _section_performance(report: Report, plt) -> str:
+    timings = report.run.get("timings_s", {})
+    per_rank = timings.get("per_rank", [])
+    parts = ["<section><h2>Performance</h2>"]
+    counts = report.run.get("counts", {})
+    stages = [[k, v] for k, v in timings.items() if k != "per_rank" and isinstance(v, (int, float))]
+    loop = timings.get("embed_loop_s") or timings.get("loop_s")
+    if loop and counts.get("frames"):
+        stages.append(["frames/s (embedding loop)", f"{counts['frames'] / loop:,.1f}"])
+    if stages:
+        parts.append(table(["stage", "seconds"], stages, "timings"))
+    progress = report.run.get("progress")
+    uri = plot_progress(plt, progress) if progress else None
+    parts.append(figure(uri, "progress and throughput over time", wide=True) if uri else
+                 note("run.json has no progress samples (recorded by newer vnp versions)."))
+    if per_rank:
+        uri = plot_ranks(plt, per_rank)
+        if uri:
+            parts.append(figure(uri, "time per rank"))
+        header = list(dict.fromkeys(k for r in per_rank for k in r))
+        parts.append("<h3>Per rank (peak memory in MiB)</h3>")
+        parts.append(table(header, [[r.get(h, "") for h in header] for r in per_rank], "per_rank"))
+    else:
+        parts.append(note("run.json has no per-rank timings."))
+    return "".join(parts) + "</section>"
+
+
+def _section_resume(report: Report) -> str:
+    run = report.run
+    resumed, rejected = run.get("resumed_units", 0), run.get("rejected_progress_parts", 0)
+    units = run.get("work_units", 0)
+    parts = ["<section><h2>Resume</h2>"]
+    if resumed or rejected:
+        parts.append(f'<p class="warn">This run resumed an interrupted one: <b data-resumed="{resumed}">{resumed:,}'
+                     f'</b> of {units:,} work units were already done; <b data-rejected="{rejected}">{rejected:,}</b> '
+                     "progress parts were rejected (unreadable or from another run) and redone.</p>")
+    else:
+        parts.append(f'<p data-resumed="0" data-rejected="0">A fresh run: no work unit was resumed and no progress '
+                     f"part was rejected ({units} work units).</p>")
+    return "".join(parts) + "</section>"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from vnp.cli import module_main
+
+    return module_main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,6 +42,7 @@ BATCH_ROWS = 200_000
 SCORE_BINS = np.linspace(0.0, 1.0, 51)
 SHARE_BINS = np.linspace(0.0, 1.0, 21)
 TRACK_POINTS = 2000  # a score track's most points; longer sequences are binned (max per bin)
+RATE_POINTS = 60  # the most points of the throughput curve
 TABLE_ROWS = 200  # the most rows of a per-input table shown
 
 # Colour-blind-safe (Okabe-Ito), the same meaning everywhere in the report.
@@ -330,7 +331,7 @@ def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
     if bottom.max() > 0 and bottom.max() / max(1, np.median(bottom[bottom > 0])) > 100:
         ax.set_yscale("log")
         ax.set_ylabel("chunks (log scale)")
-    ax.legend(frameon=False, fontsize=9, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=3)
+    ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Chunk virus scores", loc="left")
     return _svg_uri(fig)
 
@@ -364,29 +365,28 @@ def track_points(start: np.ndarray, end: np.ndarray, score: np.ndarray, limit: i
 
 def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
                cutoff: float | None) -> str:
-    fig, ax = plt.subplots(figsize=(9, 1.9))
+    fig, ax = plt.subplots(figsize=(6, 2.3))
     scale, unit = (1e3, "kb") if length >= 10_000 else (1.0, "bp")
-    for start, end, kind in regions:
-        ax.axvspan((start - 1) / scale, end / scale, color=COLOURS["virus"], alpha=0.15 if kind == "partial" else 0.25,
-                   linewidth=0)
+    for i, (start, end, kind) in enumerate(regions):
+        ax.axvspan((start - 1) / scale, end / scale, color=COLOURS["virus"], alpha=0.12, linewidth=0,
+                   label="called region" if i == 0 else None)
     x, y = track_points(track["start"], track["end"], track["score"])
-    gaps = np.isnan(y)
-    if len(x) <= 60:  # few chunks: each chunk's span as a step, plus its midpoint
-        spans = ~np.isnan(track["score"])
-        ax.hlines(track["score"][spans], (track["start"][spans] - 1) / scale, track["end"][spans] / scale,
-                  color=COLOURS["others"], alpha=0.35, linewidth=3)
+    empty = np.isnan(track["score"])
+    if len(x) <= 60:  # few chunks: each chunk's span as a bar at its score, plus its midpoint
+        ax.hlines(track["score"][~empty], (track["start"][~empty] - 1) / scale, track["end"][~empty] / scale,
+                  color=COLOURS["others"], alpha=0.3, linewidth=3)
     ax.plot(x / scale, y, color=COLOURS["others"], linewidth=1.2, marker="o" if len(x) <= 200 else None,
-            markersize=3)
-    if gaps.any():
-        ax.plot(x[gaps] / scale, np.zeros(int(gaps.sum())), linestyle="none", marker="|", markersize=8,
-                color=COLOURS["no_frames"], label="chunk without frames")
-        ax.legend(frameon=False, fontsize=8, loc="upper right")
+            markersize=3, label="chunk virus score")
+    if empty.any():  # a gap in the line; the chunk's span drawn grey along the bottom
+        ax.hlines(np.zeros(int(empty.sum())), (track["start"][empty] - 1) / scale, track["end"][empty] / scale,
+                  color=COLOURS["no_frames"], linewidth=5, label="chunk without frames")
     ax.axhline(0.5 if cutoff is None else cutoff, color=COLOURS["line"], linestyle="--", linewidth=0.8)
+    ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3)
     ax.set_xlim(0, length / scale)
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("virus score")
     ax.set_xlabel(f"position ({unit})")
-    ax.set_title(rid, loc="left", fontsize=10)
+    ax.set_title(rid, loc="right", fontsize=10)
     return _svg_uri(fig)
 
 
@@ -403,9 +403,11 @@ def plot_progress(plt, samples: list[dict]) -> str | None:
     left.set_ylabel("done")
     left.set_title("Progress")
     left.legend(frameon=False)
-    dt = np.diff(t)
-    rate = np.divide(np.diff(frames), dt, out=np.full(len(dt), np.nan), where=dt > 0)
-    right.step(t[1:], rate, where="pre", color=COLOURS["busy"])
+    every = max(1, len(t) // RATE_POINTS)  # a rate over several samples: one sample's step is noise
+    t_r, frames_r = t[::every], frames[::every]
+    dt = np.diff(t_r)
+    rate = np.divide(np.diff(frames_r), dt, out=np.full(len(dt), np.nan), where=dt > 0)
+    right.step(t_r[1:], rate, where="pre", color=COLOURS["busy"])
     right.set_xlabel("time since start (s)")
     right.set_ylabel("frames/s")
     right.set_title("Throughput (all ranks)")
@@ -469,7 +471,8 @@ code,.mono{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:.82re
 img{height:auto;display:block;margin:.4rem 0} img.wide{width:100%} img.plot{width:100%;max-width:760px}
 .note{color:#555;font-style:italic} .warn{background:#fff4e5;border-left:4px solid #E69F00;padding:.5rem .8rem}
 .pill{display:inline-block;border-radius:9px;padding:0 .5rem;color:#fff;font-size:.8rem}
-.grid{display:flex;flex-wrap:wrap;gap:1rem} .grid>div{flex:1 1 480px}
+.grid{display:flex;flex-wrap:wrap;gap:1rem} .grid>div{flex:1 1 480px;min-width:0}
+.scroll{overflow-x:auto;max-width:100%}
 """
 
 
@@ -485,15 +488,16 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def table(header: list[str], rows: list[list[object]], data_key: str | None = None) -> str:
-    """An HTML table; numeric cells right-aligned; `data_key` names the table for programs."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+def table(header: list[str], rows: list[list[object]], data_key: str | None = None, align: bool = True) -> str:
+    """An HTML table (numeric cells right-aligned when `align`); `data_key` names it, and each cell's
+    `data-col` its column, for programs."""
+    head = "".join(f"<th>{esc(h.replace('_', ' '))}</th>" for h in header)
     body = []
     for row in rows:
         cells = []
         for name, value in zip(header, row):
             text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-            cls = ' class="num"' if _is_number(str(value)) else ""
+            cls = ' class="num"' if align and _is_number(str(value)) else ""
             if name == "label" and value in COLOURS:
                 text = f'<span class="pill" style="background:{COLOURS[value]}">{esc(value)}</span>'
             else:
@@ -501,7 +505,7 @@ def table(header: list[str], rows: list[list[object]], data_key: str | None = No
             cells.append(f'<td{cls} data-col="{esc(name)}">{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     key = f' data-table="{esc(data_key)}"' if data_key else ""
-    return f"<table{key}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll"><table{key}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def figure(uri: str, alt: str, wide: bool = False) -> str:
@@ -641,7 +645,7 @@ def _section_run(report: Report) -> str:
              ("world size", run.get("world_size", "?")), ("launcher", run.get("launcher", "?")),
              ("device", run.get("device", "?")), ("precision", run.get("precision", "?")),
              ("work units", run.get("work_units", "?"))]
-    parts = ["<section><h2>Run</h2>", table(["item", "value"], [[k, v] for k, v in facts], "run")]
+    parts = ["<section><h2>Run</h2>", table(["item", "value"], [[k, v] for k, v in facts], "run", align=False)]
     inputs = run.get("inputs", [])
     parts.append("<h3>Inputs</h3>")
     parts.append(table(["input", "size", "records", "sha256"],
@@ -745,16 +749,18 @@ def _section_tracks(report: Report, plt) -> str:
         parts.append(note("No sequence with scored chunks to plot."))
         return "".join(parts) + "</section>"
     parts.append(note("Chunk virus score along each of the top sequences (line through the chunk midpoints, "
-                      "bars over each chunk's span); gaps and grey ticks: chunks without a stop-free frame; "
+                      "bars over each chunk's span); a gap in the line and a grey bar along the bottom: chunks "
+                      "without a stop-free frame; "
                       "shaded: called regions; dashed: the cutoff."))
     lengths = {r["sequence_id"]: int(r.get("length", 0) or 0) for r in report.contigs.top.records()}
+    parts.append('<div class="grid">')
     for rid, track in report.chunks.tracks.items():
         regions = report.regions.of_tracks.get(rid, []) if report.regions else []
         length = lengths.get(rid) or int(track["end"].max())
         parts.append(f'<div data-track="{esc(rid)}">'
                      + figure(plot_track(plt, rid, length, track, regions, report.cutoff), f"score track of {rid}", wide=True)
                      + "</div>")
-    return "".join(parts) + "</section>"
+    return "".join(parts) + "</div></section>"
 
 
 def _section_performance(report: Report, plt) -> str:

@@ -23,13 +23,14 @@ import base64
 import csv
 import html
 import io
+import itertools
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -77,22 +78,37 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- reading OUT
 
 
-def read_columns(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[dict[str, np.ndarray]]:
-    """A tab-separated table in batches: header name -> column of strings (never all rows at once)."""
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header is None:
-            return
-        while True:
-            rows = [row for _, row in zip(range(batch_rows), reader)]
-            if not rows:
-                return
-            width = len(header)
-            bad = next((i for i, row in enumerate(rows) if len(row) != width), None)
-            if bad is not None:
-                raise InputError(f"{path}: a row has {len(rows[bad])} fields, the header {width}")
-            yield {name: np.array(column) for name, column in zip(header, zip(*rows))}
+def read_columns(path: Path, names: tuple[str, ...], batch_rows: int = BATCH_ROWS) -> Iterator[dict[str, np.ndarray]]:
+    """The named columns that a tab-separated table has, as strings, in batches of rows.
+
+    numpy's C parser splits the lines (a csv loop in Python is several times slower on millions of
+    rows), and only the named columns are kept, so memory stays at one batch."""
+    with open(path) as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        present = [name for name in names if name in header]
+        usecols = [header.index(name) for name in present]
+        first = 0
+        while lines := list(itertools.islice(fh, batch_rows)):
+            try:
+                table = np.loadtxt(lines, dtype=str, delimiter="\t", usecols=usecols, comments=None, ndmin=2)
+            except ValueError as err:
+                raise InputError(f"{path}: rows {first + 2}-{first + len(lines) + 1}: {err}") from None
+            yield {name: table[:, i] for i, name in enumerate(present)}
+            first += len(lines)
+
+
+def fetch_rows(path: Path, wanted: Iterable[int]) -> dict[int, dict[str, str]]:
+    """Whole rows of a table by their 0-based index (after the header): header name -> value."""
+    wanted = set(wanted)
+    found: dict[int, dict[str, str]] = {}
+    with open(path) as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        for i, line in enumerate(fh):
+            if len(found) == len(wanted):
+                break
+            if i in wanted:
+                found[i] = dict(zip(header, line.rstrip("\n").split("\t")))
+    return found
 
 
 def numbers(column: np.ndarray) -> np.ndarray:
@@ -108,29 +124,34 @@ def _table_header(path: Path) -> list[str]:
         return fh.readline().rstrip("\n").split("\t")
 
 
+def _values(column: np.ndarray, known: Iterable[str]) -> list[str]:
+    """The distinct values of a column of few distinct values (labels): those already known that
+    it holds, plus new ones; cheaper than np.unique, which sorts every string."""
+    known = list(known)
+    new = column[~np.isin(column, known)] if known else column
+    return known + (np.unique(new).tolist() if len(new) else [])
+
+
+def _count(counts: dict[str, int], column: np.ndarray) -> None:
+    for value in _values(column, counts):
+        counts[value] = counts.get(value, 0) + int((column == value).sum())
+
+
 @dataclass
 class Top:
-    """The best `n` rows seen so far by a sort key (larger first, then earlier rows)."""
+    """The row numbers of the best `n` rows seen so far by sort keys (larger first, then earlier rows)."""
 
     n: int
-    rows: dict[str, np.ndarray] = field(default_factory=dict)
     keys: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    order: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
-    def add(self, batch: dict[str, np.ndarray], keys: np.ndarray, first_row: int) -> None:
+    def add(self, keys: np.ndarray, first_row: int) -> None:
         """`keys`: [rows, k] sort keys, compared left to right, larger first."""
-        order = np.arange(first_row, first_row + len(keys))
-        if self.rows:
-            batch = {name: np.concatenate([self.rows[name], batch[name]]) for name in self.rows}
-            keys = np.concatenate([self.keys, keys])
-            order = np.concatenate([self.order, order])
-        best = np.lexsort([order] + [-keys[:, i] for i in reversed(range(keys.shape[1]))])[:self.n]
-        self.rows = {name: column[best] for name, column in batch.items()}
-        self.keys, self.order = keys[best], order[best]
-
-    def records(self) -> list[dict[str, str]]:
-        names = list(self.rows)
-        return [dict(zip(names, values)) for values in zip(*(self.rows[n].tolist() for n in names))]
+        rows = np.arange(first_row, first_row + len(keys))
+        if len(self.rows):
+            keys, rows = np.concatenate([self.keys, keys]), np.concatenate([self.rows, rows])
+        best = np.lexsort([rows] + [-keys[:, i] for i in reversed(range(keys.shape[1]))])[:self.n]
+        self.keys, self.rows = keys[best], rows[best]
 
 
 @dataclass
@@ -139,28 +160,32 @@ class Contigs:
     labels: dict[str, int] = field(default_factory=dict)
     confidence: dict[str, int] = field(default_factory=dict)
     share_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(SHARE_BINS) - 1, np.int64))
-    top: Top = field(default_factory=lambda: Top(TOP_N))
+    top: list[dict[str, str]] = field(default_factory=list)  # whole rows, best first
+    first_chunk: dict[str, int] = field(default_factory=dict)  # top sequence -> its first row in chunks.tsv
     columns: list[str] = field(default_factory=list)
 
 
 def read_contigs(path: Path, top: int) -> Contigs:
     """Label counts, the histogram of viral chunk shares and the top sequences of contigs.tsv."""
-    result = Contigs(top=Top(top), columns=_table_header(path))
-    for batch in read_columns(path):
-        n = len(batch["sequence_id"])
-        for name, counts in (("label", result.labels), ("confidence", result.confidence)):
-            if name in batch:
-                values, found = np.unique(batch[name], return_counts=True)
-                for value, k in zip(values.tolist(), found.tolist()):
-                    counts[value] = counts.get(value, 0) + k
+    result = Contigs(columns=_table_header(path))
+    best = Top(top)
+    chunk_counts = []
+    for batch in read_columns(path, ("label", "confidence", "fraction_viral", "max_virus_score", "chunks")):
+        _count(result.labels, batch["label"])
+        if "confidence" in batch:
+            _count(result.confidence, batch["confidence"])
         share = numbers(batch["fraction_viral"])
         result.share_hist += np.histogram(share[~np.isnan(share)], SHARE_BINS)[0]
-        top_score = numbers(batch["max_virus_score"])
-        keys = np.column_stack([batch["label"] == "virus", np.nan_to_num(top_score, nan=-1.0),
+        keys = np.column_stack([batch["label"] == "virus", np.nan_to_num(numbers(batch["max_virus_score"]), nan=-1.0),
                                 np.nan_to_num(share, nan=-1.0)])
-        shown = {name: batch[name] for name in CONTIG_SHOWN if name in batch}
-        result.top.add(shown, keys, result.sequences)
-        result.sequences += n
+        best.add(keys, result.sequences)
+        chunk_counts.append(batch["chunks"].astype(np.int64))
+        result.sequences += len(keys)
+    rows = fetch_rows(path, best.rows.tolist())
+    result.top = [rows[i] for i in best.rows.tolist()]
+    # chunks.tsv lists every chunk of every sequence in the order of contigs.tsv
+    first = np.concatenate([[0], np.cumsum(np.concatenate(chunk_counts or [np.zeros(0, np.int64)]))])
+    result.first_chunk = {row["sequence_id"]: int(first[i]) for i, row in zip(best.rows.tolist(), result.top)}
     return result
 
 
@@ -172,29 +197,28 @@ class Chunks:
     tracks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # sequence -> start, end, score
 
 
-def read_chunks(path: Path, track_ids: list[str]) -> Chunks:
-    """Histogram of chunk virus scores by chunk label, and the chunks of the sequences to plot."""
+def read_chunks(path: Path, track_rows: dict[str, range]) -> Chunks:
+    """Histogram of chunk virus scores by chunk label, and the chunks (rows) of the sequences to plot."""
     result = Chunks()
-    parts: dict[str, list[tuple]] = {rid: [] for rid in track_ids}
-    wanted = np.array(track_ids) if track_ids else None
-    for batch in read_columns(path):
+    for batch in read_columns(path, ("max_score2", "label")):
         score = numbers(batch["max_score2"])
         result.chunks += len(score)
         result.without_frames += int(np.isnan(score).sum())
-        labels = batch["label"]
-        for label in np.unique(labels[~np.isnan(score)]).tolist():
-            counts = np.histogram(score[labels == label], SCORE_BINS)[0]
+        scored = ~np.isnan(score)
+        labels = batch["label"][scored]
+        for label in _values(labels, result.score_hist):
+            counts = np.histogram(score[scored][labels == label], SCORE_BINS)[0]
             result.score_hist[label] = result.score_hist.get(label, 0) + counts
-        if wanted is None:
-            continue
-        mine = np.isin(batch["sequence_id"], wanted)
-        for rid, start, end, value in zip(batch["sequence_id"][mine].tolist(), batch["start"][mine].astype(np.int64),
-                                          batch["end"][mine].astype(np.int64), score[mine]):
-            parts[rid].append((start, end, value))
-    for rid, rows in parts.items():
-        if rows:
-            start, end, value = (np.array(c) for c in zip(*rows))
-            result.tracks[rid] = {"start": start, "end": end, "score": value}
+    rows = fetch_rows(path, (i for span in track_rows.values() for i in span))
+    for rid, span in track_rows.items():
+        mine = [rows.get(i, {}) for i in span]
+        stray = next((i for i, row in zip(span, mine) if row.get("sequence_id") != rid), None)
+        if stray is not None:
+            raise InputError(f"{path}: row {stray + 2} is not a chunk of {rid!r}: chunks.tsv does not follow "
+                             "contigs.tsv")
+        result.tracks[rid] = {"start": np.array([int(r["start"]) for r in mine]),
+                              "end": np.array([int(r["end"]) for r in mine]),
+                              "score": numbers(np.array([r["max_score2"] for r in mine]))}
     return result
 
 
@@ -202,28 +226,26 @@ def read_chunks(path: Path, track_ids: list[str]) -> Chunks:
 class Regions:
     regions: int = 0
     kinds: dict[str, int] = field(default_factory=dict)
-    top: Top = field(default_factory=lambda: Top(TOP_N))
+    top: list[dict[str, str]] = field(default_factory=list)
     of_tracks: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
 
 
 def read_regions(path: Path, track_ids: list[str], top: int) -> Regions:
-    result = Regions(top=Top(top), of_tracks={rid: [] for rid in track_ids})
-    wanted = np.array(track_ids) if track_ids else np.zeros(0, str)
-    for batch in read_columns(path):
-        n = len(batch["sequence_id"])
-        if "kind" in batch:
-            values, found = np.unique(batch["kind"], return_counts=True)
-            for value, k in zip(values.tolist(), found.tolist()):
-                result.kinds[value] = result.kinds.get(value, 0) + k
-        keys = np.column_stack([np.nan_to_num(numbers(batch["mean_virus_score"]), nan=-1.0),
-                                numbers(batch["length"])])
-        result.top.add({name: batch[name] for name in REGION_SHOWN if name in batch}, keys, result.regions)
+    result = Regions(of_tracks={rid: [] for rid in track_ids})
+    best = Top(top)
+    wanted = np.array(track_ids, dtype=str)
+    for batch in read_columns(path, ("sequence_id", "start", "end", "length", "mean_virus_score", "kind")):
+        kinds = batch.get("kind", np.full(len(batch["sequence_id"]), ""))
+        _count(result.kinds, kinds)
+        best.add(np.column_stack([np.nan_to_num(numbers(batch["mean_virus_score"]), nan=-1.0),
+                                  numbers(batch["length"])]), result.regions)
         mine = np.isin(batch["sequence_id"], wanted)
-        kinds = batch["kind"][mine] if "kind" in batch else np.full(int(mine.sum()), "")
         for rid, start, end, kind in zip(batch["sequence_id"][mine].tolist(), batch["start"][mine].tolist(),
-                                         batch["end"][mine].tolist(), kinds.tolist()):
+                                         batch["end"][mine].tolist(), kinds[mine].tolist()):
             result.of_tracks[rid].append((int(start), int(end), kind))
-        result.regions += n
+        result.regions += len(kinds)
+    rows = fetch_rows(path, best.rows.tolist())
+    result.top = [rows[i] for i in best.rows.tolist()]
     return result
 
 
@@ -557,13 +579,13 @@ class Report:
                 "sequences": self.contigs.sequences, "labels": self.contigs.labels,
                 "confidence": self.contigs.confidence,
                 "share_histogram": self.contigs.share_hist.tolist(),
-                "top": [r["sequence_id"] for r in self.contigs.top.records()]},
+                "top": [r["sequence_id"] for r in self.contigs.top]},
             "chunks": None if self.chunks is None else {
                 "chunks": self.chunks.chunks, "without_frames": self.chunks.without_frames,
                 "score_histogram": {k: v.tolist() for k, v in self.chunks.score_hist.items()}},
             "regions": None if self.regions is None else {
                 "regions": self.regions.regions, "kinds": self.regions.kinds,
-                "top": [r.get("region_id", "") for r in self.regions.top.records()]},
+                "top": [r.get("region_id", "") for r in self.regions.top]},
             "summary": self.summary,
             "cutoff": self.cutoff,
             "tracks": list(self.chunks.tracks) if self.chunks else [],
@@ -578,10 +600,13 @@ def load(out: Path, top: int = TOP_N) -> Report:
     except json.JSONDecodeError as err:
         raise InputError(f"{out / 'run.json'}: not valid JSON ({err.msg}, line {err.lineno})") from None
     contigs = read_contigs(out / "contigs.tsv", top) if (out / "contigs.tsv").is_file() else None
-    track_ids = []
+    track_rows = {}  # sequence -> its rows in chunks.tsv, for the top sequences with scored chunks
     if contigs is not None:
-        track_ids = [r["sequence_id"] for r in contigs.top.records() if _is_number(r.get("max_virus_score", "NA"))]
-    chunks = read_chunks(out / "chunks.tsv", track_ids) if (out / "chunks.tsv").is_file() else None
+        track_rows = {r["sequence_id"]: range(contigs.first_chunk[r["sequence_id"]],
+                                              contigs.first_chunk[r["sequence_id"]] + int(r["chunks"]))
+                      for r in contigs.top if _is_number(r.get("max_virus_score", "NA"))}
+    track_ids = list(track_rows)
+    chunks = read_chunks(out / "chunks.tsv", track_rows) if (out / "chunks.tsv").is_file() else None
     regions = read_regions(out / "regions.tsv", track_ids, top) if (out / "regions.tsv").is_file() else None
     summary = read_summary(out / "summary.tsv") if (out / "summary.tsv").is_file() else None
     changed = settings_changed(out / "config.yaml") if (out / "config.yaml").is_file() else None
@@ -723,7 +748,7 @@ def _section_top(report: Report) -> str:
     if report.contigs is None:
         parts.append(note("No contigs.tsv in this output folder."))
     else:
-        rows = report.contigs.top.records()
+        rows = report.contigs.top
         viral = report.contigs.labels.get("virus", 0)
         parts.append(note(f"{viral:,} sequences are labelled virus; ranked by label virus first, then highest "
                           "chunk virus score, then share of viral chunks."))
@@ -735,7 +760,7 @@ def _section_top(report: Report) -> str:
     elif report.regions.regions == 0:
         parts.append(note("No regions were called."))
     else:
-        rows = report.regions.top.records()
+        rows = report.regions.top
         header = [c for c in REGION_SHOWN if c in rows[0]]
         kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(report.regions.kinds.items()))
         parts.append(note(f"{report.regions.regions:,} regions ({kinds}); ranked by mean virus score, then length."))
@@ -752,7 +777,7 @@ def _section_tracks(report: Report, plt) -> str:
                       "bars over each chunk's span); a gap in the line and a grey bar along the bottom: chunks "
                       "without a stop-free frame; "
                       "shaded: called regions; dashed: the cutoff."))
-    lengths = {r["sequence_id"]: int(r.get("length", 0) or 0) for r in report.contigs.top.records()}
+    lengths = {r["sequence_id"]: int(r.get("length", 0) or 0) for r in report.contigs.top}
     parts.append('<div class="grid">')
     for rid, track in report.chunks.tracks.items():
         regions = report.regions.of_tracks.get(rid, []) if report.regions else []

@@ -123,7 +123,7 @@ def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4)
            "models": {"name": "500", "chunk_length": CHUNK, "fingerprint": "ab" * 32},
            "inputs": [{"path": f"/data/{name}", "size": 1000 + i, "sha256": f"{i:x}" * 64,
                        "records": summary[i]["sequences"]} for i, name in enumerate(INPUTS)],
-           "counts": counts, "chunk_length": CHUNK, "work_units": 1 + len(contig_of) // 128, "resumed_units": 3,
+           "counts": counts, "chunk_length": CHUNK, "work_units": 4 + len(contig_of) // 128, "resumed_units": 3,
            "rejected_progress_parts": 1, "world_size": world_size, "launcher": "torchrun", "device": "cuda:0",
            "precision": "bf16", "timings_s": {"prepare_s": 5.0, "embed_loop_s": total_s * 0.95, "total_s": total_s,
                                               "per_rank": per_rank},

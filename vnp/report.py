@@ -467,9 +467,8 @@ def plot_ranks(plt, per_rank: list[dict]) -> str | None:
         left += values
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
-    ax.set_title("Time per rank")
-    ax.legend(frameon=False, fontsize=8, ncols=min(4, len(names)), loc="upper center",
-              bbox_to_anchor=(0.5, -0.35 if len(rows) < 3 else -0.15))
+    ax.set_title("Time per rank", loc="left")
+    ax.legend(frameon=False, fontsize=8, ncols=min(4, len(names)), loc="lower right", bbox_to_anchor=(1.0, 1.0))
     return _svg_uri(fig)
 
 
@@ -599,6 +598,8 @@ def load(out: Path, top: int = TOP_N) -> Report:
         run = json.loads((out / "run.json").read_text())
     except json.JSONDecodeError as err:
         raise InputError(f"{out / 'run.json'}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(run, dict):
+        raise InputError(f"{out / 'run.json'}: not a vnp run record (a JSON object)")
     contigs = read_contigs(out / "contigs.tsv", top) if (out / "contigs.tsv").is_file() else None
     track_rows = {}  # sequence -> its rows in chunks.tsv, for the top sequences with scored chunks
     if contigs is not None:

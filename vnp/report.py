@@ -337,7 +337,7 @@ def plot_labels(plt, labels: dict[str, int]) -> str:
 
 
 def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(6, 3.4))
     widths = np.diff(SCORE_BINS)
     bottom = np.zeros(len(widths))
     for label in sorted(hist):
@@ -353,19 +353,22 @@ def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
     if bottom.max() > 0 and bottom.max() / max(1, np.median(bottom[bottom > 0])) > 100:
         ax.set_yscale("log")
         ax.set_ylabel("chunks (log scale)")
-    ax.legend(frameon=False, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(frameon=False, fontsize=8, loc="best")
     ax.set_title("Chunk virus scores", loc="left")
     return _svg_uri(fig)
 
 
 def plot_share(plt, hist: np.ndarray) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(SHARE_BINS[:-1] * 100, hist, np.diff(SHARE_BINS) * 100, align="edge", color=COLOURS["virus"],
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    colours = [COLOURS["virus"] if low >= 0.5 else COLOURS["others"] for low in SHARE_BINS[:-1]]
+    ax.bar(SHARE_BINS[:-1] * 100, hist, np.diff(SHARE_BINS) * 100, align="edge", color=colours,
            edgecolor="white", linewidth=0.5)
+    ax.axvline(50, color=COLOURS["line"], linestyle="--", linewidth=1.0, label="half of its chunks")
+    ax.legend(frameon=False, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0))
     ax.set_xlim(0, 100)
     ax.set_xlabel("viral chunks of the sequence (% of its chunks with frames)")
     ax.set_ylabel("sequences")
-    ax.set_title("Share of viral chunks per sequence")
+    ax.set_title("Share of viral chunks per sequence", loc="left")
     return _svg_uri(fig)
 
 
@@ -513,12 +516,14 @@ def table(header: list[str], rows: list[list[object]], data_key: str | None = No
     """An HTML table (numeric cells right-aligned when `align`); `data_key` names it, and each cell's
     `data-col` its column, for programs."""
     head = "".join(f"<th>{esc(h.replace('_', ' '))}</th>" for h in header)
+    numeric = [align and all(_is_number(str(v)) or v == "NA" for v in column) and any(_is_number(str(v)) for v in column)
+               for column in zip(*rows)]
     body = []
     for row in rows:
         cells = []
-        for name, value in zip(header, row):
+        for name, value, right in zip(header, row, numeric):
             text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-            cls = ' class="num"' if align and _is_number(str(value)) else ""
+            cls = ' class="num"' if right else ""
             if name == "label" and value in COLOURS:
                 text = f'<span class="pill" style="background:{COLOURS[value]}">{esc(value)}</span>'
             else:
@@ -733,15 +738,18 @@ def _section_scores(report: Report, plt) -> str:
     if report.chunks is None:
         parts.append(note("No chunks.tsv in this output folder."))
     elif report.chunks.score_hist:
-        parts.append(figure(plot_scores(plt, report.chunks.score_hist, report.cutoff),
-                            "histogram of chunk virus scores"))
         parts.append(note(f"{report.chunks.chunks - report.chunks.without_frames:,} chunks with frames; "
                           f"{report.chunks.without_frames:,} chunks without a stop-free frame are not shown."))
     else:
         parts.append(note("No chunk has a stop-free frame: there are no scores."))
+    parts.append('<div class="grid">')
+    if report.chunks is not None and report.chunks.score_hist:
+        parts.append("<div>" + figure(plot_scores(plt, report.chunks.score_hist, report.cutoff),
+                                      "histogram of chunk virus scores", wide=True) + "</div>")
     if report.contigs is not None and report.contigs.share_hist.sum():
-        parts.append(figure(plot_share(plt, report.contigs.share_hist), "histogram of viral chunk share per sequence"))
-    return "".join(parts) + "</section>"
+        parts.append("<div>" + figure(plot_share(plt, report.contigs.share_hist),
+                                      "histogram of viral chunk share per sequence", wide=True) + "</div>")
+    return "".join(parts) + "</div></section>"
 
 
 def _section_top(report: Report) -> str:

@@ -190,6 +190,16 @@ def test_vnp_report_on_a_folder_without_a_run_says_so(tmp_path, capsys):
     assert not (tmp_path / "report.html").exists()
 
 
+def test_a_table_without_a_needed_column_is_named_in_one_line(tmp_path, capsys):
+    synthetic_out(tmp_path, 5)
+    lines = (tmp_path / "contigs.tsv").read_text().splitlines()
+    # drop the last six columns: fraction_viral ... reason
+    (tmp_path / "contigs.tsv").write_text("\n".join(line.rsplit("\t", 6)[0] for line in lines) + "\n")
+    assert report_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vnp: error: {tmp_path / 'contigs.tsv'}: no column 'fraction_viral' in its header"]
+
+
 def test_the_report_needs_nothing_from_the_network(synthetic):
     out, page = synthetic
     text = (out / "report.html").read_text()

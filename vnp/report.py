@@ -4,8 +4,9 @@
 
 Written by rank 0 at the end of `vnp predict` (and by `vnp call`), or on demand. It reads only
 the files in OUT (run.json, config.yaml, contigs.tsv, chunks.tsv and, when the run has them,
-summary.tsv and regions.tsv), by header name, so runs of older versions still get a report; a
-missing file or column leaves a note in its section instead of a plot.
+summary.tsv and regions.tsv), by header name, so runs of older versions still get a report: a
+missing file leaves a note in its section instead of a plot, and columns that not every version
+writes (input, confidence, kind) are shown when present.
 
 The page needs nothing but itself: plots are SVG images in `data:` URIs, styles are inline, there
 is no script, and a Content-Security-Policy forbids the browser any other load, so it opens from a
@@ -25,7 +26,6 @@ import html
 import io
 import itertools
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -78,8 +78,18 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- reading OUT
 
 
+def table_header(path: Path, required: tuple[str, ...]) -> list[str]:
+    """The column names of a table; InputError when one of `required` is not among them."""
+    with open(path) as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise InputError(f"{path}: no column {missing[0]!r} in its header")
+    return header
+
+
 def read_columns(path: Path, names: tuple[str, ...], batch_rows: int = BATCH_ROWS) -> Iterator[dict[str, np.ndarray]]:
-    """The named columns that a tab-separated table has, as strings, in batches of rows.
+    """Those of the named columns that a tab-separated table has, as strings, in batches of rows.
 
     numpy's C parser splits the lines (a csv loop in Python is several times slower on millions of
     rows), and only the named columns are kept, so memory stays at one batch."""
@@ -117,11 +127,6 @@ def numbers(column: np.ndarray) -> np.ndarray:
     known = (column != "NA") & (column != "")
     values[known] = column[known].astype(np.float64)
     return values
-
-
-def _table_header(path: Path) -> list[str]:
-    with open(path) as fh:
-        return fh.readline().rstrip("\n").split("\t")
 
 
 def _values(column: np.ndarray, known: Iterable[str]) -> list[str]:
@@ -167,7 +172,8 @@ class Contigs:
 
 def read_contigs(path: Path, top: int) -> Contigs:
     """Label counts, the histogram of viral chunk shares and the top sequences of contigs.tsv."""
-    result = Contigs(columns=_table_header(path))
+    result = Contigs(columns=table_header(path, ("sequence_id", "length", "chunks", "fraction_viral",
+                                                 "max_virus_score", "label")))
     best = Top(top)
     chunk_counts = []
     for batch in read_columns(path, ("label", "confidence", "fraction_viral", "max_virus_score", "chunks")):
@@ -200,6 +206,7 @@ class Chunks:
 def read_chunks(path: Path, track_rows: dict[str, range]) -> Chunks:
     """Histogram of chunk virus scores by chunk label, and the chunks (rows) of the sequences to plot."""
     result = Chunks()
+    table_header(path, ("sequence_id", "start", "end", "max_score2", "label"))
     for batch in read_columns(path, ("max_score2", "label")):
         score = numbers(batch["max_score2"])
         result.chunks += len(score)
@@ -234,6 +241,7 @@ def read_regions(path: Path, track_ids: list[str], top: int) -> Regions:
     result = Regions(of_tracks={rid: [] for rid in track_ids})
     best = Top(top)
     wanted = np.array(track_ids, dtype=str)
+    table_header(path, ("sequence_id", "start", "end", "length", "mean_virus_score"))
     for batch in read_columns(path, ("sequence_id", "start", "end", "length", "mean_virus_score", "kind")):
         kinds = batch.get("kind", np.full(len(batch["sequence_id"]), ""))
         _count(result.kinds, kinds)
@@ -516,8 +524,8 @@ def table(header: list[str], rows: list[list[object]], data_key: str | None = No
     """An HTML table (numeric cells right-aligned when `align`); `data_key` names it, and each cell's
     `data-col` its column, for programs."""
     head = "".join(f"<th>{esc(h.replace('_', ' '))}</th>" for h in header)
-    numeric = [align and all(_is_number(str(v)) or v == "NA" for v in column) and any(_is_number(str(v)) for v in column)
-               for column in zip(*rows)]
+    numeric = [align and any(_is_number(str(v)) for v in column)
+               and all(_is_number(str(v)) or v == "NA" for v in column) for column in zip(*rows)]
     body = []
     for row in rows:
         cells = []
@@ -791,9 +799,8 @@ def _section_tracks(report: Report, plt) -> str:
     for rid, track in report.chunks.tracks.items():
         regions = report.regions.of_tracks.get(rid, []) if report.regions else []
         length = lengths.get(rid) or int(track["end"].max())
-        parts.append(f'<div data-track="{esc(rid)}">'
-                     + figure(plot_track(plt, rid, length, track, regions, report.cutoff), f"score track of {rid}", wide=True)
-                     + "</div>")
+        uri = plot_track(plt, rid, length, track, regions, report.cutoff)
+        parts.append(f'<div data-track="{esc(rid)}">{figure(uri, f"score track of {rid}", wide=True)}</div>')
     return "".join(parts) + "</div></section>"
 
 

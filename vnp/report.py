@@ -277,7 +277,10 @@ def settings_changed(path: Path) -> list[tuple[str, str, str]]:
                 items[prefix + str(key)] = value
         return items
 
-    used = flat(OmegaConf.to_container(OmegaConf.load(path)))
+    try:
+        used = flat(OmegaConf.to_container(OmegaConf.load(path)) or {})
+    except Exception as err:  # YAML syntax (PyYAML) or OmegaConf errors alike
+        raise InputError(f"{path}: not a vnp configuration ({str(err).splitlines()[0]})") from None
     defaults = flat(OmegaConf.to_container(OmegaConf.structured(PredictConfig)))
     return [(key, _setting(value), _setting(defaults[key]) if key in defaults else "(not a setting of this vnp)")
             for key, value in used.items() if key not in defaults or defaults[key] != value]
@@ -579,6 +582,12 @@ class Report:
     changed: list[tuple[str, str, str]] | None
     cutoff: float | None
 
+    def summary_shown(self) -> list[dict[str, str]] | None:
+        """summary.tsv's rows: the first TABLE_ROWS inputs and the total row."""
+        if not self.summary or len(self.summary) <= TABLE_ROWS + 1:
+            return self.summary
+        return self.summary[:TABLE_ROWS] + self.summary[-1:]
+
     def data(self) -> dict:
         """The numbers shown, as a JSON block (for programs and tests)."""
         counts = self.run.get("counts", {})
@@ -598,7 +607,7 @@ class Report:
             "regions": None if self.regions is None else {
                 "regions": self.regions.regions, "kinds": self.regions.kinds,
                 "top": [r.get("region_id", "") for r in self.regions.top]},
-            "summary": self.summary,
+            "summary": self.summary_shown(),
             "cutoff": self.cutoff,
             "tracks": list(self.chunks.tracks) if self.chunks else [],
         }
@@ -696,8 +705,9 @@ def _section_run(report: Report) -> str:
     parts.append("<h3>Per input</h3>")
     if report.summary:
         header = list(report.summary[0])
-        shown = report.summary[:TABLE_ROWS] + ([report.summary[-1]] if len(report.summary) > TABLE_ROWS else [])
-        parts.append(table(header, [[r[h] for h in header] for r in shown], "summary"))
+        parts.append(table(header, [[r[h] for h in header] for r in report.summary_shown()], "summary"))
+        if len(report.summary) > TABLE_ROWS + 1:
+            parts.append(note(f"… {len(report.summary) - TABLE_ROWS - 1:,} more inputs in summary.tsv."))
     else:
         parts.append(note("No summary.tsv in this output folder (written by vnp versions with calls and "
                           "regions): see the inputs above for the records per input."))

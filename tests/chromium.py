@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m tests.chromium PAGE.html SHOT.png", file=sys.stderr)
         return 2
-    rendered = render(Path(argv[0]), Path(argv[1]))
+    rendered = render(Path(argv[0]), Path(argv[1]), height=6000)  # the whole demo report
     for line in rendered.console + [f"request: {url}" for url in rendered.page_requests]:
         print(line)
     print(f"screenshot: {rendered.png.resolve()}")

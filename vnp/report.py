@@ -342,6 +342,7 @@ def plot_labels(plt, labels: dict[str, int]) -> str:
     ax.bar_label(bars, labels=[f"{labels[n]:,}" for n in names], padding=3)
     ax.invert_yaxis()
     ax.set_xlabel("sequences")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_title("Sequences by label")
     ax.margins(x=0.15)
     return _svg_uri(fig)
@@ -361,6 +362,7 @@ def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
     ax.set_xlim(0, 1)
     ax.set_xlabel("chunk virus score (highest P(virus) of the chunk's frames)")
     ax.set_ylabel("chunks")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     if bottom.max() > 0 and bottom.max() / max(1, np.median(bottom[bottom > 0])) > 100:
         ax.set_yscale("log")
         ax.set_ylabel("chunks (log scale)")
@@ -375,10 +377,11 @@ def plot_share(plt, hist: np.ndarray) -> str:
     ax.bar(SHARE_BINS[:-1] * 100, hist, np.diff(SHARE_BINS) * 100, align="edge", color=colours,
            edgecolor="white", linewidth=0.5)
     ax.axvline(50, color=COLOURS["line"], linestyle="--", linewidth=1.0, label="half of its chunks")
-    ax.legend(frameon=False, fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(frameon=False, fontsize=8, loc="best")
     ax.set_xlim(0, 100)
     ax.set_xlabel("viral chunks of the sequence (% of its chunks with frames)")
     ax.set_ylabel("sequences")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title("Share of viral chunks per sequence", loc="left")
     return _svg_uri(fig)
 
@@ -852,7 +855,7 @@ def _section_resume(report: Report) -> str:
                      "progress parts were rejected (unreadable or from another run) and redone.</p>")
     else:
         parts.append(f'<p data-resumed="0" data-rejected="0">A fresh run: no work unit was resumed and no progress '
-                     f"part was rejected ({units} work units).</p>")
+                     f"part was rejected ({units} work unit{'' if units == 1 else 's'}).</p>")
     return "".join(parts) + "</section>"
 
 

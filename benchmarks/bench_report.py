@@ -118,7 +118,8 @@ def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4)
     progress = [{"t_s": round(total_s * k / 999, 3), "chunks": int(len(contig_of) * k / 999),
                  "frames": int(counts["frames"] * (k / 999) ** 1.1)} for k in range(1000)]
     per_rank = [{"rank": r, "busy_s": round(total_s * (0.8 - 0.05 * r), 3), "wait_s": round(total_s * 0.05 * r, 3),
-                 "loop_s": round(total_s * 0.95, 3), "peak_rss_mib": 2000.0 + 100 * r} for r in range(world_size)]
+                 "loop_s": round(total_s * 0.95, 3), "peak_rss_mib": 2000.0 + 100 * r,
+                 "frames": counts["frames"] // world_size} for r in range(world_size)]
     run = {"vnp": "0.1.0", "torch": "2.13.0+cpu",
            "models": {"name": "500", "chunk_length": CHUNK, "fingerprint": "ab" * 32},
            "inputs": [{"path": f"/data/{name}", "size": 1000 + i, "sha256": f"{i:x}" * 64,

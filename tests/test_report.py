@@ -126,7 +126,10 @@ def test_summary_and_run_facts_equal_the_files(synthetic):
     assert page.data["cutoff"] == run["calls"]["cutoff"]
     settings = {r["key"]: (r["value"], r["default"]) for r in page.tables["settings"]}
     assert settings == {"precision": ("bf16", "auto"), "threads": ("8", "0")}  # as synthetic_out wrote them
-    assert [r["rank"] for r in page.tables["per_rank"]] == [str(r["rank"]) for r in run["timings_s"]["per_rank"]]
+    ranks = run["timings_s"]["per_rank"]
+    assert [r["rank"] for r in page.tables["per_rank"]] == [str(r["rank"]) for r in ranks]
+    assert [float(r["frames_per_s"]) for r in page.tables["per_rank"]] == [round(r["frames"] / r["loop_s"], 1)
+                                                                           for r in ranks]
 
 
 def test_histograms_and_top_tables_follow_the_tables(synthetic):

@@ -836,12 +836,21 @@ def _section_performance(report: Report, plt) -> str:
         uri = plot_ranks(plt, per_rank)
         if uri:
             parts.append(figure(uri, "time per rank"))
-        header = list(dict.fromkeys(k for r in per_rank for k in r))
-        parts.append("<h3>Per rank (peak memory in MiB)</h3>")
-        parts.append(table(header, [[r.get(h, "") for h in header] for r in per_rank], "per_rank"))
+        rows = [_with_rate(r) for r in per_rank]
+        header = list(dict.fromkeys(k for r in rows for k in r))
+        parts.append("<h3>Per rank (seconds; peak memory in MiB)</h3>")
+        parts.append(table(header, [[r.get(h, "") for h in header] for r in rows], "per_rank"))
     else:
         parts.append(note("run.json has no per-rank timings."))
     return "".join(parts) + "</section>"
+
+
+def _with_rate(row: dict) -> dict:
+    """A rank's row plus its frames/s, when it records its frames."""
+    seconds = row.get("loop_s") or row.get("busy_s")
+    if isinstance(row.get("frames"), (int, float)) and seconds:
+        return {**row, "frames_per_s": round(row["frames"] / seconds, 1)}
+    return row
 
 
 def _section_resume(report: Report) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 CHUNK = 500
 STEP = 250
 INPUTS = ("reads_a.fa", "reads_b.fa.gz", "contigs_c.fa")
+MIN_SCORE, MIN_FRACTION = 0.6, 0.5  # call.min_score, call.min_fraction
 
 
 def _fmt(values: np.ndarray) -> list[str]:
@@ -46,7 +47,7 @@ def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4)
     score2 = np.where(scored, np.clip(viral_bias[contig_of] + rng.normal(0, 0.15, len(contig_of)), 0.001, 0.999),
                       np.nan)
     score1 = np.where(scored, np.clip(1 - score2 + rng.normal(0, 0.02, len(contig_of)), 0.001, 0.999), np.nan)
-    chunk_viral = scored & (score2 >= score1)
+    chunk_viral = scored & (score2 >= score1) & (score2 >= MIN_SCORE)
     frames = np.where(scored, rng.integers(1, 7, len(contig_of)), 0)
 
     def per_contig(values: np.ndarray) -> np.ndarray:
@@ -61,7 +62,7 @@ def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4)
     top[np.isinf(top)] = np.nan
     mean = np.divide(per_contig(np.nan_to_num(score2)), with_frames, out=np.full(n_contigs, np.nan),
                      where=with_frames > 0)
-    label = np.where(with_frames == 0, "no_frames", np.where(share >= 0.5, "virus", "others"))
+    label = np.where(with_frames == 0, "no_frames", np.where(share >= MIN_FRACTION, "virus", "others"))
     label[(lengths < 150) & (label != "no_frames")] = "filtered"
     confidence = np.where(label != "virus", "NA", np.where(top >= 0.9, "high", np.where(top >= 0.7, "medium", "low")))
     reason = np.where(label == "filtered", "shorter than 150 bp", "")
@@ -128,7 +129,11 @@ def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4)
            "rejected_progress_parts": 1, "world_size": world_size, "launcher": "torchrun", "device": "cuda:0",
            "precision": "bf16", "timings_s": {"prepare_s": 5.0, "embed_loop_s": total_s * 0.95, "total_s": total_s,
                                               "per_rank": per_rank},
-           "progress": progress, "calls": {"cutoff": 0.5, "min_length": 150}}
+           "progress": progress,
+           "calls": {"call": {"min_score": MIN_SCORE, "min_fraction": MIN_FRACTION, "high_margin": 0.5,
+                              "high_chunks": 2, "medium_margin": 0.2},
+                     "regions": {"switch_penalty": 3.0, "min_length": 0, "merge_gap": 0},
+                     "filter": {"min_length": 150, "max_n_fraction": 1.0}, "written_by": "vnp predict"}}
     (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     (out / "config.yaml").write_text(to_yaml(PredictConfig(pack="500", threads=8, precision="bf16")))
     return run

@@ -123,7 +123,10 @@ def test_summary_and_run_facts_equal_the_files(synthetic):
     assert [r["sha256"] for r in page.tables["inputs"]] == [i["sha256"] for i in run["inputs"]]
     assert page.marks["data-resumed"] == [str(run["resumed_units"])]
     assert page.marks["data-rejected"] == [str(run["rejected_progress_parts"])]
-    assert page.data["cutoff"] == run["calls"]["cutoff"]
+    call = run["calls"]["call"]
+    assert page.data["call"] == {"min_score": call["min_score"], "min_fraction": call["min_fraction"], "recorded": True}
+    assert page.marks["data-min-score"] == [str(call["min_score"])]
+    assert page.marks["data-min-fraction"] == [str(call["min_fraction"])]
     settings = {r["key"]: (r["value"], r["default"]) for r in page.tables["settings"]}
     assert settings == {"precision": ("bf16", "auto"), "threads": ("8", "0")}  # as synthetic_out wrote them
     ranks = run["timings_s"]["per_rank"]
@@ -171,9 +174,9 @@ def test_a_folder_of_an_older_run_gets_a_report_that_says_what_is_missing(tmp_pa
     assert "No regions.tsv in this output folder" in text
     assert "No summary.tsv in this output folder" in text
     assert "No config.yaml in this output folder" in text
-    assert "run.json records no score cutoff" in text
+    assert "run.json records no call settings" in text
     assert "run.json has no progress samples" in text
-    assert Page(text).data["cutoff"] is None
+    assert Page(text).data["call"] == {"min_score": 0.0, "min_fraction": 0.5, "recorded": False}
 
 
 def test_long_sequences_are_binned_and_empty_chunks_stay_gaps():

@@ -28,7 +28,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -290,21 +290,32 @@ def _setting(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else repr(value) if value == "" else str(value)
 
 
-def score_cutoff(run: dict) -> float | None:
-    """The virus-score cutoff of the calls, when run.json records one (a key naming a cutoff in "calls")."""
-    def search(tree: object) -> float | None:
-        if isinstance(tree, dict):
-            for key, value in tree.items():
-                if any(w in key for w in ("cutoff", "threshold")) and isinstance(value, (int, float)) \
-                        and not isinstance(value, bool):
-                    return float(value)
-            for value in tree.values():
-                found = search(value)
-                if found is not None:
-                    return found
-        return None
+@dataclass
+class CallRules:
+    """The call settings in run.json's "calls" (`call.min_score`, `call.min_fraction`). Without them
+    (older runs) the original's rules hold: a chunk is viral when its highest virus score is at least
+    its highest other score, a sequence when at least half of its chunks with frames are."""
 
-    return search(run.get("calls"))
+    min_score: float = 0.0
+    min_fraction: float = 0.5
+    recorded: bool = False
+
+
+def call_rules(run: dict) -> CallRules:
+    calls = run.get("calls")
+    call = calls.get("call") if isinstance(calls, dict) else None
+    if not isinstance(call, dict):
+        return CallRules()
+    return CallRules(float(call.get("min_score", 0.0)), float(call.get("min_fraction", 0.5)), True)
+
+
+def _score_lines(ax, rules: CallRules, vertical: bool) -> None:
+    """0.5 (virus = others for a chunk of one frame) dashed; call.min_score dotted when it is above 0."""
+    line = ax.axvline if vertical else ax.axhline
+    line(0.5, color=COLOURS["line"], linestyle="--", linewidth=1.0, label="0.5 (one frame: virus = others)")
+    if rules.min_score > 0:
+        line(rules.min_score, color=COLOURS["line"], linestyle=":", linewidth=1.4,
+             label=f"call.min_score {rules.min_score:g}")
 
 
 # ---------------------------------------------------------------- plots
@@ -348,7 +359,7 @@ def plot_labels(plt, labels: dict[str, int]) -> str:
     return _svg_uri(fig)
 
 
-def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
+def plot_scores(plt, hist: dict[str, np.ndarray], rules: CallRules) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     widths = np.diff(SCORE_BINS)
     bottom = np.zeros(len(widths))
@@ -356,9 +367,7 @@ def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
         ax.bar(SCORE_BINS[:-1], hist[label], widths, bottom=bottom, align="edge",
                color=COLOURS.get(label, "#56B4E9"), label=f"{label} chunks", edgecolor="white", linewidth=0.3)
         bottom = bottom + hist[label]
-    line = 0.5 if cutoff is None else cutoff
-    ax.axvline(line, color=COLOURS["line"], linestyle="--", linewidth=1.2,
-               label=f"cutoff {line:g}" if cutoff is not None else "0.5 (one frame: virus = others)")
+    _score_lines(ax, rules, vertical=True)
     ax.set_xlim(0, 1)
     ax.set_xlabel("chunk virus score (highest P(virus) of the chunk's frames)")
     ax.set_ylabel("chunks")
@@ -371,12 +380,13 @@ def plot_scores(plt, hist: dict[str, np.ndarray], cutoff: float | None) -> str:
     return _svg_uri(fig)
 
 
-def plot_share(plt, hist: np.ndarray) -> str:
+def plot_share(plt, hist: np.ndarray, rules: CallRules) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    colours = [COLOURS["virus"] if low >= 0.5 else COLOURS["others"] for low in SHARE_BINS[:-1]]
+    colours = [COLOURS["virus"] if low >= rules.min_fraction else COLOURS["others"] for low in SHARE_BINS[:-1]]
     ax.bar(SHARE_BINS[:-1] * 100, hist, np.diff(SHARE_BINS) * 100, align="edge", color=colours,
            edgecolor="white", linewidth=0.5)
-    ax.axvline(50, color=COLOURS["line"], linestyle="--", linewidth=1.0, label="half of its chunks")
+    ax.axvline(rules.min_fraction * 100, color=COLOURS["line"], linestyle="--", linewidth=1.0,
+               label=f"call.min_fraction {rules.min_fraction:g}" if rules.recorded else "half of its chunks")
     ax.legend(frameon=False, fontsize=8, loc="best")
     ax.set_xlim(0, 100)
     ax.set_xlabel("viral chunks of the sequence (% of its chunks with frames)")
@@ -403,7 +413,7 @@ def track_points(start: np.ndarray, end: np.ndarray, score: np.ndarray, limit: i
 
 
 def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
-               cutoff: float | None) -> str:
+               rules: CallRules) -> str:
     fig, ax = plt.subplots(figsize=(6, 2.3))
     scale, unit = (1e3, "kb") if length >= 10_000 else (1.0, "bp")
     for i, (start, end, kind) in enumerate(regions):
@@ -419,7 +429,7 @@ def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions
     if empty.any():  # a gap in the line; the chunk's span drawn grey along the bottom
         ax.hlines(np.zeros(int(empty.sum())), (track["start"][empty] - 1) / scale, track["end"][empty] / scale,
                   color=COLOURS["no_frames"], linewidth=5, label="chunk without frames")
-    ax.axhline(0.5 if cutoff is None else cutoff, color=COLOURS["line"], linestyle="--", linewidth=0.8)
+    _score_lines(ax, rules, vertical=False)
     ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3)
     ax.set_xlim(0, length / scale)
     ax.set_ylim(-0.05, 1.05)
@@ -583,7 +593,7 @@ class Report:
     regions: Regions | None
     summary: list[dict[str, str]] | None
     changed: list[tuple[str, str, str]] | None
-    cutoff: float | None
+    rules: CallRules
 
     def summary_shown(self) -> list[dict[str, str]] | None:
         """summary.tsv's rows: the first TABLE_ROWS inputs and the total row."""
@@ -611,7 +621,7 @@ class Report:
                 "regions": self.regions.regions, "kinds": self.regions.kinds,
                 "top": [r.get("region_id", "") for r in self.regions.top]},
             "summary": self.summary_shown(),
-            "cutoff": self.cutoff,
+            "call": asdict(self.rules),
             "tracks": list(self.chunks.tracks) if self.chunks else [],
         }
 
@@ -636,7 +646,7 @@ def load(out: Path, top: int = TOP_N) -> Report:
     regions = read_regions(out / "regions.tsv", track_ids, top) if (out / "regions.tsv").is_file() else None
     summary = read_summary(out / "summary.tsv") if (out / "summary.tsv").is_file() else None
     changed = settings_changed(out / "config.yaml") if (out / "config.yaml").is_file() else None
-    return Report(out, run, top, contigs, chunks, regions, summary, changed, score_cutoff(run))
+    return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run))
 
 
 def write_report(out: Path, top: int = TOP_N) -> Path:
@@ -749,13 +759,19 @@ def _section_labels(report: Report, plt) -> str:
 
 def _section_scores(report: Report, plt) -> str:
     parts = ["<section><h2>Scores</h2>"]
-    if report.cutoff is None:
-        parts.append(note("run.json records no score cutoff: a chunk is viral when its highest virus score is at "
-                          "least its highest non-virus score (0.5 for a chunk with one frame); the dashed line "
-                          "marks 0.5."))
+    rules = report.rules
+    if rules.recorded:
+        parts.append(f'<p>The calls of this run: a chunk is viral when its highest virus score is at least its '
+                     f'highest other score (0.5 for a chunk of one frame: dashed) and at least call.min_score '
+                     f'<b data-min-score="{rules.min_score}">{rules.min_score:g}</b>'
+                     f'{" (dotted)" if rules.min_score > 0 else ""}; a sequence when at least call.min_fraction '
+                     f'<b data-min-fraction="{rules.min_fraction}">{rules.min_fraction:g}</b> of its chunks with '
+                     "frames are viral.</p>")
     else:
-        parts.append(f'<p>Virus-score cutoff of the calls: <b data-cutoff="{report.cutoff}">{report.cutoff:g}</b> '
-                     "(dashed line).</p>")
+        parts.append(note("run.json records no call settings (an older vnp): the original's rules hold: a chunk "
+                          "is viral when its highest virus score is at least its highest other score (0.5 for a "
+                          "chunk of one frame: dashed), a sequence when at least half of its chunks with frames "
+                          "are."))
     if report.chunks is None:
         parts.append(note("No chunks.tsv in this output folder."))
     elif report.chunks.score_hist:
@@ -765,10 +781,10 @@ def _section_scores(report: Report, plt) -> str:
         parts.append(note("No chunk has a stop-free frame: there are no scores."))
     parts.append('<div class="grid">')
     if report.chunks is not None and report.chunks.score_hist:
-        parts.append("<div>" + figure(plot_scores(plt, report.chunks.score_hist, report.cutoff),
+        parts.append("<div>" + figure(plot_scores(plt, report.chunks.score_hist, report.rules),
                                       "histogram of chunk virus scores", wide=True) + "</div>")
     if report.contigs is not None and report.contigs.share_hist.sum():
-        parts.append("<div>" + figure(plot_share(plt, report.contigs.share_hist),
+        parts.append("<div>" + figure(plot_share(plt, report.contigs.share_hist, report.rules),
                                       "histogram of viral chunk share per sequence", wide=True) + "</div>")
     return "".join(parts) + "</div></section>"
 
@@ -806,13 +822,13 @@ def _section_tracks(report: Report, plt) -> str:
     parts.append(note("Chunk virus score along each of the top sequences (line through the chunk midpoints, "
                       "bars over each chunk's span); a gap in the line and a grey bar along the bottom: chunks "
                       "without a stop-free frame; "
-                      "shaded: called regions; dashed: the cutoff."))
+                      "shaded: called regions; dashed: 0.5; dotted: call.min_score."))
     lengths = {r["sequence_id"]: int(r.get("length", 0) or 0) for r in report.contigs.top}
     parts.append('<div class="grid">')
     for rid, track in report.chunks.tracks.items():
         regions = report.regions.of_tracks.get(rid, []) if report.regions else []
         length = lengths.get(rid) or int(track["end"].max())
-        uri = plot_track(plt, rid, length, track, regions, report.cutoff)
+        uri = plot_track(plt, rid, length, track, regions, report.rules)
         parts.append(f'<div data-track="{esc(rid)}">{figure(uri, f"score track of {rid}", wide=True)}</div>')
     return "".join(parts) + "</div></section>"
 

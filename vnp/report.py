@@ -435,7 +435,7 @@ def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("virus score")
     ax.set_xlabel(f"position ({unit})")
-    ax.set_title(rid, loc="right", fontsize=10)
+    ax.set_title(rid if len(rid) <= 40 else rid[:39] + "…", loc="right", fontsize=10)
     return _svg_uri(fig)
 
 

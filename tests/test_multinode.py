@@ -165,11 +165,14 @@ def why_no_namespaces() -> str | None:
         return "building network namespaces needs root"
     if shutil.which("ip") is None:
         return "iproute2's `ip` is not installed (apt-get install iproute2)"
-    probe = f"vnpprobe{os.getpid()}"
+    probe = f"vnpp{os.getpid()}"
     made = ip("netns", "add", probe)
     if made.returncode != 0:
         return f"`ip netns add` fails here: {made.stderr.strip()}"
+    paired = ip("link", "add", f"{probe}a", "netns", probe, "type", "veth", "peer", "name", f"{probe}b", "netns", probe)
     ip("netns", "del", probe)
+    if paired.returncode != 0:
+        return f"veth pairs cannot be made here: {paired.stderr.strip()}"
     return None
 
 

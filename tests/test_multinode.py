@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import BIN, COMMON, ROOT, child_env, predict_ok, tables
+from tests.test_predict import BIN, ROOT, child_env, predict_ok, tables
 from tests.test_resume import wait_for_parts, write_long_input
 from vnp.dist import Env, Network, look_at_network, pick_interface, set_socket_interface, spans_several_hosts
 
@@ -125,7 +125,7 @@ def test_this_hosts_network_as_the_kernel_sees_it():
 
 NODE_ADDRESSES = ("10.77.0.1", "10.77.0.2")
 NODE_NAMES = ("vnpnode0", "vnpnode1")  # resolvable only inside the namespaces (their own /etc/hosts)
-ARGS = [*COMMON[:-1], "dist.timeout_s=30"]
+ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=30"]
 
 
 @dataclass
@@ -221,7 +221,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def job_input(tmp_path_factory) -> Path:
-    return write_long_input(tmp_path_factory.mktemp("input") / "job.fa", n=120)
+    return write_long_input(tmp_path_factory.mktemp("input") / "job.fa", n=80)
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +258,11 @@ def finish(procs: list[subprocess.Popen], timeout: float = 180) -> list[tuple[in
     return results
 
 
-def assert_chosen_interfaces(cluster: Cluster, results: list[tuple[int, str]]) -> None:
+def assert_chosen_interfaces(cluster: Cluster, results: list[tuple[int, str]], out: Path) -> None:
+    """Said on stderr once per node, and in each rank's log."""
     for node, (_, err) in zip(cluster.nodes, results):
         assert f"vnp: rank {node.rank}: peers reach this rank through interface {node.interface} ({node.address}" in err
+        assert f"GLOO_SOCKET_IFNAME={node.interface}," in (out / "logs" / f"rank{node.rank}.log").read_text()
 
 
 @pytest.mark.slow
@@ -269,7 +271,7 @@ def test_torchrun_over_two_nodes(cluster, job_input, reference, tmp_path):
     procs = [cluster.start(rank, torchrun_command(rank, 29501, job_input, out), node_env()) for rank in (0, 1)]
     results = finish(procs)
     assert all(code == 0 for code, _ in results), results
-    assert_chosen_interfaces(cluster, results)
+    assert_chosen_interfaces(cluster, results, out)
     assert tables(out) == tables(reference)
     record = json.loads((out / "run.json").read_text())
     assert record["world_size"] == 2 and record["launcher"] == "torchrun"
@@ -285,7 +287,7 @@ def test_slurm_over_two_nodes(cluster, job_input, reference, tmp_path):
              for rank in (0, 1)]
     results = finish(procs)
     assert all(code == 0 for code, _ in results), results
-    assert_chosen_interfaces(cluster, results)
+    assert_chosen_interfaces(cluster, results, out)
     assert tables(out) == tables(reference)
     record = json.loads((out / "run.json").read_text())
     assert record["world_size"] == 2 and record["launcher"] == "slurm"

@@ -107,6 +107,9 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         _log_to_file(out, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
+        if ctx.world_size > 1:  # chosen by vnp.dist.set_socket_interface on jobs over several hosts
+            log.info("socket interfaces: %s", ", ".join(f"{v}={os.environ.get(v, '(unset)')}"
+                                                        for v in vdist.SOCKET_VARIABLES))
         models = Models.load_everywhere(ctx, state, config)
         times = run_steps(ctx, state, config, models, stop)
         if stop.requested:

@@ -176,6 +176,14 @@ def why_no_namespaces() -> str | None:
     return None
 
 
+def test_without_root_or_iproute2_the_nodes_are_skipped_with_the_reason(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert why_no_namespaces() == "building network namespaces needs root"
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "iproute2" in why_no_namespaces()
+
+
 def hosts_file(rank: int) -> str:
     """Debian's mapping: this host's own names resolve to 127.0.1.1; the other node by its address."""
     other = 1 - rank

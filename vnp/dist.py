@@ -1,4 +1,5 @@
-"""One process per rank: who am I, the matched init/cleanup pair, rank-0 printing.
+"""One process per rank: who am I, the matched init/cleanup pair, rank-0 printing, and on jobs
+over several hosts the network interface each host offers its peers.
 
 Rank, local rank and world size come from torchrun or accelerate (RANK, LOCAL_RANK, WORLD_SIZE),
 else from SLURM (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS), else this is a single process.

@@ -146,18 +146,18 @@ class Cluster:
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def power_off(self, rank: int) -> None:
-        """kill -9 of every process on that node."""
-        for pid in namespace_pids(self.nodes[rank].namespace):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_everything_in(self.nodes[rank].namespace)
 
 
 def ip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
 
 
-def namespace_pids(namespace: str) -> list[int]:
-    return [int(pid) for pid in ip("netns", "pids", namespace).stdout.split()]
+def kill_everything_in(namespace: str) -> None:
+    """kill -9 of every process on that node (nothing when the namespace is gone)."""
+    for pid in ip("netns", "pids", namespace).stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def why_no_namespaces() -> str | None:
@@ -205,11 +205,12 @@ def cluster():
             etc = Path("/etc/netns") / node.namespace  # `ip netns exec` mounts these over /etc
             etc.mkdir(parents=True)
             (etc / "hosts").write_text(hosts_file(node.rank))
-        made = ip("link", "add", nodes[0].interface, "type", "veth", "peer", "name", nodes[1].interface)
+        # made inside the namespaces: nothing of it ever lies in this host's own namespace
+        made = ip("link", "add", nodes[0].interface, "netns", nodes[0].namespace, "type", "veth",
+                  "peer", "name", nodes[1].interface, "netns", nodes[1].namespace)
         assert made.returncode == 0, made.stderr
         for node in nodes:
-            steps = [("link", "set", node.interface, "netns", node.namespace),
-                     ("-n", node.namespace, "addr", "add", f"{node.address}/24", "dev", node.interface),
+            steps = [("-n", node.namespace, "addr", "add", f"{node.address}/24", "dev", node.interface),
                      ("-n", node.namespace, "link", "set", node.interface, "up"),
                      ("-n", node.namespace, "link", "set", "lo", "up")]
             for step in steps:
@@ -218,9 +219,7 @@ def cluster():
         yield Cluster(nodes)
     finally:
         for node in nodes:
-            for pid in namespace_pids(node.namespace):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_everything_in(node.namespace)
             ip("netns", "del", node.namespace)  # takes its end of the veth pair with it
             shutil.rmtree(Path("/etc/netns") / node.namespace, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -303,6 +302,7 @@ def test_slurm_over_two_nodes(cluster, job_input, reference, tmp_path):
 
 @pytest.mark.slow
 def test_node_lost_mid_run_then_resumed_on_one_node(cluster, job_input, reference, tmp_path):
+    """Every process of node 1 killed (-9) mid-run: node 0 stops by itself; one node finishes the job."""
     out = tmp_path / "out"
     procs = [cluster.start(rank, torchrun_command(rank, 29502, job_input, out), node_env()) for rank in (0, 1)]
     try:

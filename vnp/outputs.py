@@ -1,29 +1,52 @@
-"""The result tables, written by rank 0 from frame keys and scores in input order.
+"""The result files, written by rank 0 (`vnp predict`) or by `vnp call` from committed scores.
 
 * `prediction_results.txt`: the original's per-frame table (scores printed as the original
-  printed its float32 values, e.g. `0.12100612`).
+  printed its float32 values, e.g. `0.12100612`); written by `vnp predict` only.
 * `prediction_results_highestscore.csv`: the original's per-chunk call (tab-separated despite its
-  name): `True` when the chunk's highest virus score >= its highest non-virus score.
-* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, including those without a
-  stop-free frame; derived scores with 6 decimals.
+  name): `True` when the chunk's highest virus score >= its highest non-virus score
+  (`tables.highestscore_scores=true` adds the two maxima as max_score_0 and max_score_1).
+* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, with the calls of `vnp.calls`.
+* `regions.tsv`, `regions.bed`, `regions.gff3`: viral regions (`vnp.regions`).
+* `viral_sequences.fna`, `viral_regions.fna`: letters of viral sequences and partial regions,
+  read from the packed sequences in OUT/work.
+* `summary.tsv`: per input and in total.
 
+`write_results` writes everything but the per-frame table; `vnp predict` and `vnp call` both go
+through it. Every file is written to a temporary name and renamed once all are complete.
 A frame's key is `chunk * 6 + frame` (F1..R3 = 0..5), so sorting keys gives the input order.
-All formatting is fixed, so the tables are byte-identical for any world size.
+All formatting is fixed, so the files are byte-identical for any world size.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterator
+from urllib.parse import quote
 
 import numpy as np
 
-from vnp.plan import ChunkPlan
+from vnp import calls as vcalls
+from vnp.filters import reason
+from vnp.plan import SEQUENCES, ChunkPlan, iter_ids
+from vnp.regions import Regions, find_regions, region_scores, territories, viterbi
 from vnp.translate import FRAME_NAMES
 
-FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
+FRAME_TABLE = "prediction_results.txt"
+RESULT_FILES = ("prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv", "regions.tsv", "regions.bed",
+                "regions.gff3", "viral_sequences.fna", "viral_regions.fna", "summary.tsv")
+FILES = (FRAME_TABLE, *RESULT_FILES)
+
+CONTIG_COLUMNS = ("sequence_id", "input", "length", "chunks", "viral_chunks", "chunks_without_frames",
+                  "fraction_viral", "max_virus_score", "mean_virus_score", "label", "confidence", "reason",
+                  "supporting_chunks", "margin", "regions")
+REGION_COLUMNS = ("sequence_id", "region_id", "start", "end", "length", "chunks", "mean_virus_score",
+                  "max_virus_score", "kind")
+SUMMARY_COLUMNS = ("input", "sequences", "bp", "viral_sequences", "viral_bp", "regions", "no_frames", "filtered",
+                   "region_bp")
 
 
 @dataclass
@@ -34,87 +57,287 @@ class TableCounts:
     chunks_without_frames: int = 0
     viral_chunks: int = 0
     viral_sequences: int = 0
+    filtered: int = 0
+    regions: int = 0
     labels: dict = field(default_factory=dict)
 
 
+def settings_record(config) -> dict:
+    """The settings behind the calls, for run.json's "calls"."""
+    return {name: asdict(getattr(config, name)) for name in ("call", "regions", "tables", "filter")}
+
+
+def input_names(inputs: list[dict]) -> list[str]:
+    """The `input` column: each input's file name, or every input's full path when two share a name."""
+    names = [Path(entry["path"]).name for entry in inputs]
+    return names if len(set(names)) == len(names) else [str(entry["path"]) for entry in inputs]
+
+
 def _fixed(value: float) -> str:
-    return f"{value:.6f}"
+    return "NA" if value != value else f"{value:.6f}"  # NaN -> NA
 
 
-def _chunk_rows(plan: ChunkPlan, record: int, rid: str) -> list[tuple[int, str, int, int]]:
-    """(global chunk, chunk id, 1-based start, end) of one record."""
-    first, last = int(plan.first_chunk[record]), int(plan.first_chunk[record + 1])
-    return [(c, f"{rid}_chunk_{number}", start + 1, end)
-            for c, _, number, start, end in plan.spans(first, last)]
+def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config,
+                 inputs: list[str], work: Path | None = None) -> TableCounts:
+    """`vnp predict`: the per-frame table, then every other result file; `keys` sorted ascending."""
+    work = work or out / "work"
+    _replace_all(out, {FRAME_TABLE: _write_frame_table(out / (FRAME_TABLE + ".tmp"), plan, work, keys, scores)})
+    return write_results(out, plan, keys, scores, config, inputs, work)
 
 
-def write_tables(out: Path, plan: ChunkPlan, ids: Iterable[str], keys: np.ndarray, scores: np.ndarray) -> TableCounts:
-    """Write the four tables (to temporary names, renamed at the end); `keys` sorted ascending."""
+def _write_frame_table(path: Path, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> Path:
     chunk_of = keys // 6
     bounds = np.searchsorted(chunk_of, np.arange(plan.n_chunks + 1))  # frames of chunk c: bounds[c]:bounds[c+1]
-    counts = TableCounts()
-    tmp = {name: out / (name + ".tmp") for name in FILES}
-    handles = {name: open(path, "w") for name, path in tmp.items()}
-    try:
-        frames_out, best_out, chunks_out, contigs_out = (handles[n] for n in FILES)
-        frames_out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-        best_out.write("Modified_ID\tIs_Virus\n")
-        chunks_out.write("chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel\n")
-        contigs_out.write("sequence_id\tlength\tchunks\tviral_chunks\tchunks_without_frames\tfraction_viral\t"
-                          "max_virus_score\tmean_virus_score\tlabel\n")
-        for record, rid in enumerate(ids):
-            virus_maxima = []
-            viral = empty = 0
-            rows = _chunk_rows(plan, record, rid)
-            for c, cid, start, end in rows:
+    written = 0
+    with open(path, "w") as fh:
+        fh.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+        for record, rid in enumerate(iter_ids(work)):
+            first = int(plan.first_chunk[record])
+            for c in range(first, int(plan.first_chunk[record + 1])):
                 lo, hi = int(bounds[c]), int(bounds[c + 1])
                 # numpy's shortest float32 repr, as the original's str(np.float32); formatted per
                 # chunk so no table of strings for all frames is ever held
                 text = scores[lo:hi].astype(np.float32).astype(str)
+                cid = f"{rid}_chunk_{c - first + 1}"
                 for i in range(lo, hi):
                     label = "virus" if scores[i, 1] > scores[i, 0] else "others"
-                    frames_out.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
-                if hi == lo:
-                    empty += 1
-                    chunks_out.write(f"{cid}\t{rid}\t{start}\t{end}\t0\tNA\tNA\tno_frames\n")
-                    continue
-                best = scores[lo:hi].max(axis=0)
-                is_virus = bool(best[1] >= best[0])
-                viral += is_virus
-                virus_maxima.append(float(best[1]))
-                best_out.write(f"{cid}\t{is_virus}\n")
-                chunks_out.write(f"{cid}\t{rid}\t{start}\t{end}\t{hi - lo}\t{_fixed(best[0])}\t{_fixed(best[1])}\t"
-                                 f"{'virus' if is_virus else 'others'}\n")
-                counts.frames += int(hi - lo)
-            contigs_out.write(_contig_row(rid, int(plan.lengths[record]), len(rows), viral, empty, virus_maxima, counts))
-            counts.sequences += 1
-            counts.chunks += len(rows)
-            counts.chunks_without_frames += empty
-            counts.viral_chunks += viral
-    finally:
-        for handle in handles.values():
-            handle.close()
-    if counts.sequences != plan.n_records:
-        raise RuntimeError(f"tables: {counts.sequences} IDs for {plan.n_records} records in the index")
-    if counts.frames != len(keys):
-        raise RuntimeError(f"tables: wrote {counts.frames} frames of {len(keys)} scored")
-    for name, path in tmp.items():
-        os.replace(path, out / name)
-    return counts
+                    fh.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
+                written += hi - lo
+    if written != len(keys):
+        raise RuntimeError(f"tables: wrote {written} frames of {len(keys)} scored")
+    return path
 
 
-def _contig_row(rid: str, length: int, n_chunks: int, viral: int, empty: int, maxima: list[float],
-                counts: TableCounts) -> str:
-    """Per-sequence summary: the majority of its chunks with frames decides its label."""
-    if not maxima:
-        label, fraction, top, mean = "no_frames", "NA", "NA", "NA"
+def _replace_all(out: Path, written: dict[str, Path]) -> None:
+    for name, tmp in written.items():
+        os.replace(tmp, out / name)
+
+
+@dataclass
+class Results:
+    """Everything `write_results` derives from the scores, before formatting."""
+
+    ids: list[str]
+    inputs: list[str]
+    input_of: np.ndarray  # input index per record
+    chunk_ids: list[str]
+    chunks: vcalls.ChunkScores
+    viral: np.ndarray  # chunk calls
+    starts: np.ndarray
+    ends: np.ndarray
+    calls: vcalls.SequenceCalls
+    regions: Regions
+    whole: np.ndarray  # per region
+    region_mean: np.ndarray
+    region_max: np.ndarray
+    regions_per_record: np.ndarray
+
+
+def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
+                    work: Path) -> Results:
+    """Chunk and sequence calls and regions of every record (no file written)."""
+    ids = list(iter_ids(work))
+    if len(ids) != plan.n_records:
+        raise RuntimeError(f"tables: {len(ids)} IDs for {plan.n_records} records in the index")
+    chunks = vcalls.chunk_scores(plan.n_chunks, keys, scores)
+    if int(chunks.frames.sum()) != len(keys) or (len(keys) and int(keys[-1]) // 6 >= plan.n_chunks):
+        raise RuntimeError(f"tables: {len(keys)} scored frames do not fit the plan's {plan.n_chunks} chunks")
+    call = config.call
+    margins = vcalls.chunk_margins(chunks, call.min_score)
+    viral = vcalls.chunk_viral(margins)
+    calls = vcalls.sequence_calls(plan, chunks, viral, margins, call.min_fraction, call.high_margin,
+                                  call.high_chunks, call.medium_margin)
+    starts, ends = plan.chunk_bounds()
+    lo, hi = territories(starts, ends, plan.first_chunk, plan.lengths)
+    decided = (calls.label == vcalls.VIRUS) | (calls.label == vcalls.OTHERS)
+    states = viterbi(vcalls.chunk_log_odds(chunks, call.min_score), plan.first_chunk, decided,
+                     config.regions.switch_penalty)
+    regions = find_regions(states, plan.first_chunk, lo, hi, config.regions.merge_gap, config.regions.min_length)
+    whole = (regions.start == 0) & (regions.end == plan.lengths[regions.record])
+    # a region over the whole length stands only for a sequence the fraction rule calls viral
+    keep = ~whole | (calls.label[regions.record] == vcalls.VIRUS)
+    regions, whole = regions.take(keep), whole[keep]
+    mean, top = region_scores(regions, chunks.max_virus, chunks.has_frames)
+    record_of_chunk = np.repeat(np.arange(plan.n_records), np.diff(plan.first_chunk))
+    numbers = np.arange(plan.n_chunks) - plan.first_chunk[record_of_chunk] + 1
+    chunk_ids = [f"{ids[r]}_chunk_{k}" for r, k in zip(record_of_chunk.tolist(), numbers.tolist())]
+    input_of = np.repeat(np.arange(len(plan.records_per_input)), plan.records_per_input)
+    return Results(ids, inputs, input_of, chunk_ids, chunks, viral, starts, ends, calls, regions, whole, mean, top,
+                   np.bincount(regions.record, minlength=plan.n_records))
+
+
+def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
+                  work: Path | None = None) -> TableCounts:
+    """Every result file but the per-frame table (`vnp predict` and `vnp call`)."""
+    work = work or out / "work"
+    results = compute_results(plan, keys, scores, config, inputs, work)
+    writers = {
+        "prediction_results_highestscore.csv": lambda fh: _highestscore(fh, results, config.tables.highestscore_scores),
+        "chunks.tsv": lambda fh: _chunks(fh, results, plan),
+        "contigs.tsv": lambda fh: _contigs(fh, results, plan, config.filter),
+        "regions.tsv": lambda fh: _regions_tsv(fh, results),
+        "regions.bed": lambda fh: _regions_bed(fh, results),
+        "regions.gff3": lambda fh: _regions_gff3(fh, results, plan),
+        "viral_sequences.fna": lambda fh: _fasta(fh, _viral_sequences(results, plan), plan, work, config.tables.fasta_width),
+        "viral_regions.fna": lambda fh: _fasta(fh, _partial_regions(results, plan), plan, work, config.tables.fasta_width),
+        "summary.tsv": lambda fh: _summary(fh, results, plan),
+    }
+    written = {}
+    try:
+        for name, write in writers.items():
+            written[name] = out / (name + ".tmp")
+            with open(written[name], "w") as fh:
+                write(fh)
+    except BaseException:
+        for tmp in written.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    _replace_all(out, written)
+    return _counts(results, plan, len(keys))
+
+
+def _counts(results: Results, plan: ChunkPlan, frames: int) -> TableCounts:
+    calls = results.calls
+    labels, numbers = np.unique(vcalls.LABELS[calls.label], return_counts=True)
+    return TableCounts(sequences=plan.n_records, chunks=plan.n_chunks, frames=frames,
+                       chunks_without_frames=int(plan.n_chunks - results.chunks.has_frames.sum()),
+                       viral_chunks=int(results.viral.sum()), viral_sequences=int((calls.label == vcalls.VIRUS).sum()),
+                       filtered=int((calls.label == vcalls.FILTERED).sum()), regions=len(results.regions),
+                       labels={str(k): int(n) for k, n in zip(labels, numbers)})
+
+
+def _highestscore(fh, results: Results, with_scores: bool) -> None:
+    chunks = results.chunks
+    fh.write("Modified_ID\tIs_Virus" + ("\tmax_score_0\tmax_score_1" if with_scores else "") + "\n")
+    rows = np.flatnonzero(chunks.has_frames)
+    is_virus = (chunks.max_virus[rows] >= chunks.max_other[rows]).tolist()  # the original's rule, in float32
+    ids = [results.chunk_ids[c] for c in rows.tolist()]
+    if with_scores:  # printed like the per-frame table (numpy's shortest float32 repr)
+        other, virus = chunks.max_other[rows].astype(str).tolist(), chunks.max_virus[rows].astype(str).tolist()
+        fh.writelines(f"{c}\t{v}\t{a}\t{b}\n" for c, v, a, b in zip(ids, is_virus, other, virus))
     else:
-        share = viral / len(maxima)
-        label = "virus" if share >= 0.5 else "others"
-        fraction, top, mean = _fixed(share), _fixed(max(maxima)), _fixed(sum(maxima) / len(maxima))
-    counts.labels[label] = counts.labels.get(label, 0) + 1
-    counts.viral_sequences += label == "virus"
-    return f"{rid}\t{length}\t{n_chunks}\t{viral}\t{empty}\t{fraction}\t{top}\t{mean}\t{label}\n"
+        fh.writelines(f"{c}\t{v}\n" for c, v in zip(ids, is_virus))
+
+
+def _chunks(fh, results: Results, plan: ChunkPlan) -> None:
+    chunks = results.chunks
+    fh.write("chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel\n")
+    record = np.repeat(np.arange(plan.n_records), np.diff(plan.first_chunk)).tolist()
+    label = np.where(chunks.has_frames, np.where(results.viral, "virus", "others"), "no_frames").tolist()
+    for cid, r, start, end, n, a, b, lab in zip(results.chunk_ids, record, (results.starts + 1).tolist(),
+                                                results.ends.tolist(), chunks.frames.tolist(),
+                                                chunks.max_other.tolist(), chunks.max_virus.tolist(), label):
+        fh.write(f"{cid}\t{results.ids[r]}\t{start}\t{end}\t{n}\t{_fixed(a)}\t{_fixed(b)}\t{lab}\n")
+
+
+def _contigs(fh, results: Results, plan: ChunkPlan, filters) -> None:
+    calls = results.calls
+    fh.write("\t".join(CONTIG_COLUMNS) + "\n")
+    decided = calls.label <= vcalls.VIRUS
+    columns = zip(results.ids, results.input_of.tolist(), plan.lengths.tolist(), calls.chunks.tolist(),
+                  calls.viral_chunks.tolist(), (calls.chunks - calls.with_frames).tolist(), calls.fraction.tolist(),
+                  calls.max_virus.tolist(), calls.mean_virus.tolist(), vcalls.LABELS[calls.label].tolist(),
+                  vcalls.CONFIDENCE[calls.confidence].tolist(), calls.support.tolist(), calls.margin.tolist(),
+                  decided.tolist(), results.regions_per_record.tolist())
+    filter_settings = asdict(filters)
+    for r, (rid, i, length, n, viral, empty, share, top, mean, label, conf, support, margin, ok, regions) in \
+            enumerate(columns):
+        why = reason(int(plan.filtered[r]), length, int(plan.n_bases[r]), filter_settings) \
+            if label == "filtered" else ""
+        fh.write(f"{rid}\t{results.inputs[i]}\t{length}\t{n}\t{viral}\t{empty}\t{_fixed(share)}\t{_fixed(top)}\t"
+                 f"{_fixed(mean)}\t{label}\t{conf}\t{why}\t{support if ok else 'NA'}\t{_fixed(margin)}\t{regions}\n")
+
+
+def _region_rows(results: Results) -> Iterator[tuple]:
+    """(sequence id, region id, 0-based start, end, chunks, mean, max, kind) per region."""
+    regions = results.regions
+    for r, start, end, first, last, mean, top, whole in zip(
+            regions.record.tolist(), regions.start.tolist(), regions.end.tolist(), regions.first.tolist(),
+            regions.last.tolist(), results.region_mean.tolist(), results.region_max.tolist(), results.whole.tolist()):
+        rid = results.ids[r]
+        yield rid, f"{rid}|region_{start + 1}_{end}", start, end, last - first + 1, mean, top, \
+            "whole" if whole else "partial"
+
+
+def _regions_tsv(fh, results: Results) -> None:
+    fh.write("\t".join(REGION_COLUMNS) + "\n")
+    for rid, name, start, end, n, mean, top, kind in _region_rows(results):
+        fh.write(f"{rid}\t{name}\t{start + 1}\t{end}\t{end - start}\t{n}\t{_fixed(mean)}\t{_fixed(top)}\t{kind}\n")
+
+
+def _regions_bed(fh, results: Results) -> None:
+    """BED6: 0-based half-open, score = round(1000 * mean virus score)."""
+    for rid, name, start, end, _, mean, _, _ in _region_rows(results):
+        fh.write(f"{rid}\t{start}\t{end}\t{name}\t{min(1000, max(0, round(1000 * mean)))}\t.\n")
+
+
+# GFF3 column 1 may hold these unescaped; attribute values must escape ;=&, (and % itself)
+_SEQID_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:^*$@!+_?-|"
+_VALUE_SAFE = _SEQID_SAFE + "/#'\"()[]{}<>~` "
+
+
+def _regions_gff3(fh, results: Results, plan: ChunkPlan) -> None:
+    """GFF3: one `viral_sequence` (SO:0001041) feature per region, 1-based inclusive, score = mean
+    virus score, a ##sequence-region line before each sequence's first feature."""
+    fh.write("##gff-version 3\n")
+    previous = None
+    for (rid, name, start, end, n, mean, top, kind), r in zip(_region_rows(results), results.regions.record.tolist()):
+        seqid = quote(rid, safe=_SEQID_SAFE)
+        if r != previous:
+            fh.write(f"##sequence-region {seqid} 1 {int(plan.lengths[r])}\n")
+            previous = r
+        attributes = ";".join(f"{k}={quote(str(v), safe=_VALUE_SAFE)}" for k, v in (
+            ("ID", name), ("kind", kind), ("chunks", n), ("max_virus_score", _fixed(top))))
+        fh.write(f"{seqid}\tvnp\tviral_sequence\t{start + 1}\t{end}\t{_fixed(mean)}\t.\t.\t{attributes}\n")
+
+
+def _viral_sequences(results: Results, plan: ChunkPlan) -> Iterator[tuple[str, int, int, int]]:
+    for r in np.flatnonzero(results.calls.label == vcalls.VIRUS).tolist():
+        yield results.ids[r], r, 0, int(plan.lengths[r])
+
+
+def _partial_regions(results: Results, plan: ChunkPlan) -> Iterator[tuple[str, int, int, int]]:
+    for (_, name, start, end, *_), r, whole in zip(_region_rows(results), results.regions.record.tolist(),
+                                                 results.whole.tolist()):
+        if not whole:
+            yield name, r, start, end
+
+
+def _fasta(fh, records: Iterator[tuple[str, int, int, int]], plan: ChunkPlan, work: Path, width: int) -> None:
+    """(FASTA ID, record, 0-based start, end) -> records, letters from the packed sequences."""
+    path = work / SEQUENCES
+    with ExitStack() as stack:
+        packed = None
+        for name, r, start, end in records:
+            if packed is None:  # opened only when there is something to write (mmap refuses empty files)
+                packed = stack.enter_context(mmap.mmap(stack.enter_context(open(path, "rb")).fileno(), 0,
+                                                       access=mmap.ACCESS_READ))
+            base = int(plan.offsets[r])
+            letters = packed[base + start:base + end].decode("ascii")
+            fh.write(f">{name}\n")
+            fh.writelines(letters[i:i + width] + "\n" for i in range(0, len(letters), width))
+
+
+def _summary(fh, results: Results, plan: ChunkPlan) -> None:
+    calls, regions = results.calls, results.regions
+    n_inputs = len(results.inputs)
+
+    def per_input(weights=None, mask=None, of=None) -> list[int]:
+        of = results.input_of if of is None else of
+        if mask is not None:
+            of, weights = of[mask], (None if weights is None else weights[mask])
+        return np.bincount(of, weights=weights, minlength=n_inputs).astype(np.int64).tolist()
+
+    virus = calls.label == vcalls.VIRUS
+    region_input = results.input_of[regions.record]
+    columns = [per_input(), per_input(plan.lengths), per_input(mask=virus), per_input(plan.lengths, virus),
+               per_input(of=region_input), per_input(mask=calls.label == vcalls.NO_FRAMES),
+               per_input(mask=calls.label == vcalls.FILTERED),
+               per_input(regions.end - regions.start, of=region_input)]
+    fh.write("\t".join(SUMMARY_COLUMNS) + "\n")
+    for i, name in enumerate(results.inputs):
+        fh.write("\t".join([name, *(str(column[i]) for column in columns)]) + "\n")
+    fh.write("\t".join(["total", *(str(sum(column)) for column in columns)]) + "\n")
 
 
 def load_embeddings(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

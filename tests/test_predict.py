@@ -113,8 +113,9 @@ def test_single_process_outputs(single_run, mixed):
     no_frames = [c for c in chunks if c.endswith("\tno_frames")]
     assert any(c.startswith("read3_chunk_1\t") for c in no_frames)  # 2 bp
     assert any(c.startswith("read6_chunk_1\t") for c in no_frames)  # stops in every frame
+    label = (single_run / "contigs.tsv").read_text().splitlines()[0].split("\t").index("label")
     by_id = {c.split("\t")[0]: c.split("\t") for c in contigs}
-    assert by_id["read3"][-1] == "no_frames" and by_id["read1"][-1] in ("virus", "others")
+    assert by_id["read3"][label] == "no_frames" and by_id["read1"][label] in ("virus", "others")
     frames_in_chunks = sum(int(c.split("\t")[4]) for c in chunks)
     assert frames_in_chunks == len(rows) - 1
     # every per-chunk call is consistent with its frames

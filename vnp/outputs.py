@@ -62,9 +62,10 @@ class TableCounts:
     labels: dict = field(default_factory=dict)
 
 
-def settings_record(config) -> dict:
-    """The settings behind the calls, for run.json's "calls"."""
-    return {name: asdict(getattr(config, name)) for name in ("call", "regions", "tables", "filter")}
+def settings_record(config, written_by: str) -> dict:
+    """The settings behind the calls, for run.json's "calls" (filter: what was embedded)."""
+    return {**{name: asdict(getattr(config, name)) for name in ("call", "regions", "tables", "filter")},
+            "written_by": written_by}
 
 
 def input_names(inputs: list[dict]) -> list[str]:

@@ -19,8 +19,10 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 from vnp.config import PredictConfig, iter_help, load_config, to_yaml
 from vnp.errors import InputError, exit_on_input_error
@@ -49,18 +51,15 @@ def _check_overrides(items: list[str]) -> None:
                              "(give them as key=value; other keys need vnp predict)")
 
 
-def _lock(out: Path) -> None:
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
     """The lock `vnp predict` holds on OUT (vnp.run_state): no call while a run is using OUT."""
-    handle = open(out / "work" / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise InputError(f"{out}: a vnp run is using this output folder") from None
-    _LOCKS.append(handle)
-
-
-_LOCKS: list = []  # held until the process ends
+    with open(out / "work" / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(f"{out}: a vnp run is using this output folder") from None
+        yield  # closing the file releases the lock
 
 
 def _finished_run(out: Path):
@@ -69,9 +68,6 @@ def _finished_run(out: Path):
     from vnp.store import ScoreStore
 
     work = out / "work"
-    if not (work / "record.json").is_file() or not (work / "index.npz").is_file():
-        raise InputError(f"{out}: not a vnp output folder (no work/record.json); run vnp predict first")
-    _lock(out)
     record = json.loads((work / "record.json").read_text())
     plan = load_plan(work, record["chunk_length"], record.get("filters"))
     store = ScoreStore(work / "parts")
@@ -91,15 +87,18 @@ def call(out: Path, overrides: list[str]) -> dict:
     if not out.is_dir():
         raise InputError(f"{out}: no such output folder")
     started = time.time()
-    record, plan, store = _finished_run(out)
-    config = load_config(str(out / "config.yaml"), overrides)
-    keys, scores = store.sorted_scores()
-    counts = write_results(out, plan, keys, scores, config, input_names(record["inputs"]))
-    _write_atomic(out / "config.yaml", to_yaml(config))
-    run = json.loads((out / "run.json").read_text())
-    run["counts"] = asdict(counts)
-    run["calls"] = {**settings_record(config, "vnp call"), "call_s": round(time.time() - started, 3)}
-    _write_atomic(out / "run.json", json.dumps(run, indent=2) + "\n")
+    if not (out / "work" / "record.json").is_file():
+        raise InputError(f"{out}: not a vnp output folder (no work/record.json); run vnp predict first")
+    with _locked(out):
+        record, plan, store = _finished_run(out)
+        config = load_config(str(out / "config.yaml"), overrides)
+        keys, scores = store.sorted_scores()
+        counts = write_results(out, plan, keys, scores, config, input_names(record["inputs"]))
+        _write_atomic(out / "config.yaml", to_yaml(config))
+        run = json.loads((out / "run.json").read_text())
+        run["counts"] = asdict(counts)
+        run["calls"] = {**settings_record(config, "vnp call"), "call_s": round(time.time() - started, 3)}
+        _write_atomic(out / "run.json", json.dumps(run, indent=2) + "\n")
     return run
 
 

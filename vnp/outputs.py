@@ -19,9 +19,8 @@ All formatting is fixed, so the files are byte-identical for any world size.
 
 from __future__ import annotations
 
-import mmap
 import os
-from contextlib import ExitStack
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -74,10 +73,6 @@ def input_names(inputs: list[dict]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(entry["path"]) for entry in inputs]
 
 
-def _fixed(value: float) -> str:
-    return "NA" if value != value else f"{value:.6f}"  # NaN -> NA
-
-
 def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config,
                  inputs: list[str], work: Path | None = None) -> TableCounts:
     """`vnp predict`: the per-frame table, then every other result file; `keys` sorted ascending."""
@@ -118,10 +113,11 @@ def _replace_all(out: Path, written: dict[str, Path]) -> None:
 class Results:
     """Everything `write_results` derives from the scores, before formatting."""
 
-    ids: list[str]
+    ids: np.ndarray  # of str objects, in input order
     inputs: list[str]
     input_of: np.ndarray  # input index per record
-    chunk_ids: list[str]
+    chunk_record: np.ndarray  # record of each chunk
+    chunk_number: np.ndarray  # 1-based number of each chunk in its record
     chunks: vcalls.ChunkScores
     viral: np.ndarray  # chunk calls
     starts: np.ndarray
@@ -161,9 +157,8 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
     mean, top = region_scores(regions, chunks.max_virus, chunks.has_frames)
     record_of_chunk = np.repeat(np.arange(plan.n_records), np.diff(plan.first_chunk))
     numbers = np.arange(plan.n_chunks) - plan.first_chunk[record_of_chunk] + 1
-    chunk_ids = [f"{ids[r]}_chunk_{k}" for r, k in zip(record_of_chunk.tolist(), numbers.tolist())]
     input_of = np.repeat(np.arange(len(plan.records_per_input)), plan.records_per_input)
-    return Results(ids, inputs, input_of, chunk_ids, chunks, viral, starts, ends, calls, regions, whole, mean, top,
+    return Results(np.array(ids, dtype=object), inputs, input_of, record_of_chunk, numbers, chunks, viral, starts, ends, calls, regions, whole, mean, top,
                    np.bincount(regions.record, minlength=plan.n_records))
 
 
@@ -174,13 +169,13 @@ def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarr
     results = compute_results(plan, keys, scores, config, inputs, work)
     writers = {
         "prediction_results_highestscore.csv": lambda fh: _highestscore(fh, results, config.tables.highestscore_scores),
-        "chunks.tsv": lambda fh: _chunks(fh, results, plan),
+        "chunks.tsv": lambda fh: _chunks(fh, results),
         "contigs.tsv": lambda fh: _contigs(fh, results, plan, config.filter),
         "regions.tsv": lambda fh: _regions_tsv(fh, results),
         "regions.bed": lambda fh: _regions_bed(fh, results),
         "regions.gff3": lambda fh: _regions_gff3(fh, results, plan),
         "viral_sequences.fna": lambda fh: _fasta(fh, _viral_sequences(results, plan), plan, work, config.tables.fasta_width),
-        "viral_regions.fna": lambda fh: _fasta(fh, _partial_regions(results, plan), plan, work, config.tables.fasta_width),
+        "viral_regions.fna": lambda fh: _fasta(fh, _partial_regions(results), plan, work, config.tables.fasta_width),
         "summary.tsv": lambda fh: _summary(fh, results, plan),
     }
     written = {}
@@ -207,74 +202,126 @@ def _counts(results: Results, plan: ChunkPlan, frames: int) -> TableCounts:
                        labels={str(k): int(n) for k, n in zip(labels, numbers)})
 
 
+BLOCK = 1 << 16  # rows formatted at a time: memory stays flat however many sequences
+
+
+def _blocks(n: int) -> Iterator[slice]:
+    for lo in range(0, n, BLOCK):
+        yield slice(lo, min(lo + BLOCK, n))
+
+
+def _fixed_column(values: np.ndarray) -> list[str]:
+    """Six decimals per value (of its exact float value, float32 included); NaN -> NA."""
+    text = list(map("%.6f".__mod__, values.tolist()))
+    for i in np.flatnonzero(np.isnan(values)).tolist():
+        text[i] = "NA"
+    return text
+
+
+def _chunk_ids(results: Results, rows: np.ndarray) -> list[str]:
+    ids = results.ids
+    return [f"{ids[r]}_chunk_{k}" for r, k in zip(results.chunk_record[rows].tolist(),
+                                                  results.chunk_number[rows].tolist())]
+
+
 def _highestscore(fh, results: Results, with_scores: bool) -> None:
     chunks = results.chunks
     fh.write("Modified_ID\tIs_Virus" + ("\tmax_score_0\tmax_score_1" if with_scores else "") + "\n")
-    rows = np.flatnonzero(chunks.has_frames)
-    is_virus = (chunks.max_virus[rows] >= chunks.max_other[rows]).tolist()  # the original's rule, in float32
-    ids = [results.chunk_ids[c] for c in rows.tolist()]
-    if with_scores:  # printed like the per-frame table (numpy's shortest float32 repr)
-        other, virus = chunks.max_other[rows].astype(str).tolist(), chunks.max_virus[rows].astype(str).tolist()
-        fh.writelines(f"{c}\t{v}\t{a}\t{b}\n" for c, v, a, b in zip(ids, is_virus, other, virus))
-    else:
-        fh.writelines(f"{c}\t{v}\n" for c, v in zip(ids, is_virus))
+    with_frames = np.flatnonzero(chunks.has_frames)
+    for block in _blocks(len(with_frames)):
+        rows = with_frames[block]
+        ids = _chunk_ids(results, rows)
+        is_virus = (chunks.max_virus[rows] >= chunks.max_other[rows]).tolist()  # the original's rule, in float32
+        if with_scores:  # printed like the per-frame table (numpy's shortest float32 repr)
+            other, virus = chunks.max_other[rows].astype(str).tolist(), chunks.max_virus[rows].astype(str).tolist()
+            fh.writelines(f"{c}\t{v}\t{a}\t{b}\n" for c, v, a, b in zip(ids, is_virus, other, virus))
+        else:
+            fh.writelines(f"{c}\t{v}\n" for c, v in zip(ids, is_virus))
 
 
-def _chunks(fh, results: Results, plan: ChunkPlan) -> None:
+def _chunks(fh, results: Results) -> None:
     chunks = results.chunks
     fh.write("chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel\n")
-    record = np.repeat(np.arange(plan.n_records), np.diff(plan.first_chunk)).tolist()
-    label = np.where(chunks.has_frames, np.where(results.viral, "virus", "others"), "no_frames").tolist()
-    for cid, r, start, end, n, a, b, lab in zip(results.chunk_ids, record, (results.starts + 1).tolist(),
-                                                results.ends.tolist(), chunks.frames.tolist(),
-                                                chunks.max_other.tolist(), chunks.max_virus.tolist(), label):
-        fh.write(f"{cid}\t{results.ids[r]}\t{start}\t{end}\t{n}\t{_fixed(a)}\t{_fixed(b)}\t{lab}\n")
+    labels = np.array(["others", "virus", "no_frames"])
+    for rows in _blocks(len(chunks.frames)):
+        label = labels[np.where(chunks.has_frames[rows], results.viral[rows], 2)].tolist()
+        seq_ids = [results.ids[r] for r in results.chunk_record[rows].tolist()]
+        fh.writelines(f"{c}\t{r}\t{start}\t{end}\t{n}\t{a}\t{b}\t{lab}\n" for c, r, start, end, n, a, b, lab in zip(
+            _chunk_ids(results, np.arange(rows.start, rows.stop)), seq_ids, (results.starts[rows] + 1).tolist(),
+            results.ends[rows].tolist(), chunks.frames[rows].tolist(), _fixed_column(chunks.max_other[rows]),
+            _fixed_column(chunks.max_virus[rows]), label))
 
 
 def _contigs(fh, results: Results, plan: ChunkPlan, filters) -> None:
     calls = results.calls
     fh.write("\t".join(CONTIG_COLUMNS) + "\n")
-    decided = calls.label <= vcalls.VIRUS
-    columns = zip(results.ids, results.input_of.tolist(), plan.lengths.tolist(), calls.chunks.tolist(),
-                  calls.viral_chunks.tolist(), (calls.chunks - calls.with_frames).tolist(), calls.fraction.tolist(),
-                  calls.max_virus.tolist(), calls.mean_virus.tolist(), vcalls.LABELS[calls.label].tolist(),
-                  vcalls.CONFIDENCE[calls.confidence].tolist(), calls.support.tolist(), calls.margin.tolist(),
-                  decided.tolist(), results.regions_per_record.tolist())
     filter_settings = asdict(filters)
-    for r, (rid, i, length, n, viral, empty, share, top, mean, label, conf, support, margin, ok, regions) in \
-            enumerate(columns):
-        why = reason(int(plan.filtered[r]), length, int(plan.n_bases[r]), filter_settings) \
-            if label == "filtered" else ""
-        fh.write(f"{rid}\t{results.inputs[i]}\t{length}\t{n}\t{viral}\t{empty}\t{_fixed(share)}\t{_fixed(top)}\t"
-                 f"{_fixed(mean)}\t{label}\t{conf}\t{why}\t{support if ok else 'NA'}\t{_fixed(margin)}\t{regions}\n")
+    reasons = {r: reason(int(plan.filtered[r]), int(plan.lengths[r]), int(plan.n_bases[r]), filter_settings)
+               for r in np.flatnonzero(calls.label == vcalls.FILTERED).tolist()}
+    for rows in _blocks(plan.n_records):
+        decided = calls.label[rows] <= vcalls.VIRUS
+        support = np.where(decided, calls.support[rows].astype(str), "NA").tolist()
+        why = [reasons.get(r, "") for r in range(rows.start, rows.stop)]
+        inputs = [results.inputs[i] for i in results.input_of[rows].tolist()]
+        fh.writelines("\t".join(map(str, row)) + "\n" for row in zip(
+            results.ids[rows], inputs, plan.lengths[rows].tolist(), calls.chunks[rows].tolist(),
+            calls.viral_chunks[rows].tolist(), (calls.chunks - calls.with_frames)[rows].tolist(),
+            _fixed_column(calls.fraction[rows]), _fixed_column(calls.max_virus[rows]),
+            _fixed_column(calls.mean_virus[rows]), vcalls.LABELS[calls.label[rows]].tolist(),
+            vcalls.CONFIDENCE[calls.confidence[rows]].tolist(), why, support, _fixed_column(calls.margin[rows]),
+            results.regions_per_record[rows].tolist()))
 
 
-def _region_rows(results: Results) -> Iterator[tuple]:
-    """(sequence id, region id, 0-based start, end, chunks, mean, max, kind) per region."""
+@dataclass
+class _RegionBlock:
+    record: list[int]
+    seq_ids: list[str]
+    names: list[str]  # `<seq>|region_<start>_<end>`, 1-based inclusive
+    start: list[int]  # 0-based
+    end: list[int]
+    chunks: list[int]
+    mean: list[str]
+    top: list[str]
+    mean_values: np.ndarray
+    whole: list[bool]
+
+
+def _region_blocks(results: Results) -> Iterator[_RegionBlock]:
     regions = results.regions
-    for r, start, end, first, last, mean, top, whole in zip(
-            regions.record.tolist(), regions.start.tolist(), regions.end.tolist(), regions.first.tolist(),
-            regions.last.tolist(), results.region_mean.tolist(), results.region_max.tolist(), results.whole.tolist()):
-        rid = results.ids[r]
-        yield rid, f"{rid}|region_{start + 1}_{end}", start, end, last - first + 1, mean, top, \
-            "whole" if whole else "partial"
+    for rows in _blocks(len(regions)):
+        record, start, end = regions.record[rows].tolist(), regions.start[rows].tolist(), regions.end[rows].tolist()
+        seq_ids = [results.ids[r] for r in record]
+        yield _RegionBlock(record, seq_ids, [f"{i}|region_{s + 1}_{e}" for i, s, e in zip(seq_ids, start, end)],
+                           start, end, (regions.last[rows] - regions.first[rows] + 1).tolist(),
+                           _fixed_column(results.region_mean[rows]), _fixed_column(results.region_max[rows]),
+                           results.region_mean[rows], results.whole[rows].tolist())
 
 
 def _regions_tsv(fh, results: Results) -> None:
     fh.write("\t".join(REGION_COLUMNS) + "\n")
-    for rid, name, start, end, n, mean, top, kind in _region_rows(results):
-        fh.write(f"{rid}\t{name}\t{start + 1}\t{end}\t{end - start}\t{n}\t{_fixed(mean)}\t{_fixed(top)}\t{kind}\n")
+    for b in _region_blocks(results):
+        fh.writelines(f"{i}\t{name}\t{s + 1}\t{e}\t{e - s}\t{n}\t{mean}\t{top}\t{'whole' if whole else 'partial'}\n"
+                      for i, name, s, e, n, mean, top, whole in zip(b.seq_ids, b.names, b.start, b.end, b.chunks,
+                                                                     b.mean, b.top, b.whole))
 
 
 def _regions_bed(fh, results: Results) -> None:
     """BED6: 0-based half-open, score = round(1000 * mean virus score)."""
-    for rid, name, start, end, _, mean, _, _ in _region_rows(results):
-        fh.write(f"{rid}\t{start}\t{end}\t{name}\t{min(1000, max(0, round(1000 * mean)))}\t.\n")
+    for b in _region_blocks(results):
+        scores = np.clip(np.round(1000 * b.mean_values), 0, 1000).astype(np.int64).tolist()
+        fh.writelines(f"{i}\t{s}\t{e}\t{name}\t{score}\t.\n"
+                      for i, s, e, name, score in zip(b.seq_ids, b.start, b.end, b.names, scores))
 
 
-# GFF3 column 1 may hold these unescaped; attribute values must escape ;=&, (and % itself)
+# GFF3: characters column 1 may hold unescaped; attribute values must escape ;=&, tabs and %
 _SEQID_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:^*$@!+_?-|"
 _VALUE_SAFE = _SEQID_SAFE + "/#'\"()[]{}<>~` "
+_SEQID_UNSAFE = re.compile("[^" + re.escape(_SEQID_SAFE) + "]")
+_VALUE_UNSAFE = re.compile("[^" + re.escape(_VALUE_SAFE) + "]")
+
+
+def _escape(text: str, unsafe: re.Pattern, safe: str) -> str:
+    return quote(text, safe=safe) if unsafe.search(text) else text  # quote() only when needed: it is slow
 
 
 def _regions_gff3(fh, results: Results, plan: ChunkPlan) -> None:
@@ -282,14 +329,16 @@ def _regions_gff3(fh, results: Results, plan: ChunkPlan) -> None:
     virus score, a ##sequence-region line before each sequence's first feature."""
     fh.write("##gff-version 3\n")
     previous = None
-    for (rid, name, start, end, n, mean, top, kind), r in zip(_region_rows(results), results.regions.record.tolist()):
-        seqid = quote(rid, safe=_SEQID_SAFE)
-        if r != previous:
-            fh.write(f"##sequence-region {seqid} 1 {int(plan.lengths[r])}\n")
-            previous = r
-        attributes = ";".join(f"{k}={quote(str(v), safe=_VALUE_SAFE)}" for k, v in (
-            ("ID", name), ("kind", kind), ("chunks", n), ("max_virus_score", _fixed(top))))
-        fh.write(f"{seqid}\tvnp\tviral_sequence\t{start + 1}\t{end}\t{_fixed(mean)}\t.\t.\t{attributes}\n")
+    for b in _region_blocks(results):
+        for r, i, name, s, e, n, mean, top, whole in zip(b.record, b.seq_ids, b.names, b.start, b.end, b.chunks,
+                                                         b.mean, b.top, b.whole):
+            seqid = _escape(i, _SEQID_UNSAFE, _SEQID_SAFE)
+            if r != previous:
+                fh.write(f"##sequence-region {seqid} 1 {int(plan.lengths[r])}\n")
+                previous = r
+            fh.write(f"{seqid}\tvnp\tviral_sequence\t{s + 1}\t{e}\t{mean}\t.\t.\t"
+                     f"ID={_escape(name, _VALUE_UNSAFE, _VALUE_SAFE)};kind={'whole' if whole else 'partial'};"
+                     f"chunks={n};max_virus_score={top}\n")
 
 
 def _viral_sequences(results: Results, plan: ChunkPlan) -> Iterator[tuple[str, int, int, int]]:
@@ -297,24 +346,18 @@ def _viral_sequences(results: Results, plan: ChunkPlan) -> Iterator[tuple[str, i
         yield results.ids[r], r, 0, int(plan.lengths[r])
 
 
-def _partial_regions(results: Results, plan: ChunkPlan) -> Iterator[tuple[str, int, int, int]]:
-    for (_, name, start, end, *_), r, whole in zip(_region_rows(results), results.regions.record.tolist(),
-                                                 results.whole.tolist()):
-        if not whole:
-            yield name, r, start, end
+def _partial_regions(results: Results) -> Iterator[tuple[str, int, int, int]]:
+    for b in _region_blocks(results):
+        for name, r, s, e, whole in zip(b.names, b.record, b.start, b.end, b.whole):
+            if not whole:
+                yield name, r, s, e
 
 
 def _fasta(fh, records: Iterator[tuple[str, int, int, int]], plan: ChunkPlan, work: Path, width: int) -> None:
-    """(FASTA ID, record, 0-based start, end) -> records, letters from the packed sequences."""
-    path = work / SEQUENCES
-    with ExitStack() as stack:
-        packed = None
+    """(FASTA ID, record, 0-based start, end) -> records, letters read from the packed sequences."""
+    with open(work / SEQUENCES, "rb") as packed:
         for name, r, start, end in records:
-            if packed is None:  # opened only when there is something to write (mmap refuses empty files)
-                packed = stack.enter_context(mmap.mmap(stack.enter_context(open(path, "rb")).fileno(), 0,
-                                                       access=mmap.ACCESS_READ))
-            base = int(plan.offsets[r])
-            letters = packed[base + start:base + end].decode("ascii")
+            letters = os.pread(packed.fileno(), end - start, int(plan.offsets[r]) + start).decode("ascii")
             fh.write(f">{name}\n")
             fh.writelines(letters[i:i + width] + "\n" for i in range(0, len(letters), width))
 

@@ -16,11 +16,12 @@ import torch
 
 from vnp.config import iter_help
 from vnp.demo import coding_like, random_dna
+from vnp.outputs import FILES
 from vnp.predict import main as predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
+TABLES = FILES  # every result file: the original's tables, chunks, contigs, regions, FASTA, summary
 # The same threads per rank everywhere: BLAS picks its summation order by thread count.
 COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
 

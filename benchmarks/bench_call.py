@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
                 if path.is_file():
                     path.unlink()
     (_, t_small, m_small, s_small), (_, t_big, m_big, s_big) = results[250_000], results[1_000_000]
-    print(f"vnp call: 4x the sequences took {t_big / t_small:.2f}x the CPU time (linear: 4), wrote {s_big / s_small:.2f}x "
-          f"the bytes, peak RSS {m_big / m_small:.2f}x (process start and imports included in the time; the "
-          f"peak holds the committed scores, 16 bytes a frame, and per-chunk arrays)")
+    print(f"vnp call: 4x the sequences took {t_big / t_small:.2f}x the CPU time (linear: 4), wrote "
+          f"{s_big / s_small:.2f}x the bytes, peak RSS {m_big / m_small:.2f}x (process start and imports "
+          "included in the time; the peak holds the committed scores, 16 bytes a frame, and per-chunk arrays)")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def test_calls_and_confidence_rule():
               (np.nan, np.nan)]  # e: no frames
     plan = tiny_plan([2, 1, 2, 3, 1])
     scores = vcalls.ChunkScores(np.array([0 if np.isnan(a) else 6 for a, _ in chunks]),
-                                np.array([a for a, _ in chunks], np.float32), np.array([b for _, b in chunks], np.float32))
+                                np.array([a for a, _ in chunks], np.float32),
+                                np.array([b for _, b in chunks], np.float32))
     margins = vcalls.chunk_margins(scores, 0.0)
     viral = vcalls.chunk_viral(margins)
     assert viral.tolist() == [True, True, True, True, False, False, False, True, False]

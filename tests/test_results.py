@@ -47,8 +47,8 @@ EXPECTED = {  # 1-based (start, end) of the viral stretches
 
 
 def write_fasta(path: Path, records: dict[str, str]) -> Path:
-    path.write_text("".join(f">{name} some description\n" + "".join(seq[i:i + 70] + "\n" for i in range(0, len(seq), 70))
-                            for name, seq in records.items()))
+    lines = lambda seq: "".join(seq[i:i + 70] + "\n" for i in range(0, len(seq), 70))  # noqa: E731
+    path.write_text("".join(f">{name} some description\n{lines(seq)}" for name, seq in records.items()))
     return path
 
 

@@ -136,9 +136,9 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
     ids = list(iter_ids(work))
     if len(ids) != plan.n_records:
         raise RuntimeError(f"tables: {len(ids)} IDs for {plan.n_records} records in the index")
+    if len(keys) and not 0 <= int(keys[0]) <= int(keys[-1]) < 6 * plan.n_chunks:
+        raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
     chunks = vcalls.chunk_scores(plan.n_chunks, keys, scores)
-    if int(chunks.frames.sum()) != len(keys) or (len(keys) and int(keys[-1]) // 6 >= plan.n_chunks):
-        raise RuntimeError(f"tables: {len(keys)} scored frames do not fit the plan's {plan.n_chunks} chunks")
     call = config.call
     margins = vcalls.chunk_margins(chunks, call.min_score)
     viral = vcalls.chunk_viral(margins)
@@ -158,8 +158,8 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
     record_of_chunk = np.repeat(np.arange(plan.n_records), np.diff(plan.first_chunk))
     numbers = np.arange(plan.n_chunks) - plan.first_chunk[record_of_chunk] + 1
     input_of = np.repeat(np.arange(len(plan.records_per_input)), plan.records_per_input)
-    return Results(np.array(ids, dtype=object), inputs, input_of, record_of_chunk, numbers, chunks, viral, starts, ends, calls, regions, whole, mean, top,
-                   np.bincount(regions.record, minlength=plan.n_records))
+    return Results(np.array(ids, dtype=object), inputs, input_of, record_of_chunk, numbers, chunks, viral, starts,
+                   ends, calls, regions, whole, mean, top, np.bincount(regions.record, minlength=plan.n_records))
 
 
 def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
@@ -168,7 +168,8 @@ def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarr
     work = work or out / "work"
     results = compute_results(plan, keys, scores, config, inputs, work)
     writers = {
-        "prediction_results_highestscore.csv": lambda fh: _highestscore(fh, results, config.tables.highestscore_scores),
+        "prediction_results_highestscore.csv":
+            lambda fh: _highestscore(fh, results, config.tables.highestscore_scores),
         "chunks.tsv": lambda fh: _chunks(fh, results),
         "contigs.tsv": lambda fh: _contigs(fh, results, plan, config.filter),
         "regions.tsv": lambda fh: _regions_tsv(fh, results),

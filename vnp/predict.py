@@ -148,17 +148,17 @@ def _log_to_file(out: Path, rank: int) -> None:
 
 
 def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:
-    from vnp.outputs import write_tables
-    from vnp.plan import iter_ids
+    from vnp.outputs import input_names, settings_record, write_tables
 
     remove_handshake_files(state.work)  # every rank read them before the first step
     t0 = time.time()
     keys, scores = state.store.sorted_scores()
-    counts = write_tables(state.out, state.plan, iter_ids(state.work), keys, scores)
+    counts = write_tables(state.out, state.plan, keys, scores, config, input_names(state.record["inputs"]))
     times.stages["write_tables_s"] = round(time.time() - t0, 3)
     times.stages["total_s"] = round(time.time() - started, 3)
     (state.out / "config.yaml").write_text(to_yaml(config))
     record = state.run_json(ctx, config, counts, times)
+    record["calls"] = settings_record(config, "vnp predict")
     tmp = state.out / "run.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, state.out / "run.json")

@@ -16,11 +16,12 @@ import torch
 
 from vnp.config import iter_help
 from vnp.demo import coding_like, random_dna
+from vnp.outputs import FILES
 from vnp.predict import main as predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
+TABLES = FILES  # every result file: the original's tables, chunks, contigs, regions, FASTA, summary
 # The same threads per rank everywhere: BLAS picks its summation order by thread count.
 COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
 
@@ -113,8 +114,9 @@ def test_single_process_outputs(single_run, mixed):
     no_frames = [c for c in chunks if c.endswith("\tno_frames")]
     assert any(c.startswith("read3_chunk_1\t") for c in no_frames)  # 2 bp
     assert any(c.startswith("read6_chunk_1\t") for c in no_frames)  # stops in every frame
+    label = (single_run / "contigs.tsv").read_text().splitlines()[0].split("\t").index("label")
     by_id = {c.split("\t")[0]: c.split("\t") for c in contigs}
-    assert by_id["read3"][-1] == "no_frames" and by_id["read1"][-1] in ("virus", "others")
+    assert by_id["read3"][label] == "no_frames" and by_id["read1"][label] in ("virus", "others")
     frames_in_chunks = sum(int(c.split("\t")[4]) for c in chunks)
     assert frames_in_chunks == len(rows) - 1
     # every per-chunk call is consistent with its frames

@@ -4,7 +4,8 @@
     vnp translate INPUT... -L 500 -o DIR           chunking and six-frame translation only
     vnp embed dnabert|esm INPUT -m MODEL -o OUT.npz
     vnp pack tiny DIR | vnp pack convert --classifier X.pth -o DIR
-    vnp report OUT                                  OUT/report.html: plots and tables of a finished run
+    vnp call OUT [key=value ...]                   new calls, regions, FASTA of a finished run
+    vnp report OUT                                 OUT/report.html: plots and tables of a finished run
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ SUBCOMMANDS = {
     "embed": "vnp.embed",
     "pack": "vnp.models.pack",
     "predict": "vnp.predict",
+    "call": "vnp.call",
     "report": "vnp.report",
 }
 

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vnp.chunking import chunk_starts
+from vnp.chunking import chunk_bounds, chunk_starts
 from vnp.errors import InputError, where
 from vnp.seqio import check_readable, iter_records
 from vnp.translate import Chunk
@@ -56,7 +56,7 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, per_input = _pack(inputs, tmp)
+        lengths, per_input, n_bases = _pack(inputs, tmp)
     except BaseException:
         for path in tmp.values():
             path.unlink(missing_ok=True)
@@ -65,14 +65,16 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
     offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
     file_sizes = np.asarray(per_input, dtype=np.int64)
     with open(work_dir / (INDEX + ".tmp"), "wb") as fh:
-        np.savez(fh, lengths=length_array, offsets=offsets, records_per_input=file_sizes)
+        np.savez(fh, lengths=length_array, offsets=offsets, records_per_input=file_sizes,
+                 n_bases=np.asarray(n_bases, dtype=np.int64))
     for name in (SEQUENCES, IDS, INDEX):
         os.replace(work_dir / (name + ".tmp"), work_dir / name)
 
 
-def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list[int]]:
-    """Stream every record into the packed files; (record lengths, records per input)."""
+def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list[int], list[int]]:
+    """Stream every record into the packed files; (record lengths, records per input, N bases per record)."""
     lengths: list[int] = []
+    n_bases: list[int] = []
     per_input: list[int] = []
     first_file: dict[str, Path] = {}
     with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w") as id_out:
@@ -86,9 +88,10 @@ def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list
                 seq_out.write(record.seq.encode("ascii"))
                 id_out.write(record.id + "\n")
                 lengths.append(len(record.seq))
+                n_bases.append(record.seq.count("N") + record.seq.count("n"))
                 count += 1
             per_input.append(count)
-    return lengths, per_input
+    return lengths, per_input, n_bases
 
 
 @dataclass
@@ -100,6 +103,8 @@ class ChunkPlan:
     first_chunk: np.ndarray  # int64 [R + 1]: chunks of record r are first_chunk[r] .. first_chunk[r+1]-1
     chunk_length: int
     records_per_input: np.ndarray  # int64 [inputs]
+    filtered: np.ndarray | None = None  # int8 [R]: vnp.filters code, 0 = kept; filtered records have no chunks
+    n_bases: np.ndarray | None = None  # int64 [R]: N (or n) letters per record
 
     @property
     def n_chunks(self) -> int:
@@ -133,12 +138,22 @@ class ChunkPlan:
                 yield base + k, r, k + 1, start, min(start + self.chunk_length, int(self.lengths[r]))
 
 
-def load_plan(work_dir: Path, chunk_length: int) -> ChunkPlan:
+    def chunk_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """0-based start and exclusive end of every chunk of the plan (vectorised `spans`)."""
+        return chunk_bounds(self.lengths, self.chunk_length, np.diff(self.first_chunk))
+
+
+def load_plan(work_dir: Path, chunk_length: int, filters: dict | None = None) -> ChunkPlan:
+    """The plan of the packed inputs; records failing `filters` (FilterConfig's keys) get no chunks."""
+    from vnp.filters import filter_codes
+
     with np.load(work_dir / INDEX, allow_pickle=False) as data:
         lengths, offsets, per_input = data["lengths"], data["offsets"], data["records_per_input"]
-    counts = np.where(lengths > 0, -(-lengths // chunk_length), 0)
+        n_bases = data["n_bases"] if "n_bases" in data.files else np.zeros_like(lengths)
+    filtered = filter_codes(lengths, n_bases, filters)
+    counts = np.where((lengths > 0) & (filtered == 0), -(-lengths // chunk_length), 0)
     first = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    return ChunkPlan(lengths, offsets, first, chunk_length, per_input)
+    return ChunkPlan(lengths, offsets, first, chunk_length, per_input, filtered, n_bases)
 
 
 def read_chunks(plan: ChunkPlan, sequences: Path, c0: int, c1: int) -> list[Chunk]:

@@ -229,6 +229,8 @@ def test_predict_writes_the_report_with_the_run_numbers(demo_report):
     contigs = rows(demo_report.parent / "contigs.tsv")
     assert page.data["contigs"]["labels"] == dict(Counter(r["label"] for r in contigs))
     assert page.data["run_counts"] == json.loads((demo_report.parent / "run.json").read_text())["counts"]
+    assert page.data["summary"] == rows(demo_report.parent / "summary.tsv")  # the calls and regions of predict
+    assert page.data["regions"]["regions"] == len(rows(demo_report.parent / "regions.tsv"))
 
 
 @pytest.mark.slow

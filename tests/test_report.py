@@ -183,8 +183,9 @@ def test_long_sequences_are_binned_and_empty_chunks_stay_gaps():
     start = np.arange(10_000) * 250 + 1
     score = np.linspace(0, 1, 10_000)
     score[:20] = np.nan  # the first bins hold only chunks without frames
-    x, y = track_points(start, start + 499, score, limit=500)
-    assert len(x) == len(y) == 500
+    x, y, (lo, hi) = track_points(start, start + 499, score, limit=500)
+    assert len(x) == len(y) == len(lo) == len(hi) == 500
+    assert lo[0] == 0 and hi[-1] == start[-1] + 499  # the bins cover the whole sequence
     assert np.isnan(y[0]) and not np.isnan(y[-1])
     assert np.nanmax(y) == 1.0  # the highest score of a bin is kept
 

@@ -397,45 +397,45 @@ def plot_share(plt, hist: np.ndarray, rules: CallRules) -> str:
 
 
 def track_points(start: np.ndarray, end: np.ndarray, score: np.ndarray, limit: int = TRACK_POINTS):
-    """(x midpoints, scores) along a sequence; chunks without frames are NaN (a gap in the line).
+    """(x midpoints, scores, (from, to) spans in 0-based bp) along a sequence; chunks without
+    frames are NaN (a gap in the line).
 
     Past `limit` chunks, the sequence is cut into `limit` equal bins holding their highest score
     (NaN where a bin holds only chunks without frames)."""
-    mid = (start + end) / 2.0
+    mid = (start - 1 + end) / 2.0
     if len(mid) <= limit:
-        return mid, score
-    edges = np.linspace(start.min(), end.max() + 1, limit + 1)
+        return mid, score, (start - 1.0, end.astype(float))
+    edges = np.linspace(start.min() - 1, end.max(), limit + 1)
     which = np.clip(np.searchsorted(edges, mid, side="right") - 1, 0, limit - 1)
     best = np.full(limit, -np.inf)
     np.maximum.at(best, which, np.nan_to_num(score, nan=-np.inf))
     best[np.isinf(best)] = np.nan
-    return (edges[:-1] + edges[1:]) / 2, best
+    return (edges[:-1] + edges[1:]) / 2, best, (edges[:-1], edges[1:])
 
 
 def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
                rules: CallRules) -> str:
     fig, ax = plt.subplots(figsize=(6, 2.3))
     scale, unit = (1e3, "kb") if length >= 10_000 else (1.0, "bp")
-    for i, (start, end, kind) in enumerate(regions):
-        ax.axvspan((start - 1) / scale, end / scale, color=COLOURS["virus"], alpha=0.12, linewidth=0,
-                   label="called region" if i == 0 else None)
-    x, y = track_points(track["start"], track["end"], track["score"])
-    empty = np.isnan(track["score"])
+    if regions:  # one collection, however many regions
+        ax.broken_barh([((start - 1) / scale, (end - start + 1) / scale) for start, end, _ in regions], (-0.05, 1.1),
+                       color=COLOURS["virus"], alpha=0.12, linewidth=0, label="called region")
+    x, y, (lo, hi) = track_points(track["start"], track["end"], track["score"])
+    empty = np.isnan(y)
     if len(x) <= 60:  # few chunks: each chunk's span as a bar at its score, plus its midpoint
-        ax.hlines(track["score"][~empty], (track["start"][~empty] - 1) / scale, track["end"][~empty] / scale,
-                  color=COLOURS["others"], alpha=0.3, linewidth=3)
+        ax.hlines(y[~empty], lo[~empty] / scale, hi[~empty] / scale, color=COLOURS["others"], alpha=0.3, linewidth=3)
     ax.plot(x / scale, y, color=COLOURS["others"], linewidth=1.2, marker="o" if len(x) <= 200 else None,
             markersize=3, label="chunk virus score")
-    if empty.any():  # a gap in the line; the chunk's span drawn grey along the bottom
-        ax.hlines(np.zeros(int(empty.sum())), (track["start"][empty] - 1) / scale, track["end"][empty] / scale,
-                  color=COLOURS["no_frames"], linewidth=5, label="chunk without frames")
+    if empty.any():  # a gap in the line; the chunk's (or bin's) span drawn grey along the bottom
+        ax.hlines(np.zeros(int(empty.sum())), lo[empty] / scale, hi[empty] / scale, color=COLOURS["no_frames"],
+                  linewidth=5, label="chunk without frames")
     _score_lines(ax, rules, vertical=False)
-    ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3)
+    ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncols=3)
     ax.set_xlim(0, length / scale)
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("virus score")
     ax.set_xlabel(f"position ({unit})")
-    ax.set_title(rid if len(rid) <= 40 else rid[:39] + "…", loc="right", fontsize=10)
+    ax.set_title(rid if len(rid) <= 60 else rid[:59] + "…", loc="left", fontsize=10)
     return _svg_uri(fig)
 
 

@@ -207,6 +207,18 @@ def test_a_table_without_a_needed_column_is_named_in_one_line(tmp_path, capsys):
     assert err == [f"vnp: error: {tmp_path / 'contigs.tsv'}: no column 'fraction_viral' in its header"]
 
 
+def test_a_table_with_a_bad_number_is_named_in_one_line(tmp_path, capsys):
+    synthetic_out(tmp_path, 5)
+    text = (tmp_path / "chunks.tsv").read_text().splitlines()
+    fields = text[3].split("\t")
+    fields[6] = "high"  # max_score2
+    (tmp_path / "chunks.tsv").write_text("\n".join(text[:3] + ["\t".join(fields)] + text[4:]) + "\n")
+    assert report_main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vnp: error: {tmp_path / 'chunks.tsv'}: ") and "'high'" in err[0]
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_the_report_needs_nothing_from_the_network(synthetic):
     out, page = synthetic
     text = (out / "report.html").read_text()

@@ -88,22 +88,32 @@ def table_header(path: Path, required: tuple[str, ...]) -> list[str]:
     return header
 
 
-def read_columns(path: Path, names: tuple[str, ...], batch_rows: int = BATCH_ROWS) -> Iterator[dict[str, np.ndarray]]:
-    """Those of the named columns that a tab-separated table has, as strings, in batches of rows.
+def number(text: str) -> float:
+    """A table's number; NA (or empty) is NaN."""
+    return np.nan if text in ("NA", "") else float(text)
 
-    numpy's C parser splits the lines (a csv loop in Python is several times slower on millions of
-    rows), and only the named columns are kept, so memory stays at one batch."""
+
+def read_columns(path: Path, names: dict[str, type], batch_rows: int = BATCH_ROWS) -> Iterator[dict[str, np.ndarray]]:
+    """Those of the named columns that a tab-separated table has, in batches of rows: each as
+    float (NA is NaN), int or str, as `names` says.
+
+    numpy's C parser splits the lines and parses the numbers (a csv loop in Python is several times
+    slower on millions of rows), and only the named columns are kept, so memory stays at one batch."""
     with open(path) as fh:
         header = fh.readline().rstrip("\n").split("\t")
         present = [name for name in names if name in header]
         usecols = [header.index(name) for name in present]
+        # one parse per batch: a record of the columns (str as Python objects, of any length)
+        dtype = [(name, {float: np.float64, int: np.int64, str: object}[names[name]]) for name in present]
+        converters = {header.index(name): number for name in present if names[name] is float}
         first = 0
         while lines := list(itertools.islice(fh, batch_rows)):
             try:
-                table = np.loadtxt(lines, dtype=str, delimiter="\t", usecols=usecols, comments=None, ndmin=2)
+                table = np.loadtxt(lines, dtype=dtype, delimiter="\t", usecols=usecols, comments=None, ndmin=1,
+                                   converters=converters)
             except ValueError as err:
                 raise InputError(f"{path}: rows {first + 2}-{first + len(lines) + 1}: {err}") from None
-            yield {name: table[:, i] for i, name in enumerate(present)}
+            yield {name: table[name] for name in present}
             first += len(lines)
 
 
@@ -119,14 +129,6 @@ def fetch_rows(path: Path, wanted: Iterable[int]) -> dict[int, dict[str, str]]:
             if i in wanted:
                 found[i] = dict(zip(header, line.rstrip("\n").split("\t")))
     return found
-
-
-def numbers(column: np.ndarray) -> np.ndarray:
-    """Float values of a table column; NA (or empty) is NaN."""
-    values = np.full(len(column), np.nan)
-    known = (column != "NA") & (column != "")
-    values[known] = column[known].astype(np.float64)
-    return values
 
 
 def _values(column: np.ndarray, known: Iterable[str]) -> list[str]:
@@ -176,16 +178,17 @@ def read_contigs(path: Path, top: int) -> Contigs:
                                                  "max_virus_score", "label")))
     best = Top(top)
     chunk_counts = []
-    for batch in read_columns(path, ("label", "confidence", "fraction_viral", "max_virus_score", "chunks")):
+    for batch in read_columns(path, {"label": str, "confidence": str, "fraction_viral": float,
+                                     "max_virus_score": float, "chunks": int}):
         _count(result.labels, batch["label"])
         if "confidence" in batch:
             _count(result.confidence, batch["confidence"])
-        share = numbers(batch["fraction_viral"])
+        share = batch["fraction_viral"]
         result.share_hist += np.histogram(share[~np.isnan(share)], SHARE_BINS)[0]
-        keys = np.column_stack([batch["label"] == "virus", np.nan_to_num(numbers(batch["max_virus_score"]), nan=-1.0),
+        keys = np.column_stack([batch["label"] == "virus", np.nan_to_num(batch["max_virus_score"], nan=-1.0),
                                 np.nan_to_num(share, nan=-1.0)])
         best.add(keys, result.sequences)
-        chunk_counts.append(batch["chunks"].astype(np.int64))
+        chunk_counts.append(batch["chunks"])
         result.sequences += len(keys)
     rows = fetch_rows(path, best.rows.tolist())
     result.top = [rows[i] for i in best.rows.tolist()]
@@ -207,8 +210,8 @@ def read_chunks(path: Path, track_rows: dict[str, range]) -> Chunks:
     """Histogram of chunk virus scores by chunk label, and the chunks (rows) of the sequences to plot."""
     result = Chunks()
     table_header(path, ("sequence_id", "start", "end", "max_score2", "label"))
-    for batch in read_columns(path, ("max_score2", "label")):
-        score = numbers(batch["max_score2"])
+    for batch in read_columns(path, {"max_score2": float, "label": str}):
+        score = batch["max_score2"]
         result.chunks += len(score)
         result.without_frames += int(np.isnan(score).sum())
         scored = ~np.isnan(score)
@@ -225,7 +228,7 @@ def read_chunks(path: Path, track_rows: dict[str, range]) -> Chunks:
                              "contigs.tsv")
         result.tracks[rid] = {"start": np.array([int(r["start"]) for r in mine]),
                               "end": np.array([int(r["end"]) for r in mine]),
-                              "score": numbers(np.array([r["max_score2"] for r in mine]))}
+                              "score": np.array([number(r["max_score2"]) for r in mine])}
     return result
 
 
@@ -242,11 +245,12 @@ def read_regions(path: Path, track_ids: list[str], top: int) -> Regions:
     best = Top(top)
     wanted = np.array(track_ids, dtype=str)
     table_header(path, ("sequence_id", "start", "end", "length", "mean_virus_score"))
-    for batch in read_columns(path, ("sequence_id", "start", "end", "length", "mean_virus_score", "kind")):
+    for batch in read_columns(path, {"sequence_id": str, "start": int, "end": int, "length": float,
+                                     "mean_virus_score": float, "kind": str}):
         kinds = batch.get("kind", np.full(len(batch["sequence_id"]), ""))
         _count(result.kinds, kinds)
-        best.add(np.column_stack([np.nan_to_num(numbers(batch["mean_virus_score"]), nan=-1.0),
-                                  numbers(batch["length"])]), result.regions)
+        best.add(np.column_stack([np.nan_to_num(batch["mean_virus_score"], nan=-1.0), batch["length"]]),
+                 result.regions)
         mine = np.isin(batch["sequence_id"], wanted)
         for rid, start, end, kind in zip(batch["sequence_id"][mine].tolist(), batch["start"][mine].tolist(),
                                          batch["end"][mine].tolist(), kinds[mine].tolist()):

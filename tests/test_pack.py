@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_classifier import ORIGINAL_SCRIPT
+from tests.helpers import ORIGINAL_SCRIPT
 from vnp.cli import main as vnp_main
 from vnp.errors import InputError
 from vnp.models.classifier import load_classifier, score

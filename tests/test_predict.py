@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,80 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import BIN, ROOT, child_env, free_port, predict_ok, run, slurm_job_id, tables, write_mixed_input
 from vnp.config import iter_help
-from vnp.demo import coding_like, random_dna
 from vnp.predict import main as predict_main
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
 # The same threads per rank everywhere: BLAS picks its summation order by thread count.
 COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def slurm_job_id() -> str:
-    """A SLURM_JOB_ID whose derived MASTER_PORT (15000 + id % 20000) is free right now."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(15000, 35000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return str(port - 15000)
-
-
-def write_mixed_input(path: Path, seed: int = 5) -> Path:
-    """Sequences shorter than L, longer ones (uneven chunks), no-frame ones, N and lower case."""
-    rng = random.Random(seed)
-    with open(path, "w") as fh:
-        for i, length in enumerate([90, 500, 1001, 2, 640, 1500, 333, 2100, 45, 777]):
-            if i in (3, 6):  # stop codons in all six frames (TAA forward, TTA = TAA reverse)
-                seq = ("TAACTAACTAACTTAGTTAGTTAG" * (length // 24 + 1))[:length]
-            elif i % 2:
-                seq = coding_like(rng, length)
-            else:
-                seq = random_dna(rng, length)
-            if i == 5:
-                seq = seq[:100] + "NNNN" + seq[104:400].lower() + seq[400:]
-            fh.write(f">read{i} len={length}\n{seq}\n")
-    return path
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "SLURM_", "MASTER_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-def run(cmd: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env(), timeout=timeout, cwd=ROOT)
-    return proc
-
-
-def launcher(ranks: int) -> list[str]:
-    """A plain process for 1 rank, torchrun for more, each ending where `vnp.predict` follows."""
-    if ranks == 1:
-        return [sys.executable, "-m"]
-    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m"]
-
-
-def predict_ok(ranks: int, fasta: Path, out: Path, args: list[str]) -> dict:
-    """Run `vnp.predict` on `ranks` ranks; it must succeed. Returns its run.json."""
-    proc = run([*launcher(ranks), "vnp.predict", str(fasta), "-o", str(out), *args])
-    assert proc.returncode == 0, proc.stderr
-    return json.loads((out / "run.json").read_text())
-
-
-def tables(out: Path) -> dict[str, bytes]:
-    return {name: (out / name).read_bytes() for name in TABLES}
 
 
 @pytest.fixture(scope="module")

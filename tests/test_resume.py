@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import (
+from tests.helpers import (
     BIN,
     ROOT,
     child_env,

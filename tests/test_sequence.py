@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import baseline_translate as baseline
+from tests import baseline_translate as baseline
 from vnp.chunking import chunk_spans
 from vnp.seqio import input_stem, iter_records
 from vnp.translate import Chunk, reverse_complement, translate_chunks

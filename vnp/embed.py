@@ -41,8 +41,6 @@ from vnp.gather import NO_UNIT, UnitResult, gather_step
 from vnp.models import token_budget
 from vnp.seqio import NUCLEOTIDE_LETTERS, open_binary
 
-HELP = "embed nucleotide frames with DNABERT-S or protein frames with ESM2 (.npz out)"
-
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH_RECORDS = 4096  # records per slice: tokenised, sorted by length and batched together
 

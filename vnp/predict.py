@@ -34,8 +34,6 @@ from vnp.run_state import (
 )
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
 
-HELP = "predict viral chunks and sequences (distributed over any number of ranks)"
-
 log = logging.getLogger("vnp")
 
 

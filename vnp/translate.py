@@ -31,8 +31,6 @@ from vnp.chunking import chunk_id, chunk_spans
 from vnp.errors import InputError, exit_on_input_error
 from vnp.seqio import Record, input_stem, iter_records
 
-HELP = "chunk and six-frame translate sequences (the original's intermediate files)"
-
 FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"  # NCBI table 1, TCAG order

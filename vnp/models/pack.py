@@ -24,7 +24,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vnp.errors import InputError, exit_on_input_error
 
-HELP = "build the tiny test pack, or convert a published classifier to vnp's format"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BUILTIN = {"500": "pack_500.yaml", "300": "pack_300.yaml"}
 

@@ -73,8 +73,7 @@ def expected_scores_original_way(out: Path, mixed: Path) -> dict[str, tuple[floa
     expected = {}
     for record in iter_records(mixed):
         for span in chunk_spans(len(record.seq), 500):
-            cid = f"{record.id}_chunk_{span.number}"
-            (frames,) = translate_chunks([Chunk(cid, record.id, span.number, 0, 0, record.seq[span.start:span.end])])
+            (frames,) = translate_chunks([Chunk(0, record.id, span.number, 0, 0, record.seq[span.start:span.end])])
             for frame in frames:
                 ids = torch.tensor([dnabert.tokenizer.encode(frame.nucleotide).ids])
                 with torch.no_grad():

@@ -20,6 +20,7 @@ from typing import Iterable
 
 import numpy as np
 
+from vnp.chunking import chunk_id
 from vnp.plan import ChunkPlan
 from vnp.translate import FRAME_NAMES
 
@@ -44,7 +45,7 @@ def _fixed(value: float) -> str:
 def _chunk_rows(plan: ChunkPlan, record: int, rid: str) -> list[tuple[int, str, int, int]]:
     """(global chunk, chunk id, 1-based start, end) of one record."""
     first, last = int(plan.first_chunk[record]), int(plan.first_chunk[record + 1])
-    return [(c, f"{rid}_chunk_{number}", start + 1, end)
+    return [(c, chunk_id(rid, number), start + 1, end)
             for c, _, number, start, end in plan.spans(first, last)]
 
 

@@ -115,7 +115,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
             _finish(ctx, state, config, times, started)
         return 0
     except InputError as err:
-        if not getattr(err, "reported", False):
+        if not err.reported:
             print(f"vnp: error: {err}", file=sys.stderr)
         return 2
     except vdist.PeerFailure as err:

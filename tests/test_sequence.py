@@ -110,11 +110,23 @@ def test_lower_case_is_translated_as_upper_case():
     assert kept("atggccaaa") == kept("ATGGCCAAA")
 
 
-@pytest.mark.parametrize("seq", ["", "A", "AT", "NNNNNN", "TAATAGTGA"])
+@pytest.mark.parametrize("seq", ["", "A", "AT", "NNNNNN", "TAACTAACTAACTTAGTTAGTTAG"])
 def test_sequences_without_frames(seq):
-    assert kept(seq) == [] or all("*" not in p and p for _, _, p in kept(seq))
-    if len(seq) < 3 or set(seq) == {"N"}:
-        assert kept(seq) == []
+    # the last: TAAC repeats (period 4, so TAA falls in every forward frame), then TTAG repeats,
+    # whose reverse complement CTAA puts TAA in every reverse frame
+    assert kept(seq) == []
+
+
+def test_stops_in_one_frame_keep_the_other_five():
+    # TAATAGTGA: F1 TAA TAG TGA (stops) is dropped; F2 AAT AGT = NS, F3 ATA GTG = IV; reverse
+    # complement TCACTATTA: R1 TCA CTA TTA = SLL, R2 CAC TAT = HY, R3 ACT ATT = TI.
+    assert kept("TAATAGTGA") == [
+        ("c_chunk_1F2", "AATAGTG", "NS"),
+        ("c_chunk_1F3", "ATAGTGA", "IV"),
+        ("c_chunk_1R1", "TCACTATTA", "SLL"),
+        ("c_chunk_1R2", "CACTATT", "HY"),
+        ("c_chunk_1R3", "ACTATTA", "TI"),
+    ]
 
 
 def test_matches_per_codon_baseline_on_random_chunks():

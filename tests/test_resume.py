@@ -105,13 +105,20 @@ def test_kill_one_rank_then_resume_with_1_and_3_ranks(long_input, reference, tmp
         assert record["world_size"] == ranks
 
 
-def test_sigterm_at_a_random_moment_then_resume(long_input, reference, tmp_path):
+def test_sigterm_mid_run_then_resume(long_input, reference, tmp_path):
+    """SIGTERM to the launcher once progress is committed: the ranks stop after their step (torchrun
+    passes the signal on), leave partial progress and no tables; the resumed run keeps that work."""
     out = tmp_path / "out"
     proc = start_torchrun(long_input, out)
-    time.sleep(random.uniform(1.0, 4.0))
+    wait_for_parts(out, 1, proc)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    resume(long_input, out, 2)
+    assert proc.wait(timeout=120) != 0
+    assert "vnp: stopped by signal" in proc.stderr.read()
+    assert not (out / "prediction_results.txt").exists()
+    committed = len(list((out / "work" / "parts").glob("part-*.npz")))
+    assert committed >= 1
+    record = resume(long_input, out, 2)
+    assert committed <= record["resumed_units"] < record["work_units"]  # partial, and kept
     assert tables(out) == tables(reference)
 
 

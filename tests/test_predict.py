@@ -212,6 +212,19 @@ def test_save_embeddings(tmp_path, mixed):
     assert np.abs(probs - written).max() < 1e-6
 
 
+def test_config_is_written_when_the_run_starts(tmp_path, mixed, monkeypatch, capsys):
+    import vnp.predict
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(vnp.predict, "_finish", fail)
+    out = tmp_path / "out"
+    assert predict_main([str(mixed), "-o", str(out), *COMMON, "batch.unit_chunks=3"]) == 1
+    assert "disk full" in capsys.readouterr().err
+    assert "unit_chunks: 3" in (out / "config.yaml").read_text()
+
+
 def test_help_documents_every_key(capsys):
     with pytest.raises(SystemExit):
         predict_main(["--help"])

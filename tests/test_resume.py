@@ -115,6 +115,7 @@ def test_sigterm_mid_run_then_resume(long_input, reference, tmp_path):
     assert proc.wait(timeout=120) != 0
     assert "vnp: stopped by signal" in proc.stderr.read()
     assert not (out / "prediction_results.txt").exists()
+    assert "unit_chunks: 2" in (out / "config.yaml").read_text()  # written when the run started
     committed = len(list((out / "work" / "parts").glob("part-*.npz")))
     assert committed >= 1
     record = resume(long_input, out, 2)

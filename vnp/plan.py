@@ -4,8 +4,8 @@ Rank 0 reads every input once (plain or compressed, FASTA or FASTQ), validates i
 sequences into `work/sequences.bin` (one byte per base, records back to back) with a small index
 (`work/index.npz`: lengths and offsets, like a .fai, and where each ID starts) and the record IDs
 (`work/ids.txt`, one a line). Chunk boundaries depend only on sequence lengths, so every rank
-derives the whole chunk plan from the index and then reads and translates only its own chunks. Compressed input is thus decompressed
-once per run, not once per rank.
+derives the whole chunk plan from the index and then reads and translates only its own chunks.
+Compressed input is thus decompressed once per run, not once per rank.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from vnp import dist as vdist
 from vnp.config import PredictConfig
 from vnp.errors import InputError
+from vnp.chunking import chunk_id
 from vnp.gather import NO_UNIT, UnitResult, gather_step
 from vnp.models import token_budget
 from vnp.plan import SEQUENCES, iter_ids, read_chunks
@@ -80,7 +81,7 @@ class Models:
             dnabert = load_dnabert(state.pack.dnabert, device=ctx.device, dtype=dtype)
             esm = load_esm(state.pack.esm, layer=state.pack.esm_layer, device=ctx.device, dtype=dtype,
                            attention=config.esm_attention)
-            _check_dims(state, dnabert.hidden_size, esm.embed_dim)
+            _check_dims(state, dnabert.dim, esm.dim)
             classifier = state.classifier.to(ctx.device) if ctx.is_main else None
             models = cls(dnabert, esm, classifier)
         except InputError as err:
@@ -89,9 +90,7 @@ class Models:
         failed = [e for e in errors if e]
         if failed:
             first = next(r for r, e in enumerate(errors) if e)
-            err = InputError(failed[0])
-            err.reported = ctx.rank != first  # the first failing rank says it, once
-            raise err
+            raise InputError(failed[0], reported=ctx.rank != first)  # the first failing rank says it, once
         return models
 
 
@@ -106,7 +105,7 @@ def embed_unit(unit: int, state: RunState, config: PredictConfig, models: Models
     c0, c1 = state.plan.unit_range(unit, state.record["unit_chunks"])
     t0 = time.perf_counter()
     chunks = read_chunks(state.plan, state.work / SEQUENCES, c0, c1)
-    frames = [(int(chunk.id), f) for chunk, kept in zip(chunks, translate_chunks(chunks)) for f in kept]
+    frames = [(chunk.index, f) for chunk, kept in zip(chunks, translate_chunks(chunks)) for f in kept]
     t1 = time.perf_counter()
     times.translate += t1 - t0
     dim = state.pack.embedding_dim
@@ -141,7 +140,7 @@ class IdCursor:
             while self.record < record:
                 self.current, self.record = next(self.ids), self.record + 1
             number = chunk - int(self.plan.first_chunk[record]) + 1
-            out.append(f"{self.current}_chunk_{number}{FRAME_NAMES[key % 6]}")
+            out.append(chunk_id(self.current, number) + FRAME_NAMES[key % 6])
         return out
 
 

@@ -14,13 +14,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from vnp.chunking import chunk_starts
 from vnp.errors import InputError, where
-from vnp.seqio import check_readable, iter_records
+from vnp.seqio import Record, check_readable, iter_records
 from vnp.translate import Chunk
 
 SEQUENCES = "sequences.bin"
@@ -51,12 +51,13 @@ def check_inputs(inputs: Sequence[str]) -> list[Path]:
     return paths
 
 
-def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
-    """Validate every input and write the packed sequences, index and IDs (atomically)."""
+def pack_inputs(inputs: Sequence[Path], work_dir: Path, read: Callable[[Path], Iterable[Record]] = iter_records) -> None:
+    """Validate every input and write the packed sequences, index and IDs (atomically).
+    `read` yields an input's records (default: FASTA/FASTQ; training also reads GenBank)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, per_input = _pack(inputs, tmp)
+        lengths, per_input = _pack(inputs, tmp, read)
     except BaseException:
         for path in tmp.values():
             path.unlink(missing_ok=True)
@@ -70,7 +71,7 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
         os.replace(work_dir / (name + ".tmp"), work_dir / name)
 
 
-def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list[int]]:
+def _pack(inputs: Sequence[Path], tmp: dict[str, Path], read) -> tuple[list[int], list[int]]:
     """Stream every record into the packed files; (record lengths, records per input)."""
     lengths: list[int] = []
     per_input: list[int] = []
@@ -78,7 +79,7 @@ def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list
     with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w") as id_out:
         for path in inputs:
             count = 0
-            for record in iter_records(path):
+            for record in read(path):
                 if record.id in first_file:
                     raise InputError(f"{where(path, record.id, record.line)}: record ID also used in "
                                      f"{first_file[record.id]} (IDs must be unique across inputs)")

@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "embed": "vnp.embed",
     "pack": "vnp.models.pack",
     "predict": "vnp.predict",
+    "train": "vnp.train",
+    "evaluate": "vnp.evaluate",
 }
 
 

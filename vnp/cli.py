@@ -4,6 +4,8 @@
     vnp translate INPUT... -L 500 -o DIR           chunking and six-frame translation only
     vnp embed dnabert|esm INPUT -m MODEL -o OUT.npz
     vnp pack tiny DIR | vnp pack convert --classifier X.pth -o DIR
+    vnp train MANIFEST.tsv -o DIR [key=value ...]   train a classifier head, under any launcher
+    vnp evaluate OUT LABELS.tsv                    metrics of a prediction run against true labels
 """
 
 from __future__ import annotations

@@ -317,3 +317,26 @@ def test_bad_train_key_is_one_line(tmp_path, capsys):
     manifest = write_bad(tmp_path, "no_frames")
     assert train_main([str(manifest), "-o", str(tmp_path / "o"), "train.holdout=2"]) == 2
     assert "train.holdout must be between 0 and 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_features_resume_after_sigterm(one_rank, manifest, tmp_path):
+    """Stopped while embedding (SIGTERM, as SLURM preemption), the rerun embeds only what is left
+    and ends with the features and weights of an uninterrupted run."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "vnp.train", str(manifest), "-o", str(out), *COMMON, *FEW_STEPS],
+                            env=child_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((out / "features" / "parts").glob("part-*.npz")):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, proc.stderr.read()
+    assert not (out / "features" / "features.npy").exists()
+    train_ok(1, manifest, out, FEW_STEPS)
+    for name in ("features.npy", "keys.npy", "labels.npy"):
+        assert (out / "features" / name).read_bytes() == (one_rank / "features" / name).read_bytes(), name
+    a, b = weights(one_rank), weights(out)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -528,7 +528,7 @@ def save_checkpoint(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def train_head(ctx, config: TrainConfig, out: Path, settings: dict) -> dict:
+def train_head(ctx, config: TrainConfig, out: Path, settings: dict, stop) -> dict:
     """Every rank: DDP training from the cached features; returns the final checkpoint dict."""
     from tqdm import tqdm
 
@@ -602,7 +602,10 @@ def train_head(ctx, config: TrainConfig, out: Path, settings: dict) -> dict:
             if ctx.is_main:
                 save_checkpoint(checkpoint_path, {**state, "model": _state(model), "optimizer": optimizer.state_dict(),
                                                   "scheduler": scheduler.state_dict()})
-            vdist.broadcast_object(ctx, None)  # no rank runs ahead of the checkpoint
+            # No rank runs ahead of the checkpoint; a signal on any rank stops all after it.
+            if any(vdist.all_gather_object(ctx, stop.requested)):
+                stop.requested = True
+                break
     finally:
         bar.close()
     state["split"] = split
@@ -735,7 +738,9 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
         if ctx.device.type == "cpu":
             vdist.set_cpu_threads(config.threads, ctx.env)
         if config.train.batch % ctx.world_size:
-            raise InputError(f"train.batch={config.train.batch} cannot be split evenly over {ctx.world_size} ranks")
+            err = InputError(f"train.batch={config.train.batch} cannot be split evenly over {ctx.world_size} ranks")
+            err.reported = not ctx.is_main  # every rank finds it; rank 0 says it
+            raise err
         info = shared(ctx, lambda: prepare(ctx, config, manifest, out))
         features = out / FEATURES
         work = features / "work"
@@ -756,7 +761,11 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
                             plan.first_chunk)
         shared(ctx, lambda: check_classes(manifest, features, config.train))
         settings = {"train": asdict(config.train), "features": info["features"]}
-        state = train_head(ctx, config, out, settings)
+        state = train_head(ctx, config, out, settings, stop)
+        if stop.requested:
+            vdist.print0(ctx, f"vnp: stopped by signal after epoch {state['epoch']}; the checkpoint is in {out}/work. "
+                              "Run the same command again to resume.")
+            return 143
         if ctx.is_main:
             write_outputs(out, info, config, state, ctx.world_size)
             last = state["history"][-1] if state["history"] else {}

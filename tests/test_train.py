@@ -24,6 +24,7 @@ from safetensors.numpy import load_file
 
 from tests.test_predict import BIN, ROOT, child_env, run
 from vnp.demo import SENSE_CODONS, random_dna
+from vnp.evaluate import main as evaluate_main
 from vnp.plan import SEQUENCES, iter_ids, load_plan, pack_inputs, read_chunks
 from vnp.train import TrainingFrames, TrainingRecords
 from vnp.train import main as train_main
@@ -175,7 +176,7 @@ def weights(out: Path) -> dict[str, np.ndarray]:
     return load_file(str(out / "classifier" / "classifier.safetensors"))
 
 
-FEW_STEPS = ["train.max_epochs=2", "train.lr=0.01"]
+FEW_STEPS = ["train.max_epochs=6", "train.patience=6", "train.lr=0.01"]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,7 @@ def one_rank(tmp_path_factory, manifest) -> Path:
 
 def test_outputs_and_features(one_rank, manifest):
     metrics = json.loads((one_rank / "metrics.json").read_text())
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3, 4, 5, 6]
     for key in ("train_loss", "val_loss", "accuracy", "precision", "recall", "f1", "auroc"):
         assert all(e[key] is not None for e in metrics["epochs"]), key
     frames = metrics["frames"]
@@ -236,8 +237,7 @@ def test_trained_head_separates_and_features_are_cached(one_rank, manifest, tmp_
     assert proc.returncode == 0, proc.stderr
     labels = tmp_path / "labels.tsv"
     labels.write_text("".join(f"tv{i}\tvirus\nto{i}\tothers\n" for i in range(6)))
-    proc = run([sys.executable, "-m", "vnp.evaluate", str(pred), str(labels)])
-    assert proc.returncode == 0, proc.stderr
+    assert evaluate_main([str(pred), str(labels)]) == 0
     result = json.loads((pred / "evaluation.json").read_text())
     assert result["sequence"]["scored"] == 12
     assert result["chunk"]["accuracy"] >= 0.8 and result["sequence"]["auroc"] >= 0.9
@@ -245,21 +245,12 @@ def test_trained_head_separates_and_features_are_cached(one_rank, manifest, tmp_
     assert (pred / "roc.png").stat().st_size > 0
 
 
-LONG = ["train.max_epochs=40", "train.patience=40", "train.lr=0.005"]
-
-
 @pytest.mark.slow
 def test_resume_after_kill_gives_the_same_weights(one_rank, manifest, tmp_path):
-    def with_features(name: str) -> Path:
-        out = tmp_path / name
-        out.mkdir()
-        shutil.copytree(one_rank / "features", out / "features")  # the cache: only training runs
-        return out
-
-    straight = with_features("straight")
-    train_ok(1, manifest, straight, LONG)
-    killed = with_features("killed")
-    proc = subprocess.Popen([sys.executable, "-m", "vnp.train", str(manifest), "-o", str(killed), *COMMON, *LONG],
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copytree(one_rank / "features", killed / "features")  # the cache: only training runs
+    proc = subprocess.Popen([sys.executable, "-m", "vnp.train", str(manifest), "-o", str(killed), *COMMON, *FEW_STEPS],
                             env=child_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     checkpoint = killed / "work" / "checkpoint.pt"
@@ -267,15 +258,15 @@ def test_resume_after_kill_gives_the_same_weights(one_rank, manifest, tmp_path):
     while not checkpoint.exists():
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline
-        time.sleep(0.01)
+        time.sleep(0.002)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     import torch
 
-    assert torch.load(checkpoint, weights_only=True)["epoch"] < 40  # killed mid-training
-    metrics = train_ok(1, manifest, killed, LONG)
-    assert len(metrics["epochs"]) == len(json.loads((straight / "metrics.json").read_text())["epochs"])
-    a, b = weights(straight), weights(killed)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] < 6  # killed mid-training
+    metrics = train_ok(1, manifest, killed, FEW_STEPS)
+    assert metrics["epochs"] == json.loads((one_rank / "metrics.json").read_text())["epochs"]
+    a, b = weights(one_rank), weights(killed)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 

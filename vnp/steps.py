@@ -236,7 +236,7 @@ def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models
     t_start = time.time()
     remaining = state.remaining
     slots = vdist.shard(len(remaining), ctx)
-    collector = (sink or Collector(state, config, models, ctx.device)) if ctx.is_main else None
+    collector = (Collector(state, config, models, ctx.device) if sink is None else sink) if ctx.is_main else None
     seen: set[int] = set()
     exchange_device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
     dim = state.pack.embedding_dim

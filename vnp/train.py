@@ -798,8 +798,8 @@ def check_classes(manifest: Path, features: Path, params: TrainParams) -> None:
     labels = np.load(features / "labels.npy")
     for name, value in LABELS.items():
         if not (labels == value).any():
-            raise InputError(f"{manifest}: no frame of class '{name}' was kept (no chunk without ambiguous bases "
-                             "has a stop-free frame in a CDS translation)")
+            raise InputError(f"{manifest}: no frame of class '{name}' was kept (training keeps stop-free frames of "
+                             "chunks without ambiguous bases, from GenBank only those within a CDS translation)")
     split = split_rows(len(labels), params.holdout, params.seed)
     if len(split.train) < params.batch or len(split.val) == 0:
         raise InputError(f"{manifest}: {len(labels)} kept frames are too few for train.batch={params.batch} "

@@ -331,3 +331,24 @@ def test_features_resume_after_sigterm(one_rank, manifest, tmp_path):
     a, b = weights(one_rank), weights(out)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_consolidate_orders_frames_whatever_order_units_arrived(tmp_path):
+    """The engine may deliver units in cost order: features.npy is in frame order regardless."""
+    from vnp.store import write_atomic
+    from vnp.train import consolidate
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    unit_keys = {0: [0, 3, 7], 1: [13, 20], 2: [], 3: [30, 31, 40]}  # 2 chunks (12 keys) a unit
+    for number, units in enumerate([[3], [1, 2], [0]]):
+        keys = np.asarray([k for u in units for k in unit_keys[u]], dtype=np.int64)
+        write_atomic(parts, number, {"units": np.asarray(units, dtype=np.int64), "keys": keys,
+                                     "embeddings": np.repeat(keys[:, None], 4, axis=1).astype(np.float32)})
+    first_chunk = np.asarray([0, 3, 8])  # record 0: chunks 0-2, record 1: chunks 3-7
+    consolidate(tmp_path, 4, np.asarray([1, 0]), first_chunk)
+    keys = np.load(tmp_path / "keys.npy")
+    assert keys.tolist() == sorted(k for ks in unit_keys.values() for k in ks)
+    np.testing.assert_array_equal(np.load(tmp_path / "features.npy")[:, 0], keys.astype(np.float32))
+    assert np.load(tmp_path / "labels.npy").tolist() == [1 if k // 6 < 3 else 0 for k in keys]
+    assert not parts.exists()

@@ -285,27 +285,29 @@ def compute_features(ctx, state, config: TrainConfig, stop, select_frames, sink)
 
 
 def consolidate(features: Path, n_units: int, labels_of_record: np.ndarray, first_chunk: np.ndarray) -> None:
-    """Rank 0: the parts, in unit order, into features.npy / keys.npy / labels.npy (then removed)."""
-    parts = []
-    for path in features.joinpath("parts").glob("part-*.npz"):
+    """Rank 0: the parts into features.npy / keys.npy / labels.npy in frame order (whatever order
+    the units arrived in), then the parts are removed."""
+    paths = sorted(features.joinpath("parts").glob("part-*.npz"))
+    units, part_keys = [], []
+    for path in paths:
         arrays = read_checked(path)
         if arrays is None:
             raise RuntimeError(f"{path}: feature part failed its checksum after the run")
-        parts.append(arrays)
-    parts.sort(key=lambda a: int(a["units"][0]))
-    units = np.concatenate([a["units"] for a in parts]) if parts else np.zeros(0, np.int64)
-    if sorted(units.tolist()) != list(range(n_units)):
-        raise RuntimeError(f"feature parts hold {len(set(units.tolist()))} of {n_units} work units")
-    keys = np.concatenate([a["keys"] for a in parts]) if parts else np.zeros(0, np.int64)
+        units.append(arrays["units"])
+        part_keys.append(arrays["keys"])
+    done = np.concatenate(units) if units else np.zeros(0, np.int64)
+    if len(done) != n_units or set(done.tolist()) != set(range(n_units)):
+        raise RuntimeError(f"feature parts hold {len(set(done.tolist()))} of {n_units} work units")
+    keys = np.sort(np.concatenate(part_keys)) if part_keys else np.zeros(0, np.int64)
     if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
-        raise RuntimeError("feature parts are not in frame order")
-    dim = parts[0]["embeddings"].shape[1]
+        raise RuntimeError("a frame was embedded twice")
     tmp = features / "features.tmp.npy"
-    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), dim))
-    row = 0
-    for arrays in parts:
-        matrix[row:row + len(arrays["keys"])] = arrays["embeddings"]
-        row += len(arrays["keys"])
+    matrix = None
+    for path, these in zip(paths, part_keys):  # one part in memory at a time
+        embeddings = read_checked(path)["embeddings"]
+        if matrix is None:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), embeddings.shape[1]))
+        matrix[np.searchsorted(keys, these)] = embeddings
     matrix.flush()
     del matrix
     records = np.searchsorted(first_chunk, keys // 6, side="right") - 1

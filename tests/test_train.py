@@ -352,3 +352,58 @@ def test_consolidate_orders_frames_whatever_order_units_arrived(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy")[:, 0], keys.astype(np.float32))
     assert np.load(tmp_path / "labels.npy").tolist() == [1 if k // 6 < 3 else 0 for k in keys]
     assert not parts.exists()
+
+
+# ------------------------------------------------------------------------------------------
+# vnp evaluate on hand-written tables
+
+CHUNKS = """chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel
+a_chunk_1\ta\t1\t150\t2\t0.100000\t0.900000\tvirus
+a_chunk_2\ta\t120\t270\t1\t0.700000\t0.300000\tothers
+b_chunk_1\tb\t1\t150\t0\tNA\tNA\tno_frames
+c_chunk_1\tc\t1\t150\t3\t0.200000\t0.800000\tvirus
+d_chunk_1\td\t1\t150\t1\t0.600000\t0.400000\tothers
+"""
+CONTIGS = """sequence_id\tlength\tchunks\tviral_chunks\tchunks_without_frames\tfraction_viral\tmax_virus_score\tmean_virus_score\tlabel
+a\t270\t2\t1\t0\t0.500000\t0.900000\t0.600000\tvirus
+b\t150\t1\t0\t1\t0.000000\tNA\tNA\tno_frames
+c\t150\t1\t1\t0\t1.000000\t0.800000\t0.800000\tvirus
+d\t150\t1\t0\t0\t0.000000\t0.400000\t0.400000\tothers
+"""
+
+
+@pytest.fixture
+def prediction(tmp_path) -> Path:
+    (tmp_path / "chunks.tsv").write_text(CHUNKS)
+    (tmp_path / "contigs.tsv").write_text(CONTIGS)
+    return tmp_path
+
+
+def test_evaluate_per_chunk_and_sequence(prediction, capsys):
+    labels = prediction / "labels.tsv"
+    labels.write_text("id\tlabel\na\tvirus\na_chunk_2\tothers\nb\tvirus\nc\tothers\nd\tothers\n")
+    assert evaluate_main([str(prediction), str(labels)]) == 0
+    result = json.loads((prediction / "evaluation.json").read_text())
+    chunk, sequence = result["chunk"], result["sequence"]
+    # chunks: a_1 virus->virus, a_2 others (its own label)->others, c_1 others->virus, d_1 others->others
+    assert (chunk["scored"], chunk["unscored"]) == (4, 1)
+    assert chunk["confusion_matrix"]["counts"] == [[2, 1], [0, 1]]
+    assert chunk["accuracy"] == 0.75 and chunk["recall"] == 1.0 and chunk["precision"] == 0.5
+    assert (sequence["scored"], sequence["unscored"]) == (3, 1)
+    assert sequence["confusion_matrix"]["counts"] == [[1, 1], [0, 1]]
+    assert sequence["auroc"] == 1.0  # a (0.9) above c (0.8) and d (0.4)
+    assert "chunk\t4\t1\t0.7500" in capsys.readouterr().out
+    assert (prediction / "roc.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("zz\tvirus\n", "1 IDs are neither sequences nor chunks"),
+    ("a\thost\n", "line 1: unknown label 'host'"),
+    ("a virus\n", "line 1: expected 'id<TAB>label'"),
+])
+def test_evaluate_bad_labels_is_one_line(prediction, capsys, text, message):
+    labels = prediction / "labels.tsv"
+    labels.write_text(text)
+    assert evaluate_main([str(prediction), str(labels)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], lines

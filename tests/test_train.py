@@ -281,7 +281,10 @@ def write_bad(tmp_path: Path, case: str) -> Path:
     SeqIO.write([gene_record("g1", coding(rng, 100), [(0, 300, 1)])], good, "genbank")
     stops = tmp_path / "stops.fa"  # stop codons in all six frames: no frame kept
     stops.write_text(">s1\n" + "TAACTAACTAACTTAGTTAGTTAG" * 20 + "\n")
+    broken = tmp_path / "broken.gbff"  # a CDS location cut short
+    broken.write_text(good.read_text().replace("CDS             1..300", "CDS             join(1.."))
     lines = {"missing": "v.gbff\tvirus\nnothere.fa\tothers\n",
+             "genbank": "broken.gbff\tvirus\nstops.fa\tothers\n",
              "label": "v.gbff\tvirus\nstops.fa\thost\n",
              "one_class": "v.gbff\tvirus\n",
              "no_frames": "v.gbff\tvirus\nstops.fa\tothers\n"}[case]
@@ -293,6 +296,7 @@ def write_bad(tmp_path: Path, case: str) -> Path:
 @pytest.mark.parametrize("case, message", [
     ("missing", "nothere.fa: no such file"),
     ("label", "line 2: unknown label 'host'"),
+    ("genbank", "broken.gbff: not a readable GenBank file"),
     ("one_class", "no file labelled others"),
     ("no_frames", "no frame of class 'others' was kept"),
 ])

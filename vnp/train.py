@@ -40,6 +40,7 @@ import shutil
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -173,10 +174,11 @@ def is_genbank(path: Path) -> bool:
 
 def genbank_records(path: Path) -> Iterator[tuple[Record, list[str]]]:
     """Each GenBank record (Biopython's parser) with its CDS `translation` qualifiers, in order."""
-    from Bio import SeqIO
+    from Bio import BiopythonParserWarning, SeqIO
     from Bio.Seq import UndefinedSequenceError
 
-    with io.TextIOWrapper(open_binary(path), encoding="ascii", errors="replace") as text:
+    with io.TextIOWrapper(open_binary(path), encoding="ascii", errors="replace") as text, warnings.catch_warnings():
+        warnings.simplefilter("ignore", BiopythonParserWarning)  # odd layouts parse; broken ones raise below
         try:
             for number, record in enumerate(SeqIO.parse(text, "genbank"), start=1):
                 try:

@@ -379,18 +379,19 @@ def _write_json(path: Path, data) -> None:
 
 
 def shared(ctx, produce):
-    """Rank 0 runs `produce()`; every rank gets its result, or the InputError it raised (said once)."""
+    """Rank 0 runs `produce()`; every rank gets its result, or stops with rank 0's failure (an
+    InputError is said once, by rank 0), so no rank waits for a broadcast that will not come."""
     if ctx.is_main:
         try:
             value = produce()
-        except InputError as err:
-            vdist.broadcast_object(ctx, {"error": str(err)})
+        except Exception as err:
+            vdist.broadcast_object(ctx, {"error": str(err), "input": isinstance(err, InputError)})
             raise
         vdist.broadcast_object(ctx, {"value": value})
         return value
     message = vdist.broadcast_object(ctx)
     if "error" in message:
-        err = InputError(message["error"])
+        err = InputError(message["error"]) if message["input"] else vdist.PeerFailure("rank 0 failed")
         err.reported = True
         raise err
     return message["value"]
@@ -532,88 +533,131 @@ def save_checkpoint(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def train_head(ctx, config: TrainConfig, out: Path, settings: dict, stop) -> dict:
-    """Every rank: DDP training from the cached features; returns the final checkpoint dict."""
-    from tqdm import tqdm
+@dataclass
+class Trainer:
+    """One rank's share of the training: the model (wrapped in DDP over several ranks), its
+    optimiser and schedule, the cached features, and the progress of the run."""
 
-    params = config.train
-    features = out / FEATURES
+    ctx: object
+    params: TrainParams
+    feats: np.ndarray  # memory-mapped features.npy
+    labels: np.ndarray
+    split: Split
+    model: nn.Module  # the MLPClassifier being trained
+    head: TrainingHead
+    ddp: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: torch.utils.data.DistributedSampler
+    state: dict  # epoch, history, best_loss, best_epoch, best (weights), counter, finished, settings
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps per epoch; the last incomplete global batch is left out, so every step
+        has the same global batch whatever the world size."""
+        return len(self.split.train) // self.params.batch
+
+    def train_epoch(self, epoch: int, bar) -> float:
+        """One epoch of DDP steps; the mean training loss over all ranks' batches."""
+        local = self.params.batch // self.ctx.world_size
+        self.sampler.set_epoch(epoch)
+        order = np.asarray(list(self.sampler), dtype=np.int64)[: self.steps * local]
+        self.ddp.train()
+        running = 0.0
+        for step in range(self.steps):
+            rows = self.split.train[order[step * local:(step + 1) * local]]
+            x = torch.from_numpy(np.asarray(self.feats[rows], dtype=np.float32)).to(self.ctx.device)
+            y = torch.from_numpy(self.labels[rows]).to(self.ctx.device)
+            loss = F.cross_entropy(self.ddp(x, torch.from_numpy(rows), epoch), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            running += loss.item()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{running / (step + 1):.4f}", refresh=False)
+        return sum(vdist.all_gather_object(self.ctx, running)) / max(1, self.steps * self.ctx.world_size)
+
+    def end_epoch(self, epoch: int, train_loss: float) -> dict:
+        """Validation, early stopping (the original's rule) and the learning-rate schedule."""
+        state = self.state
+        metrics = validation_metrics(self.head, self.feats, self.labels, self.split.val, self.ctx.device)
+        metrics = vdist.broadcast_object(self.ctx, metrics)  # rank 0's numbers decide, on every rank
+        entry = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": self.optimizer.param_groups[0]["lr"]}
+        state["history"].append(entry)
+        if state["best_loss"] is None or metrics["val_loss"] < state["best_loss"]:
+            state.update(best_loss=metrics["val_loss"], best_epoch=epoch + 1, best=_state(self.model), counter=0)
+        else:
+            state["counter"] += 1
+            state["finished"] = state["counter"] >= self.params.patience
+        if not state["finished"]:
+            self.scheduler.step()
+        state["epoch"] = epoch + 1
+        state["finished"] = state["finished"] or state["epoch"] >= self.params.max_epochs
+        return entry
+
+    def checkpoint(self) -> dict:
+        return {**self.state, "model": _state(self.model), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def resume(self, path: Path) -> None:
+        """Continue from the checkpoint when it was made with the same settings and features."""
+        if not path.exists():
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("settings") != self.state["settings"]:
+            vdist.print0(self.ctx, "vnp: training settings changed: training starts again (features are reused)")
+            return
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = {k: saved[k] for k in self.state}
+        vdist.print0(self.ctx, f"vnp: resuming training after epoch {self.state['epoch']}")
+
+
+def new_trainer(ctx, params: TrainParams, features: Path, settings: dict) -> Trainer:
     feats = np.load(features / "features.npy", mmap_mode="r")
     labels = np.load(features / "labels.npy")
     split = split_rows(len(labels), params.holdout, params.seed)
-    local = params.batch // ctx.world_size
-    steps = len(split.train) // params.batch  # the last partial global batch is left out
     model = new_classifier(feats.shape[1], params, ctx.device)
     head = TrainingHead(model, params.dropout, params.seed)
     ddp = head
     if ctx.world_size > 1:
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        ddp = nn.parallel.DistributedDataParallel(head, device_ids=ids)
+        ddp = nn.parallel.DistributedDataParallel(head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.step_size, gamma=params.gamma)
-    checkpoint_path = out / "work" / "checkpoint.pt"
-    state = {"epoch": 0, "history": [], "best_loss": None, "best_epoch": 0, "best": _state(model),
-             "counter": 0, "finished": False, "settings": settings}
-    if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if saved.get("settings") == settings:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = {k: saved[k] for k in state}
-            vdist.print0(ctx, f"vnp: resuming training after epoch {state['epoch']}")
-        else:
-            vdist.print0(ctx, "vnp: training settings changed: training starts again (features are reused)")
     sampler = torch.utils.data.DistributedSampler(range(len(split.train)), num_replicas=ctx.world_size,
                                                   rank=ctx.rank, shuffle=True, seed=params.seed, drop_last=True)
-    bar = tqdm(total=(params.max_epochs - state["epoch"]) * steps, unit="batch", desc="vnp train",
-               disable=not (config.progress and ctx.is_main), dynamic_ncols=True, mininterval=1.0)
+    state = {"epoch": 0, "history": [], "best_loss": None, "best_epoch": 0, "best": _state(model),
+             "counter": 0, "finished": False, "settings": settings}
+    return Trainer(ctx, params, feats, labels, split, model, head, ddp, optimizer, scheduler, sampler, state)
+
+
+def train_head(ctx, config: TrainConfig, out: Path, settings: dict, stop) -> Trainer:
+    """Every rank: DDP training from the cached features, a checkpoint after each epoch, until
+    early stopping, the last epoch or a stop signal."""
+    from tqdm import tqdm
+
+    trainer = new_trainer(ctx, config.train, out / FEATURES, settings)
+    checkpoint = out / "work" / "checkpoint.pt"
+    trainer.resume(checkpoint)
+    left = 0 if trainer.state["finished"] else config.train.max_epochs - trainer.state["epoch"]
+    bar = tqdm(total=left * trainer.steps, unit="batch", desc="vnp train", disable=not (config.progress and ctx.is_main),
+               dynamic_ncols=True, mininterval=1.0)
     try:
-        for epoch in range(state["epoch"], params.max_epochs):
-            if state["finished"]:
-                break
-            sampler.set_epoch(epoch)
-            order = np.asarray(list(sampler), dtype=np.int64)[: steps * local]
-            ddp.train()
-            running = 0.0
-            for step in range(steps):
-                rows = split.train[order[step * local:(step + 1) * local]]
-                x = torch.from_numpy(np.asarray(feats[rows], dtype=np.float32)).to(ctx.device)
-                y = torch.from_numpy(labels[rows]).to(ctx.device)
-                loss = F.cross_entropy(ddp(x, torch.from_numpy(rows), epoch), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                running += loss.item()
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{running / (step + 1):.4f}", refresh=False)
-            train_loss = sum(vdist.all_gather_object(ctx, running)) / max(1, steps * ctx.world_size)
-            metrics = validation_metrics(head, feats, labels, split.val, ctx.device)
-            metrics = vdist.broadcast_object(ctx, metrics)  # rank 0's numbers decide, on every rank
-            entry = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": optimizer.param_groups[0]["lr"]}
-            state["history"].append(entry)
-            if state["best_loss"] is None or metrics["val_loss"] < state["best_loss"]:
-                state.update(best_loss=metrics["val_loss"], best_epoch=epoch + 1, best=_state(model), counter=0)
-            else:
-                state["counter"] += 1
-                state["finished"] = state["counter"] >= params.patience
-            if not state["finished"]:
-                scheduler.step()
-            state["epoch"] = epoch + 1
-            state["finished"] = state["finished"] or state["epoch"] >= params.max_epochs
-            bar.set_postfix(epoch=epoch + 1, loss=f"{train_loss:.4f}", val_loss=f"{metrics['val_loss']:.4f}",
-                            val_acc=f"{metrics['accuracy']:.3f}", val_f1=f"{metrics['f1']:.3f}")
+        for epoch in range(trainer.state["epoch"], trainer.state["epoch"] + left):
+            entry = trainer.end_epoch(epoch, trainer.train_epoch(epoch, bar))
+            bar.set_postfix(epoch=epoch + 1, loss=f"{entry['train_loss']:.4f}", val_loss=f"{entry['val_loss']:.4f}",
+                            val_acc=f"{entry['accuracy']:.3f}", val_f1=f"{entry['f1']:.3f}")
             if ctx.is_main:
-                save_checkpoint(checkpoint_path, {**state, "model": _state(model), "optimizer": optimizer.state_dict(),
-                                                  "scheduler": scheduler.state_dict()})
+                save_checkpoint(checkpoint, trainer.checkpoint())
             # No rank runs ahead of the checkpoint; a signal on any rank stops all after it.
             if any(vdist.all_gather_object(ctx, stop.requested)):
                 stop.requested = True
+            if stop.requested or trainer.state["finished"]:
                 break
     finally:
         bar.close()
-    state["split"] = split
-    return state
+    return trainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -629,7 +673,7 @@ def frame_ids(work: Path, chunk_length: int, keys: np.ndarray) -> list[str]:
             for k, c, r in zip(keys.tolist(), chunks.tolist(), records.tolist())]
 
 
-def write_outputs(out: Path, info: dict, config: TrainConfig, state: dict, world_size: int) -> None:
+def write_outputs(out: Path, info: dict, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
     from vnp.models.classifier import MLPClassifier, save_classifier
 
     pack = ModelPack(**info["pack"])
@@ -638,12 +682,12 @@ def write_outputs(out: Path, info: dict, config: TrainConfig, state: dict, world
     labels = np.load(features / "labels.npy")
     dim = pack.embedding_dim
     model = MLPClassifier(dim, config.train.hidden, len(LABELS))
+    state, split = trainer.state, trainer.split
     model.load_state_dict(state["best"])
     save_classifier(model.eval(), out / "classifier",
                     provenance={"trained_by": "vnp train", "best_epoch": state["best_epoch"],
                                 "chunk_length": info["chunk_length"]})
     _write_pack_yaml(out, pack, info["chunk_length"])
-    split = state["split"]
     metrics = {"epochs": state["history"], "best_epoch": state["best_epoch"],
                "stopped_early": state["epoch"] < config.train.max_epochs,
                "frames": {"train": int(len(split.train)), "val": int(len(split.val)),
@@ -765,13 +809,14 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
                             plan.first_chunk)
         shared(ctx, lambda: check_classes(manifest, features, config.train))
         settings = {"train": asdict(config.train), "features": info["features"]}
-        state = train_head(ctx, config, out, settings, stop)
+        trainer = train_head(ctx, config, out, settings, stop)
+        state = trainer.state
         if stop.requested:
             vdist.print0(ctx, f"vnp: stopped by signal after epoch {state['epoch']}; the checkpoint is in {out}/work. "
                               "Run the same command again to resume.")
             return 143
         if ctx.is_main:
-            write_outputs(out, info, config, state, ctx.world_size)
+            write_outputs(out, info, config, trainer, ctx.world_size)
             last = state["history"][-1] if state["history"] else {}
             print(f"vnp: trained {state['epoch']} epochs (best {state['best_epoch']}, validation accuracy "
                   f"{last.get('accuracy', float('nan')):.3f}); classifier and pack.yaml in {out}", file=sys.stderr)
@@ -781,7 +826,8 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
             print(f"vnp: error: {err}", file=sys.stderr)
         return 2
     except vdist.PeerFailure as err:
-        print(f"vnp: error: rank {ctx.rank}: {err}", file=sys.stderr)
+        if not getattr(err, "reported", False):  # rank 0 reports its own failure
+            print(f"vnp: error: rank {ctx.rank}: {err}", file=sys.stderr)
         return 1
     except Exception as err:
         log_path = out / "logs" / f"train-rank{ctx.rank}.log"

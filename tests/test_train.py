@@ -368,7 +368,8 @@ b_chunk_1\tb\t1\t150\t0\tNA\tNA\tno_frames
 c_chunk_1\tc\t1\t150\t3\t0.200000\t0.800000\tvirus
 d_chunk_1\td\t1\t150\t1\t0.600000\t0.400000\tothers
 """
-CONTIGS = """sequence_id\tlength\tchunks\tviral_chunks\tchunks_without_frames\tfraction_viral\tmax_virus_score\tmean_virus_score\tlabel
+CONTIGS = """sequence_id\tlength\tchunks\tviral_chunks\tchunks_without_frames\tfraction_viral\t\
+max_virus_score\tmean_virus_score\tlabel
 a\t270\t2\t1\t0\t0.500000\t0.900000\t0.600000\tvirus
 b\t150\t1\t0\t1\t0.000000\tNA\tNA\tno_frames
 c\t150\t1\t1\t0\t1.000000\t0.800000\t0.800000\tvirus

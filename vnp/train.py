@@ -33,12 +33,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import random
 import shutil
 import sys
-import time
 import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -61,8 +59,6 @@ from vnp.store import part_number, read_checked, write_atomic
 from vnp.translate import FRAME_NAMES, Chunk, Frame
 
 HELP = "train a classifier head on labelled GenBank/FASTA files (DDP under any launcher)"
-
-log = logging.getLogger("vnp")
 
 LABELS = {"others": 0, "virus": 1}  # column 1 of the classifier's softmax is P(virus), as published
 AMBIGUOUS = frozenset("NRYMKSWHBVD")  # the original's training filter (U is not in it)
@@ -184,7 +180,8 @@ def genbank_records(path: Path) -> Iterator[tuple[Record, list[str]]]:
                 try:
                     seq = str(record.seq)
                 except UndefinedSequenceError:
-                    raise InputError(f"{where(path, record.id)}: GenBank record without a sequence (no ORIGIN)") from None
+                    raise InputError(f"{where(path, record.id)}: GenBank record without a sequence "
+                                     "(no ORIGIN)") from None
                 bad = seq.encode("ascii", "replace").translate(None, NUCLEOTIDE_LETTERS)
                 if bad:
                     raise InputError(f"{where(path, record.id)}: invalid character {chr(bad[0])!r} in the sequence")
@@ -622,7 +619,8 @@ def new_trainer(ctx, params: TrainParams, features: Path, settings: dict) -> Tra
     head = TrainingHead(model, params.dropout, params.seed)
     ddp = head
     if ctx.world_size > 1:
-        ddp = nn.parallel.DistributedDataParallel(head, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        devices = [ctx.device.index] if ctx.device.type == "cuda" else None
+        ddp = nn.parallel.DistributedDataParallel(head, device_ids=devices)
     optimizer = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.step_size, gamma=params.gamma)
     sampler = torch.utils.data.DistributedSampler(range(len(split.train)), num_replicas=ctx.world_size,
@@ -641,8 +639,8 @@ def train_head(ctx, config: TrainConfig, out: Path, settings: dict, stop) -> Tra
     checkpoint = out / "work" / "checkpoint.pt"
     trainer.resume(checkpoint)
     left = 0 if trainer.state["finished"] else config.train.max_epochs - trainer.state["epoch"]
-    bar = tqdm(total=left * trainer.steps, unit="batch", desc="vnp train", disable=not (config.progress and ctx.is_main),
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=left * trainer.steps, unit="batch", desc="vnp train", dynamic_ncols=True, mininterval=1.0,
+               disable=not (config.progress and ctx.is_main))
     try:
         for epoch in range(trainer.state["epoch"], trainer.state["epoch"] + left):
             entry = trainer.end_epoch(epoch, trainer.train_epoch(epoch, bar))

@@ -120,12 +120,13 @@ def test_training_frames_match_the_original_rule(tmp_path):
         for chunk_id, piece in oracle_chunks(record.id, str(record.seq), size):
             expected += oracle_frames(chunk_id, piece, proteins)
 
-    reader = TrainingRecords({path: "virus"})
+    reader = TrainingRecords({path: "virus"}, tmp_path / "work")
     pack_inputs([path], tmp_path / "work", read=reader)
+    reader.finish()
     plan = load_plan(tmp_path / "work", size)
     chunks = read_chunks(plan, tmp_path / "work" / SEQUENCES, 0, plan.n_chunks)
     ids = list(iter_ids(tmp_path / "work"))
-    rule = TrainingFrames(reader.cds)
+    rule = TrainingFrames(tmp_path / "work")
     got = [(f"{ids[int(c.record_id)]}_chunk_{c.number}{FRAME_NAMES[f.index]}", f.nucleotide, f.protein)
            for c, frames in zip(chunks, translate_chunks(chunks)) for f in rule(c, frames)]
     assert got == expected

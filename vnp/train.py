@@ -191,41 +191,75 @@ def genbank_records(path: Path) -> Iterator[tuple[Record, list[str]]]:
             raise InputError(f"{path}: not a readable GenBank file ({str(err).splitlines()[0]})") from None
 
 
-class TrainingRecords:
-    """The record reader handed to `pack_inputs`: GenBank or FASTA/FASTQ by content; notes each
-    record's label and CDS translations (None for FASTA: every stop-free frame is kept)."""
+CDS_TEXT = "cds.bin"  # per record: its CDS translations joined by newlines, records back to back
+CDS_INDEX = "cds_index.npy"  # per record: offset and length in cds.bin; length -1 = keep every frame
+RECORD_LABELS = "record_labels.npy"
 
-    def __init__(self, labels: dict[Path, str]):
-        self.labels_of_path = labels
+
+class TrainingRecords:
+    """The record reader handed to `pack_inputs`: GenBank or FASTA/FASTQ by content. Streams each
+    record's CDS translations into `work/cds.bin` (none for FASTA: every stop-free frame is kept)
+    and notes its label; `finish()` commits both after the packing succeeded."""
+
+    def __init__(self, labels: dict[Path, str], work: Path):
+        self.labels_of_path, self.work = labels, work
+        work.mkdir(parents=True, exist_ok=True)
+        self.text = open(work / (CDS_TEXT + ".tmp"), "wb")
+        self.index: list[tuple[int, int]] = []
         self.labels: list[int] = []
-        self.cds: list[list[str] | None] = []
 
     def __call__(self, path: Path) -> Iterator[Record]:
         label = LABELS[self.labels_of_path[path]]
         if is_genbank(path):
             for record, proteins in genbank_records(path):
-                self.labels.append(label)
-                self.cds.append(proteins)
+                # One string per record: a frame's protein is in it iff it is in one of the
+                # translations (the newline is no amino acid, so a match cannot span two).
+                self._note(label, "\n".join(proteins).encode("ascii", "replace"))
                 yield record
         else:
             for record in iter_records(path):
-                self.labels.append(label)
-                self.cds.append(None)
+                self._note(label, None)
                 yield record
+
+    def _note(self, label: int, proteins: bytes | None) -> None:
+        self.labels.append(label)
+        self.index.append((self.text.tell(), -1 if proteins is None else len(proteins)))
+        if proteins:
+            self.text.write(proteins)
+
+    def finish(self) -> None:
+        self.text.close()
+        np.save(self.work / RECORD_LABELS, np.asarray(self.labels, dtype=np.int64))
+        np.save(self.work / CDS_INDEX, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))
+        os.replace(self.work / (CDS_TEXT + ".tmp"), self.work / CDS_TEXT)  # the commit point
 
 
 class TrainingFrames:
-    """The `select_frames(chunk, frames)` hook: the original's training rule (module docstring)."""
+    """The `select_frames(chunk, frames)` hook: the original's training rule (module docstring).
+    Each rank reads a record's translations from `work/cds.bin` when its chunks come up (a unit's
+    chunks are consecutive, so one record is read once a unit), not the whole table."""
 
-    def __init__(self, cds: list[list[str] | None]):
-        # One string per record: a frame's protein is in it iff it is in one of the translations
-        # (the newline is no amino acid, so a match cannot span two of them).
-        self.proteins = [None if p is None else "\n".join(p) for p in cds]
+    def __init__(self, work: Path):
+        self.path = work / CDS_TEXT
+        self.index = np.load(work / CDS_INDEX)
+        self.record, self.proteins = -1, None
+
+    def _proteins(self, record: int) -> str | None:
+        if record != self.record:
+            offset, length = (int(v) for v in self.index[record])
+            if length < 0:
+                self.proteins = None
+            else:
+                with open(self.path, "rb") as fh:
+                    fh.seek(offset)
+                    self.proteins = fh.read(length).decode("ascii", "replace")
+            self.record = record
+        return self.proteins
 
     def __call__(self, chunk: Chunk, frames: list[Frame]) -> list[Frame]:
         if not AMBIGUOUS.isdisjoint(chunk.seq.upper()):
             return []
-        proteins = self.proteins[int(chunk.record_id)]
+        proteins = self._proteins(int(chunk.record_id))
         if proteins is None:
             return frames
         return [frame for frame in frames if frame.protein in proteins]
@@ -352,13 +386,13 @@ def prepare(ctx, config: TrainConfig, manifest: Path, out: Path) -> dict:
         shutil.rmtree(features)
         (out / "work" / "checkpoint.pt").unlink(missing_ok=True)
     work = features / "work"
-    if old != record or not (work / "training.json").exists():
-        reader = TrainingRecords({e.path: e.label for e in entries})
+    if old != record or not (work / CDS_TEXT).exists():
+        reader = TrainingRecords({e.path: e.label for e in entries}, work)
         pack_inputs([e.path for e in entries], work, read=reader)
+        reader.finish()
         shutil.rmtree(features / "parts", ignore_errors=True)
         for name in ("features.npy", "keys.npy", "labels.npy"):
             (features / name).unlink(missing_ok=True)
-        _write_json(work / "training.json", {"labels": reader.labels, "cds": reader.cds})
         _write_json(record_path, record)
     (features / "parts").mkdir(parents=True, exist_ok=True)
     plan = load_plan(work, chunk_length)
@@ -790,20 +824,19 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
         info = shared(ctx, lambda: prepare(ctx, config, manifest, out))
         features = out / FEATURES
         work = features / "work"
-        table = json.loads((work / "training.json").read_text())
         if not (features / "features.npy").exists():
             pack = ModelPack(**info["pack"])
             plan = load_plan(work, info["chunk_length"])
             state = RunState(features, pack, info["chunk_length"], plan, info["remaining"], info["precision"],
                              record={"unit_chunks": config.batch.unit_chunks}, resumed_units=info["resumed_units"])
             sink = FeatureSink(features / "parts", len(info["remaining"]), config.progress) if ctx.is_main else None
-            compute_features(ctx, state, config, stop, TrainingFrames(table["cds"]), sink)
+            compute_features(ctx, state, config, stop, TrainingFrames(work), sink)
             if stop.requested:
                 vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "
                                   "Run the same command again to resume.")
                 return 143
             if ctx.is_main:
-                consolidate(features, plan.n_units(config.batch.unit_chunks), np.asarray(table["labels"]),
+                consolidate(features, plan.n_units(config.batch.unit_chunks), np.load(work / RECORD_LABELS),
                             plan.first_chunk)
         shared(ctx, lambda: check_classes(manifest, features, config.train))
         settings = {"train": asdict(config.train), "features": info["features"]}

@@ -25,7 +25,7 @@ from safetensors.numpy import load_file
 from tests.test_predict import BIN, ROOT, child_env, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
-from vnp.plan import SEQUENCES, iter_ids, load_plan, pack_inputs, read_chunks
+from vnp.plan import SEQUENCES, load_plan, pack_inputs, read_chunks
 from vnp.train import TrainingFrames, TrainingRecords
 from vnp.train import main as train_main
 from vnp.translate import FRAME_NAMES, translate_chunks

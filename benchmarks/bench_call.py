@@ -33,10 +33,12 @@ def fake_run(out: Path, n: int, seed: int = 0) -> None:
     (work / "parts").mkdir(parents=True)
     lengths = rng.integers(150, 651, n).astype(np.int64)
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
-    np.savez(work / "index.npz", lengths=lengths, offsets=offsets, records_per_input=np.array([n // 2, n - n // 2]),
-             n_bases=np.zeros(n, np.int64))
+    ids = [f"contig_{i}" for i in range(n)]
+    id_offsets = np.concatenate(([0], np.cumsum([len(i) + 1 for i in ids]))).astype(np.int64)
+    np.savez(work / "index.npz", lengths=lengths, offsets=offsets, id_offsets=id_offsets,
+             records_per_input=np.array([n // 2, n - n // 2]), n_bases=np.zeros(n, np.int64))
     np.frombuffer(b"ACGT", np.uint8)[rng.integers(0, 4, int(lengths.sum()))].tofile(work / "sequences.bin")
-    (work / "ids.txt").write_text("".join(f"contig_{i}\n" for i in range(n)))
+    (work / "ids.txt").write_text("".join(i + "\n" for i in ids))
     chunks = -(-lengths // L)
     n_chunks = int(chunks.sum())
     record_of = np.repeat(np.arange(n), chunks)

@@ -13,7 +13,7 @@ from vnp.translate import translate_chunks
 
 def frame_keys(work, plan) -> np.ndarray:
     chunks = read_chunks(plan, work / "sequences.bin", 0, plan.n_chunks)
-    return np.asarray([int(c.id) * 6 + f.index for c, frames in zip(chunks, translate_chunks(chunks)) for f in frames])
+    return np.asarray([c.index * 6 + f.index for c, frames in zip(chunks, translate_chunks(chunks)) for f in frames])
 
 
 @pytest.mark.parametrize("stem", ["test_with_orfs", "test_fixed_500bp"])

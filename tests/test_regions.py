@@ -108,7 +108,7 @@ def test_territories_tile_each_sequence_within_its_chunks():
 def tiny_plan(counts: list[int]) -> ChunkPlan:
     counts = np.array(counts, dtype=np.int64)
     return ChunkPlan(counts * 500, np.zeros(len(counts), np.int64), np.concatenate(([0], np.cumsum(counts))), 500,
-                     np.array([len(counts)]))
+                     id_offsets=np.zeros(len(counts) + 1, np.int64), records_per_input=np.array([len(counts)]))
 
 
 def test_calls_and_confidence_rule():

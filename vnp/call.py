@@ -27,7 +27,6 @@ from typing import Iterator
 from vnp.config import PredictConfig, iter_help, load_config, to_yaml
 from vnp.errors import InputError, exit_on_input_error
 
-HELP = "recompute calls, regions, viral FASTA and summaries of a finished run (no model loaded)"
 CHANGEABLE = ("call.", "regions.", "tables.")
 
 

@@ -29,6 +29,7 @@ from urllib.parse import quote
 import numpy as np
 
 from vnp import calls as vcalls
+from vnp.chunking import chunk_id
 from vnp.filters import reason
 from vnp.plan import SEQUENCES, ChunkPlan, iter_ids
 from vnp.regions import Regions, find_regions, region_scores, territories, viterbi
@@ -94,7 +95,7 @@ def _write_frame_table(path: Path, plan: ChunkPlan, work: Path, keys: np.ndarray
                 # numpy's shortest float32 repr, as the original's str(np.float32); formatted per
                 # chunk so no table of strings for all frames is ever held
                 text = scores[lo:hi].astype(np.float32).astype(str)
-                cid = f"{rid}_chunk_{c - first + 1}"
+                cid = chunk_id(rid, c - first + 1)
                 for i in range(lo, hi):
                     label = "virus" if scores[i, 1] > scores[i, 0] else "others"
                     fh.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
@@ -221,7 +222,7 @@ def _fixed_column(values: np.ndarray) -> list[str]:
 
 def _chunk_ids(results: Results, rows: np.ndarray) -> list[str]:
     ids = results.ids
-    return [f"{ids[r]}_chunk_{k}" for r, k in zip(results.chunk_record[rows].tolist(),
+    return [chunk_id(ids[r], k) for r, k in zip(results.chunk_record[rows].tolist(),
                                                   results.chunk_number[rows].tolist())]
 
 

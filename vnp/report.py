@@ -36,8 +36,6 @@ import numpy as np
 
 from vnp.errors import InputError
 
-HELP = "write OUT/report.html: plots and tables of a finished run (also written by predict)"
-
 TOP_N = 10
 BATCH_ROWS = 200_000
 SCORE_BINS = np.linspace(0.0, 1.0, 51)

@@ -152,9 +152,7 @@ def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> Ru
     """Ranks > 0: wait for rank 0's checks, then for its ready file (heartbeat-guarded)."""
     status = vdist.broadcast_object(ctx)
     if status["error"]:
-        err = InputError(status["error"])
-        err.reported = True  # rank 0 printed it
-        raise err
+        raise InputError(status["error"], reported=True)  # rank 0 printed it
     nonce = status["nonce"]
     ready = out / "work" / f"ready-{nonce}.json"
     heartbeat = out / "work" / f"heartbeat-{nonce}"
@@ -167,9 +165,7 @@ def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> Ru
         time.sleep(0.2)
     info = json.loads(ready.read_text())
     if not info["ok"]:
-        err = InputError(info["error"] or "rank 0 failed while preparing the inputs")
-        err.reported = True
-        raise err
+        raise InputError(info["error"] or "rank 0 failed while preparing the inputs", reported=True)
     plan = load_plan(out / "work", info["chunk_length"], info["record"]["filters"])
     remaining = np.load(out / "work" / f"remaining-{nonce}.npy").tolist()
     return RunState(out, ModelPack(**info["pack"]), info["chunk_length"], plan, remaining, info["precision"],
@@ -219,7 +215,7 @@ def _clear_results(out: Path) -> None:
     shutil.rmtree(out / "embeddings", ignore_errors=True)
     from vnp.outputs import FILES
 
-    for name in (*FILES, "run.json", "config.yaml"):
+    for name in (*FILES, "run.json", "config.yaml", "report.html"):
         (out / name).unlink(missing_ok=True)
 
 

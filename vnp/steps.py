@@ -20,6 +20,7 @@ from tqdm import tqdm
 from vnp import dist as vdist
 from vnp.config import PredictConfig
 from vnp.errors import InputError
+from vnp.chunking import chunk_id
 from vnp.gather import NO_UNIT, UnitResult, gather_step
 from vnp.models import token_budget
 from vnp.plan import SEQUENCES, iter_ids, read_chunks
@@ -80,8 +81,8 @@ class Models:
             dnabert = load_dnabert(state.pack.dnabert, device=ctx.device, dtype=dtype)
             esm = load_esm(state.pack.esm, layer=state.pack.esm_layer, device=ctx.device, dtype=dtype,
                            attention=config.esm_attention)
-            _check_dims(state, dnabert.hidden_size, esm.embed_dim)
-            classifier = state.classifier.to(ctx.device) if ctx.is_main else None
+            _check_dims(state, dnabert.dim, esm.dim)
+            classifier = state.classifier.to(ctx.device) if ctx.is_main and state.classifier is not None else None
             models = cls(dnabert, esm, classifier)
         except InputError as err:
             error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)
@@ -89,9 +90,7 @@ class Models:
         failed = [e for e in errors if e]
         if failed:
             first = next(r for r, e in enumerate(errors) if e)
-            err = InputError(failed[0])
-            err.reported = ctx.rank != first  # the first failing rank says it, once
-            raise err
+            raise InputError(failed[0], reported=ctx.rank != first)  # the first failing rank says it, once
         return models
 
 
@@ -101,12 +100,17 @@ def _check_dims(state: RunState, dnabert_dim: int, esm_dim: int) -> None:
                          f"the pack says {state.pack.dnabert_dim}+{state.pack.esm_dim}")
 
 
-def embed_unit(unit: int, state: RunState, config: PredictConfig, models: Models, times: EmbedTimes) -> UnitResult:
-    """Read, translate and embed the frames of one work unit."""
+def embed_unit(unit: int, state: RunState, config: PredictConfig, models: Models, times: EmbedTimes,
+               select_frames=None) -> UnitResult:
+    """Read, translate and embed the frames of one work unit; `select_frames(chunk, frames)`, when
+    given, narrows each chunk's stop-free frames (training's CDS rule)."""
     c0, c1 = state.plan.unit_range(unit, state.record["unit_chunks"])
     t0 = time.perf_counter()
     chunks = read_chunks(state.plan, state.work / SEQUENCES, c0, c1)
-    frames = [(int(chunk.id), f) for chunk, kept in zip(chunks, translate_chunks(chunks)) for f in kept]
+    per_chunk = translate_chunks(chunks)
+    if select_frames is not None:
+        per_chunk = [select_frames(chunk, kept) for chunk, kept in zip(chunks, per_chunk)]
+    frames = [(chunk.index, f) for chunk, kept in zip(chunks, per_chunk) for f in kept]
     t1 = time.perf_counter()
     times.translate += t1 - t0
     dim = state.pack.embedding_dim
@@ -141,7 +145,7 @@ class IdCursor:
             while self.record < record:
                 self.current, self.record = next(self.ids), self.record + 1
             number = chunk - int(self.plan.first_chunk[record]) + 1
-            out.append(f"{self.current}_chunk_{number}{FRAME_NAMES[key % 6]}")
+            out.append(chunk_id(self.current, number) + FRAME_NAMES[key % 6])
         return out
 
 
@@ -213,20 +217,33 @@ class Collector:
         self.bar.close()
 
 
-def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop) -> EmbedTimes:
-    """The same sequence of collectives on every rank, one gather per step, until done or stopped."""
+def fresh_results(results: list[UnitResult], seen: set[int]) -> list[UnitResult]:
+    """A step's results without padding or units already consumed, in unit order (marked seen)."""
+    fresh = sorted((r for r in results if r.unit != NO_UNIT and r.unit not in seen), key=lambda r: r.unit)
+    seen.update(r.unit for r in fresh)
+    return fresh
+
+
+def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop,
+              sink=None, select_frames=None) -> EmbedTimes:
+    """The same sequence of collectives on every rank, one gather per step, until done or stopped.
+
+    Rank 0 hands each step's results to `sink` (`consume(results)` with fresh units in unit order,
+    then `close()`), or by default to the Collector that classifies and commits scores.
+    `select_frames` is passed to `embed_unit`."""
     times = EmbedTimes()
     t_start = time.time()
     remaining = state.remaining
     slots = vdist.shard(len(remaining), ctx)
-    collector = Collector(state, config, models, ctx.device) if ctx.is_main else None
+    collector = (Collector(state, config, models, ctx.device) if sink is None else sink) if ctx.is_main else None
+    seen: set[int] = set()
     exchange_device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
     dim = state.pack.embedding_dim
     log.info("%d units to do (%d done before), %d steps on this rank", len(remaining), state.resumed_units, len(slots))
     try:
         for step, slot in enumerate(slots):
             unit = NO_UNIT if slot is None else remaining[slot]
-            result = embed_unit(unit, state, config, models, times) if unit != NO_UNIT else \
+            result = embed_unit(unit, state, config, models, times, select_frames) if unit != NO_UNIT else \
                 UnitResult(NO_UNIT, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
             t0 = time.perf_counter()
             try:
@@ -234,7 +251,9 @@ def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models
             except RuntimeError as err:
                 raise vdist.PeerFailure(f"step {step}: collective failed ({str(err).splitlines()[0]})") from None
             times.exchange += time.perf_counter() - t0
-            if collector is not None:
+            if sink is not None and collector is not None:
+                sink.consume(fresh_results(results, seen))
+            elif collector is not None:
                 collector.consume(results, times)
             if stop_all:
                 log.info("stop requested: leaving after step %d", step)
@@ -248,8 +267,8 @@ def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models
     mine = {"rank": ctx.rank, "peak_rss_mib": round(peak_mib, 1), "translate_s": round(times.translate, 3), "dnabert_s": round(times.dnabert, 3),
             "esm_s": round(times.esm, 3), "exchange_s": round(times.exchange, 3), "classify_s": round(times.classify, 3)}
     times.per_rank = vdist.all_gather_object(ctx, mine)
-    if ctx.is_main and not stop.requested:
-        _check_complete(state)
+    if ctx.is_main and not stop.requested and sink is None:
+        _check_complete(state)  # a sink checks its own
     return times
 
 

@@ -381,7 +381,7 @@ class DnabertEmbedder:
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.tokenizer = tokenizer
-        self.hidden_size: int = model.config.hidden_size
+        self.dim: int = model.config.hidden_size  # width of the vectors
         self.pad_id = tokenizer.token_to_id("[PAD]")
         if self.pad_id is None:
             raise ValueError("tokenizer has no [PAD] token")
@@ -397,7 +397,7 @@ class DnabertEmbedder:
         Equals the original ``model(tokenizer(seq))[0].mean(1)``, one unpadded sequence per call.
         """
         ids = tokenize(self.tokenizer, seqs)
-        out = np.zeros((len(seqs), self.hidden_size), dtype=np.float32)
+        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
         for batch in token_batches([len(x) for x in ids], max_tokens):
             out[batch] = self._embed_batch([ids[i] for i in batch])
         return out

@@ -43,7 +43,7 @@ class EsmEmbedder:
         self.alphabet = alphabet
         self.layer = layer
         self.attention = attention
-        self.embed_dim: int = model.embed_dim
+        self.dim: int = model.embed_dim  # width of the vectors
         self.num_layers: int = model.num_layers
         # Single-character tokens ('A', 'X', '-', ...) map through a byte table; anything else
         # (e.g. '<mask>') goes through fair-esm's tokenizer. Same ids, ~200x faster per protein.
@@ -86,7 +86,7 @@ class EsmEmbedder:
         for i, ids in enumerate(encoded):
             if len(ids) == 0:
                 raise ValueError(f"protein {i} is empty")
-        out = np.empty((len(encoded), self.embed_dim), dtype=np.float32)
+        out = np.empty((len(encoded), self.dim), dtype=np.float32)
         for batch in token_batches([len(ids) + 2 for ids in encoded], max_tokens):
             tokens, residues = self._batch_tokens([encoded[i] for i in batch])
             out[batch] = self._mean_residues(tokens, residues).numpy()

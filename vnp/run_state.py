@@ -25,7 +25,7 @@ from vnp import __version__
 from vnp import dist as vdist
 from vnp.config import PredictConfig
 from vnp.errors import InputError
-from vnp.models.pack import ModelPack, fingerprint, load_pack
+from vnp.models.pack import ModelPack, fingerprint, load_pack, model_digests
 from vnp.plan import ChunkPlan, check_inputs, file_sha256, load_plan, pack_inputs
 from vnp.store import ScoreStore
 
@@ -60,7 +60,7 @@ class RunState:
     def run_json(self, ctx: vdist.Context, config: PredictConfig, counts, times) -> dict:
         return {
             "vnp": __version__, "torch": torch.__version__,
-            "models": {**asdict(self.pack), "fingerprint": self.record["pack"]},
+            "models": {**asdict(self.pack), "fingerprint": self.record["pack"], "digests": self.record["models"]},
             "inputs": self.inputs,
             "counts": asdict(counts),
             "chunk_length": self.chunk_length,
@@ -191,7 +191,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 # Record keys that change results; a different value means a different run.
-RESULT_KEYS = ("inputs", "pack", "chunk_length", "unit_chunks", "precision", "esm_attention", "device",
+RESULT_KEYS = ("inputs", "models", "pack", "chunk_length", "unit_chunks", "precision", "esm_attention", "device",
                "save_embeddings")
 
 
@@ -199,7 +199,8 @@ def _run_record(config: PredictConfig, paths, pack: ModelPack, chunk_length: int
                 device: torch.device) -> dict:
     inputs = [{"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
               for path in paths]
-    return {"inputs": inputs, "pack": fingerprint(pack), "chunk_length": chunk_length,
+    digests = model_digests(pack)
+    return {"inputs": inputs, "models": digests, "pack": fingerprint(pack, digests), "chunk_length": chunk_length,
             "unit_chunks": config.batch.unit_chunks, "precision": precision,
             "esm_attention": config.esm_attention, "device": device.type,
             "save_embeddings": config.save_embeddings}
@@ -208,9 +209,21 @@ def _run_record(config: PredictConfig, paths, pack: ModelPack, chunk_length: int
 def _differences(old: dict, new: dict) -> list[str]:
     names = []
     for key in RESULT_KEYS:
-        if old.get(key) != new.get(key):
+        if old.get(key) != new.get(key) and not (key == "pack" and "models" in names):
             names.append("inputs (file contents or paths)" if key == "inputs" else key)
     return names
+
+
+def _changed_model(old: dict, new: dict, pack: ModelPack) -> str | None:
+    """One line naming the first model whose content differs from the run recorded in OUT."""
+    before = old.get("models")
+    if not isinstance(before, dict):
+        return None
+    for role in ("classifier", "esm", "dnabert"):
+        if before.get(role) != new["models"][role]:
+            return (f"the {role} model {getattr(pack, role)} is not the one the run there used "
+                    f"(it was {before.get(role)}, it is now {new['models'][role]})")
+    return None
 
 
 def _clear_results(out: Path) -> None:
@@ -259,8 +272,10 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path)
     old = json.loads((work / RECORD).read_text()) if (work / RECORD).exists() else None
     same = old is not None and not _differences(old, record)
     if old is not None and not same and not config.force:
-        raise InputError(f"{out}: holds a run with different {', '.join(_differences(old, record))}; "
-                         "rerun with force=true to start afresh there, or choose another output folder")
+        changed = _changed_model(old, record, pack)
+        problem = changed or f"holds a run with different {', '.join(_differences(old, record))}"
+        raise InputError(f"{out}: {problem}; rerun with force=true to start afresh there, "
+                         "or choose another output folder")
     if not (same and (work / "index.npz").exists()) or config.force:
         pack_inputs(paths, work)  # validates; replaces the old index only on success
         _clear_results(out)

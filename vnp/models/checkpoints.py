@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from vnp.errors import InputError
+from vnp.models.identity import regular_file
 
 
 @contextlib.contextmanager
@@ -63,8 +64,7 @@ def restricted_load(path: Path, allowed_globals: list, what: str) -> Any:
     `torch.serialization.safe_globals` does. A missing, corrupt or refused file raises InputError
     with one line naming the file; `what` says what the file should be ("ESM checkpoint").
     """
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
+    regular_file(path, what)  # a FIFO or device would block the read forever
     is_zip = zipfile.is_zipfile(path)
     with _allowing(allowed_globals):
         try:

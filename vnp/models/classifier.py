@@ -20,6 +20,7 @@ from torch import nn
 
 from vnp.errors import InputError
 from vnp.models.checkpoints import first_line, restricted_load
+from vnp.models.identity import regular_file
 
 WEIGHTS_NAME = "classifier.safetensors"
 CONFIG_NAME = "classifier.json"
@@ -123,6 +124,15 @@ def load_classifier(path: str | Path, input_dim: int | None = None) -> MLPClassi
     return model
 
 
+def classifier_files(path: Path) -> list[str]:
+    """The files a classifier is read from, by name, relative to the folder that holds them."""
+    if path.is_dir():
+        return [WEIGHTS_NAME, CONFIG_NAME]
+    if path.suffix == ".safetensors":
+        return [path.name, path.with_suffix(".json").name]
+    return [path.name]
+
+
 def save_classifier(model: MLPClassifier, out_dir: str | Path, provenance: dict | None = None) -> Path:
     """Write `classifier.safetensors` + `classifier.json` into `out_dir`; returns the folder."""
     out_dir = Path(out_dir)
@@ -176,8 +186,7 @@ def _load_safetensors(path: Path) -> MLPClassifier:
         (path / WEIGHTS_NAME, path / CONFIG_NAME) if path.is_dir() else (path, path.with_suffix(".json"))
     )
     for needed in (weights, config_path):
-        if not needed.is_file():
-            raise InputError(f"{needed}: classifier file not found")
+        regular_file(needed, "classifier file")
     try:
         config = json.loads(config_path.read_text())
         dims = {key: int(config[key]) for key in ("input_dim", "hidden_dim", "num_class")}

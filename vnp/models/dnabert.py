@@ -30,6 +30,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vnp.errors import InputError
+from vnp.models.identity import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
 CONFIG_FILE = "config.json"
@@ -483,11 +484,16 @@ def read_tokenizer(path: Path) -> Tokenizer:
 
 
 def find_checkpoint(folder: Path) -> Path:
-    """The first checkpoint file present in the folder."""
+    """The first checkpoint file present in the folder (a regular file: a FIFO would block)."""
     for name in CHECKPOINT_FILES:
-        if (folder / name).is_file():
-            return folder / name
+        if (folder / name).exists():
+            return regular_file(folder / name, "DNABERT checkpoint")
     raise InputError(f"{folder}: no checkpoint (expected {' or '.join(CHECKPOINT_FILES)})")
+
+
+def model_files(folder: Path) -> list[str]:
+    """The files `load_dnabert` reads from a model folder, and nothing else in it."""
+    return [CONFIG_FILE, TOKENIZER_FILE, find_checkpoint(folder).name]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vnp.errors import InputError, exit_on_input_error
+from vnp.models.identity import file_digest, folder_digest, hub_snapshot_commit
 
 HELP = "build the tiny test pack, or convert a published classifier to vnp's format"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -97,22 +98,35 @@ def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = 
     return pack
 
 
-def fingerprint(pack: ModelPack) -> str:
-    """A digest naming the models by content: the settings, hub ids or names as given, and for
-    local files their names, sizes and first MiB (so a pack folder can move without changing it)."""
+def model_digests(pack: ModelPack) -> dict[str, str]:
+    """Each model named by its content: `sha256:<hex>` of every byte of its local files, or
+    `git:<commit>` of a Hugging Face hub snapshot. Every file is checked to be a regular file
+    before it is read, and only the files a model needs are read (never a whole folder tree)."""
+    from vnp.models.classifier import classifier_files
+    from vnp.models.dnabert import model_files, resolve_model_folder
+    from vnp.models.esm import resolve_checkpoint
+
+    folder = resolve_model_folder(pack.dnabert)
+    commit = hub_snapshot_commit(folder)
+    if commit and not Path(pack.dnabert).expanduser().exists():  # a hub id, resolved to a snapshot
+        dnabert = f"git:{commit}"
+    else:
+        dnabert = "sha256:" + folder_digest(folder, model_files(folder), "DNABERT model file")
+    esm = "sha256:" + file_digest(resolve_checkpoint(pack.esm), "ESM checkpoint")
+    classifier_path = Path(str(pack.classifier))
+    names = classifier_files(classifier_path)
+    if classifier_path.is_dir():
+        classifier = "sha256:" + folder_digest(classifier_path, names, "classifier file")
+    else:
+        classifier = "sha256:" + folder_digest(classifier_path.parent, names, "classifier file")
+    return {"dnabert": dnabert, "esm": esm, "classifier": classifier}
+
+
+def fingerprint(pack: ModelPack, digests: dict[str, str]) -> str:
+    """One digest naming the pack: its settings and its models' content digests (not their paths,
+    so a pack folder can move without changing it)."""
     settings = {k: v for k, v in asdict(pack).items() if k not in ("dnabert", "esm", "classifier")}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for value in (pack.dnabert, pack.esm, pack.classifier):
-        path = Path(str(value))
-        if not path.exists():
-            digest.update(str(value).encode())  # a hub id or model name
-            continue
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{file.stat().st_size}".encode())
-            with open(file, "rb") as fh:
-                digest.update(fh.read(1 << 20))
-    return digest.hexdigest()
+    return hashlib.sha256(json.dumps([settings, digests], sort_keys=True).encode()).hexdigest()
 
 
 def build_tiny_pack(out_dir: str | Path, chunk_length: int = 500, seed: int = 0) -> ModelPack:

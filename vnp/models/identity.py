@@ -1,0 +1,126 @@
+"""Which models a run used, by content, and the checks made before any model file is opened.
+
+A local model file is named by the SHA-256 of every byte. Hashing a 6 GB ESM2-3B checkpoint takes
+tens of seconds, so digests of large files are cached under `$XDG_CACHE_HOME/vnp/digests` (else
+`~/.cache/vnp/digests`), keyed on the file's real path, size, modification time (ns), device and
+inode: a file rewritten in place or replaced by another gets a new key. A Hugging Face hub model is
+named by the commit of its resolved snapshot, not by its id, which can move.
+
+Every model path is checked with stat before it is opened: a FIFO, a device or a folder where a
+file is expected would block a read forever or read a whole tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from vnp.errors import InputError
+
+log = logging.getLogger("vnp")
+
+# Smaller files are hashed every time (milliseconds); larger ones once per content.
+CACHE_MIN_BYTES = 64 << 20
+SLOW_HASH_S = 5.0  # hashing that takes longer is said in the log
+
+
+def regular_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` if it is a regular file (after symlinks); else one line naming it and what it is."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read {what} ({err.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{path}: {what} is {kind_of(mode)}, not a regular file")
+    return path
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vnp" / "digests"
+
+
+def file_digest(path: str | os.PathLike, what: str = "model file") -> str:
+    """SHA-256 of every byte of a regular file, from the cache when the file is unchanged."""
+    path = regular_file(path, what)
+    info = os.stat(path)
+    real = os.path.realpath(path)
+    key = json.dumps([real, info.st_size, info.st_mtime_ns, info.st_dev, info.st_ino])
+    entry = cache_dir() / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".json")
+    cached = info.st_size >= CACHE_MIN_BYTES
+    if cached:
+        try:
+            data = json.loads(entry.read_text())
+            if data.get("key") == key:
+                return data["sha256"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # no entry, or an unreadable one: hash again
+    started = time.monotonic()
+    digest = _sha256(path, what)
+    took = time.monotonic() - started
+    if took > SLOW_HASH_S:
+        log.info("hashed %s (%.1f GB) in %.0f s; the digest is cached in %s", real, info.st_size / 1e9, took,
+                 cache_dir())
+    if cached:
+        _write_atomic(entry, json.dumps({"key": key, "sha256": digest}))
+    return digest
+
+
+def _sha256(path: Path, what: str) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 22):
+                digest.update(block)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read {what} ({err.strerror})") from None
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Best effort: a cache that cannot be written only costs a second hashing later."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def folder_digest(folder: Path, names: list[str], what: str) -> str:
+    """One digest over the named files of a model folder (their names and contents)."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}:{file_digest(folder / name, what)}\n".encode())
+    return digest.hexdigest()
+
+
+def hub_snapshot_commit(folder: Path) -> str | None:
+    """The commit of a Hugging Face hub cache snapshot (`.../snapshots/<commit>`), else None."""
+    if folder.parent.name == "snapshots" and len(folder.name) == 40 and all(c in "0123456789abcdef" for c in folder.name):
+        return folder.name
+    return None

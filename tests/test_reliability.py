@@ -146,3 +146,94 @@ def test_a_hub_snapshot_is_named_by_its_commit(tiny_pack, tmp_path, monkeypatch)
     pack = load_pack(str(tiny_pack))
     pack.dnabert = "org/dnabert"
     assert model_digests(pack)["dnabert"] == f"git:{commit}"
+
+
+# ---------------------------------------------------------------- 2. paths checked before opening
+
+
+@pytest.fixture
+def no_hang():
+    """A test that would block forever on a read fails after 20 s instead."""
+    def expired(signum, frame):
+        raise TimeoutError("blocked on a read")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_as_a_model_file_is_refused_not_read(tiny_pack, tmp_path, no_hang):
+    from vnp.models.esm import load_esm
+
+    pack = load_pack(str(tiny_pack))
+    pack.esm = str(fifo(tmp_path / "esm.pt"))
+    with pytest.raises(InputError, match=r"esm.pt: ESM checkpoint is a FIFO \(named pipe\), not a regular file"):
+        model_digests(pack)
+    with pytest.raises(InputError, match="is a FIFO"):
+        load_esm(pack.esm)
+    folder = tmp_path / "classifier"
+    folder.mkdir()
+    fifo(folder / "classifier.safetensors")
+    (folder / "classifier.json").write_text("{}")
+    with pytest.raises(InputError, match="classifier.safetensors: classifier file is a FIFO"):
+        load_classifier(folder)
+    with pytest.raises(InputError, match="classifier checkpoint is a FIFO"):
+        load_classifier(fifo(tmp_path / "model.pth"))
+
+
+def test_a_fifo_in_a_model_folder_is_refused(tiny_pack, tmp_path, no_hang):
+    dnabert = tmp_path / "dnabert"
+    copy_folder(tiny_pack / "dnabert", dnabert)
+    (dnabert / "config.json").unlink()
+    fifo(dnabert / "config.json")
+    pack = load_pack(str(tiny_pack))
+    pack.dnabert = str(dnabert)
+    with pytest.raises(InputError, match="config.json: DNABERT model file is a FIFO"):
+        model_digests(pack)
+
+
+@pytest.mark.parametrize("folder", ["/usr", "/proc/self"])
+def test_a_system_folder_as_a_model_is_refused_quickly(tiny_pack, folder, no_hang):
+    if not Path(folder).is_dir():
+        pytest.skip(f"no {folder} here")
+    for role in ("dnabert", "classifier"):
+        pack = load_pack(str(tiny_pack))
+        setattr(pack, role, folder)
+        with pytest.raises(InputError, match=f"^{folder}"):
+            model_digests(pack)
+
+
+def test_a_pipe_or_device_as_input_or_config_is_not_a_regular_file(tmp_path, no_hang):
+    from vnp.config import load_config
+    from vnp.plan import check_inputs
+
+    pipe = fifo(tmp_path / "reads.fa")
+    with pytest.raises(InputError, match=r"reads.fa: is a FIFO \(named pipe\), not a regular file; save the input"):
+        check_inputs([str(pipe)])
+    with pytest.raises(InputError, match="/dev/null: is a device, not a regular file"):
+        check_inputs(["/dev/null"])
+    with pytest.raises(InputError, match="reads.fa: config file is a FIFO"):
+        load_config(str(pipe), [])
+
+
+@pytest.mark.slow
+def test_a_fifo_in_a_pack_ends_the_run_with_one_line(tiny_pack, tmp_path):
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "pack.yaml").write_text((tiny_pack / "pack.yaml").read_text())
+    for name in ("dnabert", "classifier"):
+        (pack / name).symlink_to(tiny_pack / name)
+    fifo(pack / "esm2_tiny.pt")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">s1\n" + "ATGGCC" * 50 + "\n")
+    proc = subprocess.run([sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(tmp_path / "out"),
+                           f"pack={pack}", "progress=false", "threads=1"],
+                          env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr
+    assert "esm2_tiny.pt: ESM checkpoint is a FIFO" in proc.stderr

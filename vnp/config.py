@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vnp.errors import InputError
+from vnp.paths import regular_file
 
 
 def _help(text: str, default: Any) -> Any:
@@ -86,8 +86,7 @@ def load_config(yaml_path: str | None, overrides: list[str]) -> PredictConfig:
     try:
         merged = OmegaConf.structured(PredictConfig)
         if yaml_path:
-            if not Path(yaml_path).is_file():
-                raise InputError(f"{yaml_path}: config file not found")
+            regular_file(yaml_path, "config file")
             merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
         return OmegaConf.to_object(merged)

@@ -12,12 +12,14 @@ import gzip
 import itertools
 import lzma
 import os
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from vnp.errors import InputError, where
+from vnp.paths import kind_of
 
 # Magic bytes of the compressed formats we read.
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
@@ -67,14 +69,24 @@ def input_stem(path: str | os.PathLike) -> str:
 
 
 def check_readable(path: Path) -> None:
-    """Fail early, with one line, on a path that cannot be an input file."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
+    """Fail early, with one line, on a path that cannot be an input file.
+
+    Only regular files: rank 0 reads an input twice (its digest, then its records), and a pipe,
+    process substitution or device can be read once at most, or blocks forever.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{path}: is a directory, not a FASTA/FASTQ file")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: is {kind_of(info.st_mode)}, not a regular file; save the input to a file first")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise InputError(f"{path}: empty file (no records)")
 
 

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from vnp.errors import InputError
-from vnp.models.identity import regular_file
+from vnp.paths import regular_file
 
 
 @contextlib.contextmanager

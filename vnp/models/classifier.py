@@ -20,7 +20,7 @@ from torch import nn
 
 from vnp.errors import InputError
 from vnp.models.checkpoints import first_line, restricted_load
-from vnp.models.identity import regular_file
+from vnp.paths import regular_file
 
 WEIGHTS_NAME = "classifier.safetensors"
 CONFIG_NAME = "classifier.json"

@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vnp.errors import InputError
-from vnp.models.identity import regular_file
+from vnp.paths import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
 CONFIG_FILE = "config.json"

@@ -5,9 +5,6 @@ tens of seconds, so digests of large files are cached under `$XDG_CACHE_HOME/vnp
 `~/.cache/vnp/digests`), keyed on the file's real path, size, modification time (ns), device and
 inode: a file rewritten in place or replaced by another gets a new key. A Hugging Face hub model is
 named by the commit of its resolved snapshot, not by its id, which can move.
-
-Every model path is checked with stat before it is opened: a FIFO, a device or a folder where a
-file is expected would block a read forever or read a whole tree.
 """
 
 from __future__ import annotations
@@ -16,45 +13,18 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import tempfile
 import time
 from pathlib import Path
 
 from vnp.errors import InputError
+from vnp.paths import regular_file
 
 log = logging.getLogger("vnp")
 
 # Smaller files are hashed every time (milliseconds); larger ones once per content.
 CACHE_MIN_BYTES = 64 << 20
 SLOW_HASH_S = 5.0  # hashing that takes longer is said in the log
-
-
-def regular_file(path: str | os.PathLike, what: str) -> Path:
-    """`path` if it is a regular file (after symlinks); else one line naming it and what it is."""
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise InputError(f"{path}: {what} not found") from None
-    except OSError as err:
-        raise InputError(f"{path}: cannot read {what} ({err.strerror})") from None
-    if not stat.S_ISREG(mode):
-        raise InputError(f"{path}: {what} is {kind_of(mode)}, not a regular file")
-    return path
-
-
-def kind_of(mode: int) -> str:
-    """What a non-regular file is, in words."""
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a special file"
 
 
 def cache_dir() -> Path:

@@ -4,6 +4,7 @@ checked before they are opened, one line instead of a traceback, no silent wrong
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -237,3 +238,205 @@ def test_a_fifo_in_a_pack_ends_the_run_with_one_line(tiny_pack, tmp_path):
                           env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr
     assert "esm2_tiny.pt: ESM checkpoint is a FIFO" in proc.stderr
+
+
+# ---------------------------------------------------------------- 5. one line, never a traceback
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"RANK": "abc", "WORLD_SIZE": "2"}, "launcher variable RANK='abc': not an integer"),
+    ({"RANK": "1", "WORLD_SIZE": "1"}, "RANK=1 must be below WORLD_SIZE=1"),
+    ({"RANK": "0"}, "RANK is set without WORLD_SIZE"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0: must be at least 1"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "x"}, "LOCAL_RANK='x': not an integer"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "abc"}, "SLURM_NTASKS='abc': not an integer"),
+    ({"SLURM_PROCID": "1"}, "SLURM_PROCID is set without SLURM_NTASKS"),
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "2"}, "SLURM_PROCID=2 must be below SLURM_NTASKS=2"),
+])
+def test_bad_launcher_variables_are_named(environ, expected):
+    from vnp.dist import detect_env
+
+    with pytest.raises(InputError, match=expected.replace("(", r"\(")):
+        detect_env(environ)
+
+
+def test_good_launcher_variables_still_work():
+    from vnp.dist import detect_env
+
+    assert detect_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).rank == 1
+    assert detect_env({"SLURM_PROCID": "0"}).launcher == "single"  # a batch step's own shell
+    assert detect_env({"SLURM_NTASKS": "4"}).launcher == "single"  # an salloc shell
+    assert detect_env({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_TASKS_PER_NODE": "2"}).world_size == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("environ", [{"RANK": "abc", "WORLD_SIZE": "2"}, {"SLURM_PROCID": "1"}])
+def test_bad_launcher_variables_give_one_line_from_the_command(environ, tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">s1\nACGT\n")
+    proc = subprocess.run([sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(tmp_path / "out"), "pack=tiny"],
+                          env={**child_env(), **environ}, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("threads=100000", "threads must be 0 (automatic) or 1.."),
+    ("threads=-1", "threads must be 0"),
+    ("dist.timeout_s=inf", "dist.timeout_s must be a positive number of seconds, got inf"),
+    ("dist.timeout_s=nan", "dist.timeout_s must be a positive number of seconds, got nan"),
+    ("chunk_length=2", "chunk_length must be at least 3 (one codon)"),
+    ("chunk_length=-5", "chunk_length must be at least 3"),
+])
+def test_bad_settings_are_refused(override, expected):
+    from vnp.config import load_config
+
+    with pytest.raises(InputError, match=re.escape(expected)):
+        load_config(None, [override])
+
+
+YAML_HAZARDS = {
+    "syntax": ("a: [\n", "line 2: invalid YAML"),
+    "list": ("- 1\n- 2\n", "must be a mapping of keys, not a list"),
+    "python_tag": ("threads: !!python/object/apply:os.system ['touch PWNED']\n", "could not determine a constructor"),
+    "duplicate": ("threads: 1\nthreads: 2\n", "found duplicate key threads"),
+    "alias_bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                   "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+                   "line 2: YAML aliases (*name) are not allowed"),
+    "binary": (b"\xff\xfe\x00junk", "is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_HAZARDS))
+def test_yaml_hazards_in_a_config_or_pack_file(case, tmp_path, no_hang):
+    from vnp.config import load_config
+
+    text, expected = YAML_HAZARDS[case]
+    path = tmp_path / "x.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(InputError, match=f"^{re.escape(str(path))}: .*{re.escape(expected)}"):
+        load_config(str(path), [])
+    with pytest.raises(InputError, match=f"^{re.escape(str(path))}: .*{re.escape(expected)}"):
+        load_pack(str(path), classifier="c")
+    assert not (ROOT / "PWNED").exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("chunk_length", "abc", "key 'chunk_length': Value 'abc' of type 'str' could not be converted to Integer"),
+    ("dnabert_dim", "abc", "key 'dnabert_dim': Value 'abc'"),
+    ("chunk_length", "0", "chunk_length must be at least 3 (one codon), got 0"),
+    ("chunk_length", "-500", "chunk_length must be at least 3"),
+    ("chunk_length", "2", "chunk_length must be at least 3"),
+    ("esm_dim", "0", "esm_dim must be positive"),
+    ("esm_layer", "-1", "esm_layer must be >= 0"),
+])
+def test_every_pack_field_is_type_checked(tiny_pack, tmp_path, key, value, expected):
+    lines = [f"{key}: {value}" if line.startswith(key + ":") else line
+             for line in (tiny_pack / "pack.yaml").read_text().splitlines()]
+    (tmp_path / "pack.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=re.escape(expected)):
+        load_pack(str(tmp_path / "pack.yaml"))
+
+
+@pytest.mark.parametrize("config, expected", [
+    ('{"input_dim": Infinity, "hidden_dim": 16, "num_class": 2}', "Infinity is not valid JSON"),
+    ('{"input_dim": 112, "hidden_dim": 1e400, "num_class": 2}', "hidden_dim must be a positive integer"),
+    ('{"input_dim": 112, "hidden_dim": -16, "num_class": 2}', "hidden_dim must be a positive integer, got -16"),
+    ('{"input_dim": 112, "hidden_dim": 16}', "missing key 'num_class'"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_a_bad_classifier_json_is_one_line(tiny_pack, tmp_path, config, expected):
+    folder = tmp_path / "classifier"
+    copy_folder(tiny_pack / "classifier", folder)
+    (folder / "classifier.json").write_text(config)
+    with pytest.raises(InputError, match=re.escape(expected)):
+        load_classifier(folder)
+
+
+@pytest.mark.parametrize("content", [b"hello, this is a text file\n" * 5, b"\x80\x02]q\x00(K\x01e.", b"x"])
+def test_a_text_or_garbage_file_as_classifier_is_one_line(tmp_path, content):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="model.pth: (not a readable classifier checkpoint|expected a pickled)"):
+        load_classifier(path)
+
+
+# ---------------------------------------------------------------- 7. memory bombs in model files
+
+
+def test_a_classifier_of_stride_0_views_is_refused_before_allocating(tmp_path):
+    """A few kB whose tensors claim a 4M-wide (or 10^12-wide) hidden layer."""
+    for hidden in (4_000_000, 10**12):
+        state = {"hidden_layer.weight": torch.zeros(1).expand(hidden, TINY_DIM),
+                 "hidden_layer.bias": torch.zeros(1).expand(hidden),
+                 "bn1.weight": torch.zeros(1).expand(hidden), "bn1.bias": torch.zeros(1).expand(hidden),
+                 "bn1.running_mean": torch.zeros(1).expand(hidden), "bn1.running_var": torch.zeros(1).expand(hidden),
+                 "bn1.num_batches_tracked": torch.tensor(0),
+                 "output_layer.weight": torch.zeros(1).expand(2, hidden), "output_layer.bias": torch.zeros(2)}
+        path = tmp_path / f"bomb{hidden}.pth"
+        torch.save(state, path)
+        assert path.stat().st_size < 10_000
+        with pytest.raises(InputError, match=r"bomb\d+.pth: hidden_layer.weight claims shape .* more than the file"):
+            load_classifier(path, input_dim=TINY_DIM)
+
+
+def test_a_classifier_of_another_width_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "wide.pth"
+    torch.save(MLPClassifier(TINY_DIM + 1, 8, 2).state_dict(), path)
+    with pytest.raises(InputError, match=f"classifier expects {TINY_DIM + 1} features, not {TINY_DIM}"):
+        load_classifier(path, input_dim=TINY_DIM)
+
+
+# ---------------------------------------------------------------- 8. distributed edge cases
+
+
+def test_gpus_without_cuda_is_refused(tmp_path, capsys):
+    from vnp.predict import main as predict_main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">s1\nACGT\n")
+    assert predict_main(["--gpus", "0,1", str(fasta), "-o", str(tmp_path / "out"), "pack=tiny"]) == 2
+    assert capsys.readouterr().err == "vnp: error: --gpus 0,1: CUDA is not available on this machine " \
+                                      "(device=cpu runs that many CPU ranks)\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_logs_a_file_or_lock_a_folder_is_one_line(tmp_path):
+    from vnp import run_state
+
+    out = tmp_path / "out"
+    (out / "work").mkdir(parents=True)
+    (out / "logs").write_text("not a folder")
+    with pytest.raises(InputError, match=r"logs/rank0.log: cannot write the log \("):
+        run_state.open_log(out, 0)
+    (out / "work" / ".lock").mkdir()
+    with pytest.raises(InputError, match=r"work/.lock: cannot open the lock file \(Is a directory\)"):
+        run_state._lock_out(out)
+
+
+FAILING_PACKING = """
+import sys
+import vnp.run_state as run_state
+
+def failing(paths, work):
+    raise OSError(28, "No space left on device")
+
+run_state.pack_inputs = failing
+from vnp.predict import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_an_unexpected_error_while_preparing_names_a_log_that_exists(tiny_pack, tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_PACKING)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">s1\nACGTACGT\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(script), str(fasta), "-o", str(out), f"pack={tiny_pack}",
+                           "progress=false"], env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr
+    log = re.search(r"\(log: (.*)\)$", proc.stderr.strip()).group(1)
+    assert "No space left on device" in proc.stderr and "Traceback" in Path(log).read_text()

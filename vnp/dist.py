@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from vnp.errors import InputError
+
 
 @dataclass(frozen=True)
 class Env:
@@ -27,16 +29,44 @@ class Env:
 
 
 def detect_env(environ: dict[str, str] | None = None) -> Env:
+    """This process's place in the job, from the launcher's variables (checked: integers, a rank
+    below the world size; a rank without a world size is refused). InputError names the variable."""
     env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        world = int(env["WORLD_SIZE"])
-        return Env(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), world,
-                   int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        world = int(env["SLURM_NTASKS"])
-        per_node = _slurm_tasks_per_node(env, world)
-        return Env(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), world, per_node, "slurm")
+    if "RANK" in env or "WORLD_SIZE" in env:
+        world = _launcher_int(env, "WORLD_SIZE", minimum=1, pair="RANK")
+        rank = _launcher_int(env, "RANK", pair="WORLD_SIZE")
+        local_world = _launcher_int(env, "LOCAL_WORLD_SIZE", minimum=1, default=world)
+        local_rank = _launcher_int(env, "LOCAL_RANK", default=0)
+        _check_below(rank, world, "RANK", "WORLD_SIZE")
+        _check_below(local_rank, local_world, "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+        return Env(rank, local_rank, world, local_world, "torchrun")
+    if "SLURM_PROCID" in env and ("SLURM_NTASKS" in env or env["SLURM_PROCID"].strip() != "0"):
+        world = _launcher_int(env, "SLURM_NTASKS", minimum=1, pair="SLURM_PROCID")
+        rank = _launcher_int(env, "SLURM_PROCID")
+        local_rank = _launcher_int(env, "SLURM_LOCALID", default=0)
+        _check_below(rank, world, "SLURM_PROCID", "SLURM_NTASKS")
+        return Env(rank, local_rank, world, _slurm_tasks_per_node(env, world), "slurm")
     return Env(0, 0, 1, 1, "single")
+
+
+def _launcher_int(env, name: str, minimum: int = 0, default: int | None = None, pair: str | None = None) -> int:
+    text = env.get(name)
+    if text is None:
+        if default is None:
+            raise InputError(f"launcher variables: {pair} is set without {name}")
+        return default
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise InputError(f"launcher variable {name}={text!r}: not an integer") from None
+    if value < minimum:
+        raise InputError(f"launcher variable {name}={value}: must be at least {minimum}")
+    return value
+
+
+def _check_below(rank: int, world: int, rank_name: str, world_name: str) -> None:
+    if rank >= world:
+        raise InputError(f"launcher variables: {rank_name}={rank} must be below {world_name}={world}")
 
 
 def _slurm_tasks_per_node(env, world: int) -> int:

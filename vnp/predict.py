@@ -28,6 +28,8 @@ from vnp.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.errors import InputError
 from vnp.run_state import (
     RunState,
+    log_path,
+    open_log,
     prepare_run,
     remove_handshake_files,
     wait_until_ready,
@@ -63,6 +65,17 @@ def relaunch_on_gpus(args: argparse.Namespace) -> int:
     if not ids or not all(g.isdigit() for g in ids):
         print(f"vnp: error: --gpus expects comma-separated GPU ids such as 0,1, got {args.gpus!r}", file=sys.stderr)
         return 2
+    import torch
+
+    try:
+        device = load_config(args.config, split_items(args.items)[1]).device
+    except InputError as err:
+        print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
+    if device != "cpu" and not torch.cuda.is_available():  # torchrun would start CPU ranks without a word
+        print(f"vnp: error: --gpus {args.gpus}: CUDA is not available on this machine "
+              "(device=cpu runs that many CPU ranks)", file=sys.stderr)
+        return 2
     rest = list(args.items)
     rest += ["-o", args.out] if args.out else []
     rest += ["-c", args.config] if args.config else []
@@ -76,7 +89,11 @@ def relaunch_on_gpus(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.gpus:
         return relaunch_on_gpus(args)
-    env = vdist.detect_env()
+    try:
+        env = vdist.detect_env()
+    except InputError as err:  # no rank is known: every process says it
+        print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
     try:
         inputs, overrides = split_items(args.items)
         if not inputs:
@@ -104,7 +121,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
         state = prepare_run(ctx, config, inputs, out) if ctx.is_main else wait_until_ready(ctx, config, out)
-        _log_to_file(out, ctx.rank)
+        open_log(out, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
         models = Models.load_everywhere(ctx, state, config)
@@ -124,24 +141,27 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         log.error("stopping: %s", err)
         return 1
     except Exception as err:  # one line on stderr, the traceback in this rank's log
-        log.error("rank %d failed:\n%s", ctx.rank, traceback.format_exc())
-        log_path = out / "logs" / f"rank{ctx.rank}.log"
         first = str(err).splitlines()[0] if str(err) else ""
-        print(f"vnp: error: rank {ctx.rank} failed: {type(err).__name__}: {first} (log: {log_path})",
+        print(f"vnp: error: rank {ctx.rank} failed: {type(err).__name__}: {first}{_logged(out, ctx.rank)}",
               file=sys.stderr)
         return 1
     finally:
         vdist.cleanup()
 
 
-def _log_to_file(out: Path, rank: int) -> None:
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "logs" / f"rank{rank}.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s rank%(rank)s %(levelname)s %(message)s".replace(
-        "%(rank)s", str(rank))))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+def _logged(out: Path, rank: int) -> str:
+    """Write the current traceback to this rank's log (opened now if need be); ' (log: PATH)', or
+    '' when no log can be written (the message never names a log that does not exist)."""
+    path = log_path()
+    if path is None and out.is_dir():
+        try:
+            path = open_log(out, rank)
+        except InputError:
+            return ""
+    if path is None:
+        return ""
+    log.error("rank %d failed:\n%s", rank, traceback.format_exc())
+    return f" (log: {path})"
 
 
 def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:

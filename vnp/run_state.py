@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shutil
 import threading
@@ -28,6 +29,8 @@ from vnp.errors import InputError
 from vnp.models.pack import ModelPack, fingerprint, load_pack, model_digests
 from vnp.plan import ChunkPlan, check_inputs, file_sha256, load_plan, pack_inputs
 from vnp.store import ScoreStore
+
+log = logging.getLogger("vnp")
 
 RECORD = "record.json"
 HEARTBEAT_EVERY_S = 2.0
@@ -99,7 +102,11 @@ _LOCKS: list = []  # open lock files, held for the life of the process
 
 def _lock_out(out: Path) -> None:
     """One run at a time per output folder (a second one would mix its progress with ours)."""
-    handle = open(out / "work" / ".lock", "a+")
+    lock = out / "work" / ".lock"
+    try:
+        handle = open(lock, "a+")
+    except OSError as err:
+        raise InputError(f"{lock}: cannot open the lock file ({err.strerror})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -108,9 +115,33 @@ def _lock_out(out: Path) -> None:
     _LOCKS.append(handle)
 
 
+def open_log(out: Path, rank: int) -> Path:
+    """This rank's log file, OUT/logs/rankN.log (opened once; later calls return its path)."""
+    path = out / "logs" / f"rank{rank}.log"
+    if any(getattr(h, "baseFilename", None) == str(path.absolute()) for h in log.handlers):
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write the log ({err.strerror})") from None
+    handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return path
+
+
+def log_path() -> Path | None:
+    """The log file this process writes, if one is open."""
+    names = [h.baseFilename for h in log.handlers if getattr(h, "baseFilename", None)]
+    return Path(names[0]) if names else None
+
+
 def _quick_checks(ctx, config: PredictConfig, inputs: list[str], out: Path):
     _check_out(out)
     _lock_out(out)
+    open_log(out, ctx.rank)  # from here on, an unexpected error has its traceback in the log
     paths = check_inputs(inputs)
     pack = load_pack(config.pack, config.classifier or None, tiny_dir=out / "work" / "tiny_pack",
                      chunk_length=config.chunk_length)

@@ -79,6 +79,8 @@ def restricted_load(path: Path, allowed_globals: list, what: str) -> Any:
             if refused:
                 raise InputError(f"{path}: refusing to load: {reason}") from None
             raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
-        except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            reason = first_line(err)
+        except InputError:
+            raise
+        except Exception as err:  # garbage makes the unpickler fail in many ways (IndexError, KeyError ...)
+            reason = f"{type(err).__name__}: {first_line(err)}"
             raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vnp.config import MIN_CHUNK_LENGTH, read_yaml_mapping
 from vnp.errors import InputError, exit_on_input_error
 from vnp.models.identity import file_digest, folder_digest, hub_snapshot_commit
 
@@ -44,19 +45,25 @@ class ModelPack:
     dnabert_dim: int
     esm_dim: int
 
+    def __post_init__(self) -> None:
+        if self.chunk_length < MIN_CHUNK_LENGTH:
+            raise ValueError(f"chunk_length must be at least {MIN_CHUNK_LENGTH} (one codon), got {self.chunk_length}")
+        for key in ("dnabert_dim", "esm_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.esm_layer is not None and self.esm_layer < 0:
+            raise ValueError(f"esm_layer must be >= 0 (or null for the last layer), got {self.esm_layer}")
+        for key in ("dnabert", "esm"):
+            if not str(getattr(self, key)).strip():
+                raise ValueError(f"{key} must name a model, got an empty value")
+
     @property
     def embedding_dim(self) -> int:
         return self.dnabert_dim + self.esm_dim
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except (OmegaConfBaseException, OSError) as err:
-        raise InputError(f"{path}: cannot read model pack ({err})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a model pack must be a mapping of keys")
-    return data
+    return read_yaml_mapping(path, "model pack")
 
 
 def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
@@ -71,8 +78,14 @@ def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
         value = values[key]
         if value and (base / str(value)).exists():
             values[key] = str((base / str(value)).resolve())
-    values["name"] = str(values["name"])
-    return ModelPack(**values)
+    try:  # the configuration's typed checks: `chunk_length: abc` names the key
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelPack), values))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        reason = str(err).splitlines()[0]
+        raise InputError(f"{origin}: model pack {'key ' + repr(key) + ': ' if key else ''}{reason}") from None
+    except ValueError as err:
+        raise InputError(f"{origin}: model pack {err}") from None
 
 
 def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = None,

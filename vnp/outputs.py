@@ -54,7 +54,7 @@ def write_tables(out: Path, plan: ChunkPlan, ids: Iterable[str], keys: np.ndarra
     bounds = np.searchsorted(chunk_of, np.arange(plan.n_chunks + 1))  # frames of chunk c: bounds[c]:bounds[c+1]
     counts = TableCounts()
     tmp = {name: out / (name + ".tmp") for name in FILES}
-    handles = {name: open(path, "w") for name, path in tmp.items()}
+    handles = {name: open(path, "w", encoding="utf-8") for name, path in tmp.items()}
     try:
         frames_out, best_out, chunks_out, contigs_out = (handles[n] for n in FILES)
         frames_out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")

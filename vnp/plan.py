@@ -75,7 +75,7 @@ def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list
     lengths: list[int] = []
     per_input: list[int] = []
     first_file: dict[str, Path] = {}
-    with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w") as id_out:
+    with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w", encoding="utf-8") as id_out:
         for path in inputs:
             count = 0
             for record in iter_records(path):
@@ -160,6 +160,6 @@ def read_chunks(plan: ChunkPlan, sequences: Path, c0: int, c1: int) -> list[Chun
 
 def iter_ids(work_dir: Path) -> Iterator[str]:
     """Record IDs in input order, streamed (rank 0 needs them only when writing tables)."""
-    with open(work_dir / IDS) as fh:
+    with open(work_dir / IDS, encoding="utf-8") as fh:
         for line in fh:
             yield line.rstrip("\n")

@@ -8,11 +8,13 @@ the first whitespace, like Biopython's `record.id`.
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import itertools
 import lzma
 import os
 import stat
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import BinaryIO, Iterator
 from vnp.errors import InputError, where
 from vnp.paths import kind_of
 
+UTF8_BOM = b"\xef\xbb\xbf"
 # Magic bytes of the compressed formats we read.
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
 _OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
@@ -115,6 +118,23 @@ def _blocks(path: Path, size: int = 1 << 22) -> Iterator[bytes]:
         raise InputError(f"{path}: truncated or corrupt {codec} data{where_} ({err})") from None
 
 
+def _unix_line_ends(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """The blocks with Windows (CR LF) and old Mac (CR alone) line ends made LF, so that every
+    reader sees the same lines (a CR-only file would otherwise read as one long header)."""
+    carry = b""
+    for block in blocks:
+        block = carry + block
+        carry = b""
+        if b"\r" not in block:
+            yield block
+            continue
+        if block.endswith(b"\r"):  # its LF, if any, is in the next block
+            block, carry = block[:-1], b"\r"
+        yield block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if carry:
+        yield b"\n"
+
+
 def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator[tuple[int, bytes]]:
     """(line number, line without newline) over a block stream, starting at line `number`."""
     carry = b""
@@ -131,10 +151,10 @@ def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator
 def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iterator[Record]:
     """Stream the records of a FASTA or FASTQ file (format detected from its first letter)."""
     path = Path(path)
-    blocks = _blocks(path)
+    blocks = _unix_line_ends(_blocks(path))
     data, newlines = b"", 0
-    for block in blocks:  # skip leading blank lines, however many blocks they take
-        data += block
+    for block in blocks:  # skip a UTF-8 byte order mark and leading blank lines, however many blocks
+        data += block.removeprefix(UTF8_BOM) if not newlines and not data else block
         text = data.lstrip()
         newlines += data[: len(data) - len(text)].count(b"\n")
         data = text
@@ -143,7 +163,7 @@ def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iter
     else:
         raise InputError(f"{path}: no records (only blank lines)")
     first_line = 1 + newlines
-    if b"\x00" in data[:4096] or not data[:4096].isascii():
+    if not _is_text(data[:4096]):
         raise InputError(f"{where(path, line=first_line)}: binary data, not a FASTA/FASTQ file")
     if data.startswith(b">"):
         records = _fasta_records(path, data, blocks, first_line)
@@ -160,13 +180,30 @@ def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iter
         yield record
 
 
+def _is_text(head: bytes) -> bool:
+    """No NUL byte and valid UTF-8 (a character cut at the end of `head` is fine)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
+
+
 def _record_id(path: Path, header: bytes, line: int) -> str:
-    fields = header[1:].split(None, 1)
+    """The ID of a header line: UTF-8 text up to the first whitespace, without control characters
+    (an ANSI escape in an ID would be written raw into every table)."""
+    try:
+        text = header[1:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        problem = f"binary data in a header (not UTF-8 at column {err.start + 2})"
+        raise InputError(f"{where(path, line=line)}: {problem}") from None
+    fields = text.split(None, 1)
     if not fields:
         raise InputError(f"{where(path, line=line)}: header has no record ID")
-    if not fields[0].isascii() or b"\x00" in fields[0]:
-        raise InputError(f"{where(path, line=line)}: binary data in a header")
-    return fields[0].decode("ascii")
+    bad = next((c for c in fields[0] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        raise InputError(f"{where(path, line=line)}: record ID contains the control character U+{ord(bad):04X}")
+    return fields[0]
 
 
 def _check_letters(path: Path, rid: str, line_no: int, letters: bytes) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +92,5 @@ def folder_digest(folder: Path, names: list[str], what: str) -> str:
 
 def hub_snapshot_commit(folder: Path) -> str | None:
     """The commit of a Hugging Face hub cache snapshot (`.../snapshots/<commit>`), else None."""
-    if folder.parent.name == "snapshots" and len(folder.name) == 40 and all(c in "0123456789abcdef" for c in folder.name):
-        return folder.name
-    return None
+    is_commit = re.fullmatch(r"[0-9a-f]{40}", folder.name) is not None
+    return folder.name if is_commit and folder.parent.name == "snapshots" else None

@@ -499,3 +499,33 @@ def test_cr_only_fasta_and_utf8_ids_give_the_right_tables(tiny_pack, tmp_path):
     contigs = (out / "contigs.tsv").read_text(encoding="utf-8").splitlines()
     rows = [dict(zip(contigs[0].split("\t"), line.split("\t"))) for line in contigs[1:]]
     assert [(row["sequence_id"], row["length"]) for row in rows] == [("cé1", "240"), ("c2", "160")]
+
+
+# ---------------------------------------------------------------- 4. force=true keeps results until the run starts
+
+
+@pytest.mark.slow
+def test_force_with_a_corrupt_model_keeps_the_finished_results(tiny_pack, tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">s{i}\n" + "ATGGCCAAAGGCTTC" * 20 + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(out), "progress=false", "threads=1"]
+    first = subprocess.run([*args, f"pack={tiny_pack}"], env=child_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == 0, first.stderr
+    kept = {name: (out / name).read_bytes() for name in ("run.json", "config.yaml")} | tables(out)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "pack.yaml").write_text((tiny_pack / "pack.yaml").read_text())
+    for name in ("dnabert", "classifier"):
+        (broken / name).symlink_to(tiny_pack / name)
+    (broken / "esm2_tiny.pt").write_bytes((tiny_pack / "esm2_tiny.pt").read_bytes()[:5000])  # loads on every rank
+    proc = subprocess.run([*args, f"pack={broken}", "force=true"], env=child_env(), cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "esm2_tiny.pt" in proc.stderr, proc.stderr
+    assert kept == {name: (out / name).read_bytes() for name in ("run.json", "config.yaml")} | tables(out)
+    assert list((out / "work" / "parts").glob("part-*.npz"))  # the finished run's progress too
+    again = subprocess.run([*args, f"pack={tiny_pack}"], env=child_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert tables(out) == {name: kept[name] for name in tables(out)}

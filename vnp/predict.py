@@ -125,6 +125,8 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
         models = Models.load_everywhere(ctx, state, config)
+        if ctx.is_main:
+            state.begin()  # every check passed: only now is an earlier run's progress replaced
         times = run_steps(ctx, state, config, models, stop)
         if stop.requested:
             vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "

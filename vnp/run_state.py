@@ -51,6 +51,16 @@ class RunState:
     resumed_units: int = 0
     rejected_parts: int = 0
     stages: dict = field(default_factory=dict)
+    afresh: bool = False  # rank 0: an earlier run's progress is to be replaced once the models load
+
+    def begin(self) -> None:
+        """Rank 0, once every rank has loaded its models: only now remove the progress of the run
+        being replaced and record this one (its tables stay until the new ones replace them)."""
+        if self.afresh:
+            _clear_progress(self.out)
+            _write_json(self.work / RECORD, self.record)
+            self.store = ScoreStore(self.work / "parts")
+            self.afresh = False
 
     @property
     def work(self) -> Path:
@@ -257,13 +267,11 @@ def _changed_model(old: dict, new: dict, pack: ModelPack) -> str | None:
     return None
 
 
-def _clear_results(out: Path) -> None:
-    """Remove a previous run's progress and results (after the new inputs proved valid)."""
+def _clear_progress(out: Path) -> None:
+    """Remove a previous run's progress (committed scores and embeddings, which the new run would
+    otherwise mix with its own). Its tables, run.json and config.yaml stay until replaced."""
     shutil.rmtree(out / "work" / "parts", ignore_errors=True)
     shutil.rmtree(out / "embeddings", ignore_errors=True)
-    for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv",
-                 "run.json", "config.yaml"):
-        (out / name).unlink(missing_ok=True)
 
 
 class _Heartbeat:
@@ -307,20 +315,21 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path)
         problem = changed or f"holds a run with different {', '.join(_differences(old, record))}"
         raise InputError(f"{out}: {problem}; rerun with force=true to start afresh there, "
                          "or choose another output folder")
-    if not (same and (work / "index.npz").exists()) or config.force:
+    fresh = not (same and (work / "index.npz").exists()) or config.force
+    if fresh:
+        # The old progress can no longer be resumed (the index is about to change), even if this
+        # run fails before it starts; the old results themselves stay until replaced.
+        (work / RECORD).unlink(missing_ok=True)
         pack_inputs(paths, work)  # validates; replaces the old index only on success
-        _clear_results(out)
-        _write_json(work / RECORD, record)
-    elif not config.resume:
-        _clear_results(out)
+    afresh = fresh or not config.resume
     summaries = _input_summaries(record, work)
     plan = load_plan(work, chunk_length)
-    store = ScoreStore(work / "parts")
-    done = store.load_committed()
+    store = None if afresh else ScoreStore(work / "parts")
+    done = set() if afresh else store.load_committed()
     remaining = [u for u in range(plan.n_units(config.batch.unit_chunks)) if u not in done]
-    state = RunState(out, pack, chunk_length, plan, remaining, precision, store=store, record=record,
-                     inputs=summaries, resumed_units=len(done), rejected_parts=len(store.rejected))
-    return state
+    return RunState(out, pack, chunk_length, plan, remaining, precision, store=store, record=record,
+                    inputs=summaries, resumed_units=len(done), rejected_parts=len(store.rejected) if store else 0,
+                    afresh=afresh)
 
 
 def _input_summaries(record: dict, work: Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import os
 import signal
 import subprocess
@@ -529,3 +530,186 @@ def test_force_with_a_corrupt_model_keeps_the_finished_results(tiny_pack, tmp_pa
                            timeout=120)
     assert again.returncode == 0, again.stderr
     assert tables(out) == {name: kept[name] for name in tables(out)}
+
+
+# ---------------------------------------------------------------- 3. records streamed, never held whole
+
+
+def random_fasta(rng) -> tuple[bytes, list[tuple[str, str]]]:
+    """A FASTA with wrapped, empty and blank-line-separated records; its records as written."""
+    records, lines = [], []
+    for i in range(rng.randrange(1, 8)):
+        seq = "".join(rng.choice("ACGTN") for _ in range(rng.randrange(0, 60)))
+        records.append((f"r{i}", seq))
+        lines.append(f">r{i} some description")
+        width = rng.randrange(1, 20)
+        lines += [seq[k:k + width] for k in range(0, len(seq), width)]
+        lines += [""] * rng.randrange(0, 2)
+    return ("\n".join(lines) + "\n").encode(), records
+
+
+def test_records_read_the_same_whatever_the_block_boundaries(tmp_path, monkeypatch):
+    import random
+
+    from vnp import seqio
+
+    original = seqio._blocks
+    rng = random.Random(3)
+    for _ in range(150):
+        data, expected = random_fasta(rng)
+        size = rng.randrange(1, 30)
+        monkeypatch.setattr(seqio, "_blocks", lambda path, size=size: original(path, size=size))
+        assert records_of(tmp_path, data) == expected
+        line = rng.randrange(len(data.split(b"\n")) - 1)
+        lines = data.split(b"\n")
+        if not lines[line].startswith(b">"):  # a bad letter on a sequence line names that line
+            lines[line] += b"!"
+            with pytest.raises(InputError, match=rf"\(line {line + 1}\): invalid character '!'"):
+                records_of(tmp_path, b"\n".join(lines))
+
+
+def test_a_long_record_is_packed_in_pieces(tmp_path, monkeypatch):
+    """Memory: the packer never sees more than a block of a record at a time."""
+    from vnp import plan, seqio
+
+    monkeypatch.setattr(seqio, "_blocks", lambda path, original=seqio._blocks: original(path, size=1000))
+    path = tmp_path / "long.fa"
+    path.write_bytes(b">long\n" + b"ACGTACGTAC\n" * 10_000 + b">short\nAC\n")
+    sizes = [len(piece) for piece in seqio.iter_pieces(path) if isinstance(piece, bytes)]
+    assert max(sizes) <= 1000 and sum(sizes) == 100_002
+    work = tmp_path / "work"
+    plan.pack_inputs([path], work)
+    loaded = plan.load_plan(work, 500)
+    assert loaded.lengths.tolist() == [100_000, 2]
+    assert (work / "sequences.bin").read_bytes() == b"ACGTACGTAC" * 10_000 + b"AC"
+
+
+def test_a_long_record_is_packed_without_holding_it(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from vnp import plan, seqio
+
+    monkeypatch.setattr(seqio, "_blocks", lambda path, original=seqio._blocks: original(path, size=1 << 20))
+    path = tmp_path / "long.fa"
+    path.write_bytes(b">long\n" + (b"ACGTACGTAC" * 6 + b"\n") * 300_000)  # 18 Mbp
+    tracemalloc.start()
+    try:
+        plan.pack_inputs([path], tmp_path / "work")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert plan.load_plan(tmp_path / "work", 500).lengths.tolist() == [18_000_000]
+    assert peak < 8 << 20, peak  # a few blocks, not the 18 MB record (joined, decoded, encoded)
+
+
+def free_space(monkeypatch, free: list[int]):
+    """shutil.disk_usage as seen by the packer: the next value of `free` at each call."""
+    from vnp import plan
+
+    usage = shutil.disk_usage("/")
+    values = iter(free)
+    monkeypatch.setattr(plan.shutil, "disk_usage", lambda path: usage._replace(free=next(values, free[-1])))
+
+
+def test_packing_refuses_a_folder_without_space_for_the_inputs(tmp_path, monkeypatch):
+    from vnp.plan import pack_inputs
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_bytes(b">s\n" + b"ACGT" * 1000 + b"\n")
+    free_space(monkeypatch, [(64 << 20) + 100])
+    work = tmp_path / "work"
+    with pytest.raises(InputError, match=f"^{re.escape(str(work))}: packing the inputs needs at least 65 MiB free, "
+                                         "64 MiB are left; free space there or choose another output folder"):
+        pack_inputs([fasta], work)
+    assert not list(work.iterdir())
+
+
+def test_packing_stops_before_the_disk_is_full(tmp_path, monkeypatch):
+    from vnp import plan
+
+    monkeypatch.setattr(plan, "SPACE_CHECK_EVERY", 1000)
+    fasta = tmp_path / "in.fa"
+    fasta.write_bytes(b">s\n" + b"ACGT" * 1000 + b"\n>t\n" + b"ACGT" * 1000 + b"\n")
+    free_space(monkeypatch, [1 << 30, 1 << 30, 1 << 20])
+    monkeypatch.setattr(plan, "iter_pieces", lambda path, original=plan.iter_pieces: (
+        piece for p in original(path) for piece in ([p[:1000], p[1000:]] if isinstance(p, bytes) else [p])))
+    work = tmp_path / "work"
+    with pytest.raises(InputError, match=r"work: only 1 MiB are left after packing 0 MiB of the inputs \(at least 64"):
+        plan.pack_inputs([fasta], work)
+    assert not list(work.iterdir())  # no temporary file left behind
+
+
+def test_a_full_disk_while_packing_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from vnp import plan
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plan, "_pack", full)
+    with pytest.raises(InputError, match="work: the disk is full while packing the inputs; free space there"):
+        plan.pack_inputs([], tmp_path / "work")
+
+
+def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
+    from vnp import run_state
+
+    out = tmp_path / "out"
+    (out / "work" / "parts").mkdir(parents=True)
+    leftovers = [out / "work" / "sequences.bin.tmp", out / "work" / "ids.txt.tmp", out / "chunks.tsv.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"x" * 1000)
+    (out / "work" / "sequences.bin").write_bytes(b"ACGT")
+    run_state.remove_leftovers(out)
+    assert not any(path.exists() for path in leftovers) and (out / "work" / "sequences.bin").exists()
+
+
+SLOW_PACKING = """
+import sys, time
+import vnp.plan as plan
+
+original = plan.iter_pieces
+
+def slow_pieces(path):
+    for piece in original(path):
+        time.sleep(0.5)  # a long packing pass
+        yield piece
+
+plan.iter_pieces = slow_pieces
+from vnp.predict import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path):
+    """Processes started by hand (SLURM variables): SIGTERM to rank 0 while it packs the inputs."""
+    from tests.test_predict import slurm_job_id
+
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_PACKING)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">s{i}\nACGTACGT\n" for i in range(200)))
+    out = tmp_path / "out"
+    job_id = slurm_job_id()
+    procs = []
+    for rank in range(2):
+        env = {**child_env(), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2",
+               "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": job_id}
+        procs.append(subprocess.Popen([sys.executable, str(script), str(fasta), "-o", str(out), f"pack={tiny_pack}",
+                                       "progress=false", "threads=1", "dist.timeout_s=120"], env=env, cwd=ROOT,
+                                      stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + 120
+    while not (out / "work" / "sequences.bin.tmp").exists():
+        assert all(p.poll() is None for p in procs) and time.time() < deadline
+        time.sleep(0.05)
+    procs[0].send_signal(signal.SIGTERM)
+    stopped = time.time()
+    codes = [p.wait(timeout=60) for p in procs]
+    assert time.time() - stopped < 30  # not the 100 s the packing would take, nor dist.timeout_s
+    stderr = [p.stderr.read() for p in procs]
+    assert codes == [143, 143], stderr
+    assert stderr[0].strip() == (f"vnp: stopped by signal while preparing the run in {out}; nothing was lost. "
+                                 "Run the same command again to start it.") and not stderr[1].strip()
+    assert not list(out.rglob("*.tmp"))

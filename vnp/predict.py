@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
-from vnp.errors import InputError
+from vnp.errors import InputError, Stopped
 from vnp.run_state import (
     RunState,
     log_path,
@@ -120,7 +120,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     state: RunState | None = None
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
-        state = prepare_run(ctx, config, inputs, out) if ctx.is_main else wait_until_ready(ctx, config, out)
+        state = prepare_run(ctx, config, inputs, out, stop) if ctx.is_main else wait_until_ready(ctx, config, out)
         open_log(out, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
@@ -139,6 +139,10 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         if not getattr(err, "reported", False):
             print(f"vnp: error: {err}", file=sys.stderr)
         return 2
+    except Stopped:
+        vdist.print0(ctx, f"vnp: stopped by signal while preparing the run in {out}; nothing was lost. "
+                          "Run the same command again to start it.")
+        return 143
     except vdist.PeerFailure as err:
         log.error("stopping: %s", err)
         return 1

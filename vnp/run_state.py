@@ -8,16 +8,19 @@ collective, while rank 0 touches a heartbeat, so a large input cannot trip `dist
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -25,7 +28,7 @@ import torch
 from vnp import __version__
 from vnp import dist as vdist
 from vnp.config import PredictConfig
-from vnp.errors import InputError
+from vnp.errors import InputError, Stopped
 from vnp.models.pack import ModelPack, fingerprint, load_pack, model_digests
 from vnp.plan import ChunkPlan, check_inputs, file_sha256, load_plan, pack_inputs
 from vnp.store import ScoreStore
@@ -152,6 +155,7 @@ def _quick_checks(ctx, config: PredictConfig, inputs: list[str], out: Path):
     _check_out(out)
     _lock_out(out)
     open_log(out, ctx.rank)  # from here on, an unexpected error has its traceback in the log
+    remove_leftovers(out)
     paths = check_inputs(inputs)
     pack = load_pack(config.pack, config.classifier or None, tiny_dir=out / "work" / "tiny_pack",
                      chunk_length=config.chunk_length)
@@ -161,26 +165,30 @@ def _quick_checks(ctx, config: PredictConfig, inputs: list[str], out: Path):
     return paths, pack, classifier
 
 
-def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], out: Path) -> RunState:
-    """Rank 0: check, guard OUT with the run record, pack inputs, find what is left to do."""
+def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], out: Path, stop=None) -> RunState:
+    """Rank 0: check, guard OUT with the run record, pack inputs, find what is left to do.
+
+    `stop` (a StopFlag) is honoured at once: a stop signal raises Stopped wherever rank 0 is.
+    """
     nonce = uuid.uuid4().hex[:12]
     t0 = time.time()
-    try:
-        paths, pack, classifier = _quick_checks(ctx, config, inputs, out)
-    except InputError as err:
-        vdist.broadcast_object(ctx, {"nonce": nonce, "error": str(err)})
-        raise
-    vdist.broadcast_object(ctx, {"nonce": nonce, "error": None})
-    ready = out / "work" / f"ready-{nonce}.json"
-    remove_handshake_files(out / "work")
-    beating = _Heartbeat(out / "work" / f"heartbeat-{nonce}")
-    try:
-        state = _prepare_work(ctx, config, paths, pack, out)
-    except BaseException as err:
-        _write_json(ready, {"ok": False, "error": str(err) if isinstance(err, InputError) else None})
-        raise
-    finally:
-        beating.stop()
+    with _stop_at_once(stop):
+        try:
+            paths, pack, classifier = _quick_checks(ctx, config, inputs, out)
+        except BaseException as err:  # every rank learns it, whatever it is
+            vdist.broadcast_object(ctx, {"nonce": nonce, **_failure(err)})
+            raise
+        vdist.broadcast_object(ctx, {"nonce": nonce, "error": None})
+        ready = out / "work" / f"ready-{nonce}.json"
+        remove_handshake_files(out / "work")
+        beating = _Heartbeat(out / "work" / f"heartbeat-{nonce}")
+        try:
+            state = _prepare_work(ctx, config, paths, pack, out)
+        except BaseException as err:
+            _write_json(ready, {"ok": False, **_failure(err)})
+            raise
+        finally:
+            beating.stop()
     state.classifier = classifier
     state.stages["prepare_s"] = round(time.time() - t0, 3)
     np.save(out / "work" / f"remaining-{nonce}.npy", np.asarray(state.remaining, dtype=np.int64))
@@ -192,10 +200,7 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
 def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> RunState:
     """Ranks > 0: wait for rank 0's checks, then for its ready file (heartbeat-guarded)."""
     status = vdist.broadcast_object(ctx)
-    if status["error"]:
-        err = InputError(status["error"])
-        err.reported = True  # rank 0 printed it
-        raise err
+    _raise_failure(status)
     nonce = status["nonce"]
     ready = out / "work" / f"ready-{nonce}.json"
     heartbeat = out / "work" / f"heartbeat-{nonce}"
@@ -208,13 +213,60 @@ def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> Ru
         time.sleep(0.2)
     info = json.loads(ready.read_text())
     if not info["ok"]:
-        err = InputError(info["error"] or "rank 0 failed while preparing the inputs")
-        err.reported = True
-        raise err
+        _raise_failure({**info, "error": info["error"] or "rank 0 failed while preparing the inputs"})
     plan = load_plan(out / "work", info["chunk_length"])
     remaining = np.load(out / "work" / f"remaining-{nonce}.npy").tolist()
     return RunState(out, ModelPack(**info["pack"]), info["chunk_length"], plan, remaining, info["precision"],
                     record=info["record"])
+
+
+def _failure(err: BaseException) -> dict:
+    """What the other ranks are told of rank 0's failure (it reports the failure itself)."""
+    if isinstance(err, Stopped):
+        return {"error": None, "stopped": True}
+    return {"error": str(err) if isinstance(err, InputError) else "rank 0 failed while preparing the inputs"}
+
+
+def _raise_failure(status: dict) -> None:
+    if status.get("stopped"):
+        raise Stopped("rank 0 was stopped by a signal while preparing")
+    if status.get("error"):
+        err = InputError(status["error"])
+        err.reported = True  # rank 0 printed it
+        raise err
+
+
+@contextlib.contextmanager
+def _stop_at_once(stop) -> Iterator[None]:
+    """While rank 0 prepares there is no step to finish: a stop signal (SIGTERM, SIGUSR1) raises
+    Stopped where it lands (temporary files are removed on the way out). Later signals only set
+    the flag, so that the failure is still reported to the other ranks."""
+    if stop is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if stop.requested:
+        raise Stopped("stopped by a signal")
+
+    def interrupt(signum, frame) -> None:
+        first = not stop.requested
+        stop.requested = True
+        if first:
+            raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def remove_leftovers(out: Path) -> None:
+    """Temporary files of a run killed while writing (kill -9, a node lost): they can be large
+    (a packed input) and are never resumed from. Called with OUT locked."""
+    for path in [*out.glob("*.tmp"), *(out / "work").glob("*.tmp")]:
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def remove_handshake_files(work: Path) -> None:

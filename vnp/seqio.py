@@ -148,8 +148,19 @@ def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator
         yield number, carry
 
 
-def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iterator[Record]:
-    """Stream the records of a FASTA or FASTQ file (format detected from its first letter)."""
+@dataclass(slots=True)
+class RecordStart:
+    """The start of a record in a piece stream (its letters follow as `bytes` pieces)."""
+
+    id: str
+    number: int  # 1-based record number
+    line: int  # 1-based line of the header
+
+
+def iter_pieces(path: str | os.PathLike, check_duplicates: bool = True) -> Iterator[RecordStart | bytes]:
+    """Stream a FASTA or FASTQ file (format detected from its first letter) as a RecordStart per
+    record followed by its validated letters in pieces of at most a few MiB: a record of any
+    length is never held whole (`vnp.plan` packs them this way)."""
     path = Path(path)
     blocks = _unix_line_ends(_blocks(path))
     data, newlines = b"", 0
@@ -166,18 +177,34 @@ def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iter
     if not _is_text(data[:4096]):
         raise InputError(f"{where(path, line=first_line)}: binary data, not a FASTA/FASTQ file")
     if data.startswith(b">"):
-        records = _fasta_records(path, data, blocks, first_line)
+        pieces = _fasta_pieces(path, data, blocks, first_line)
     elif data.startswith(b"@"):
-        records = _fastq_records(path, _split_lines(data, blocks, first_line))
+        pieces = _fastq_pieces(path, _split_lines(data, blocks, first_line))
     else:
-        raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {_show(data[:1])})")
+        found = _show(data[:1])
+        raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {found})")
     seen: set[str] = set()
-    for record in records:
-        if check_duplicates:
-            if record.id in seen:
-                raise InputError(f"{where(path, record.id, record.line)}: duplicate record ID (chunk IDs would be ambiguous)")
-            seen.add(record.id)
-        yield record
+    for piece in pieces:
+        if check_duplicates and isinstance(piece, RecordStart):
+            if piece.id in seen:
+                problem = "duplicate record ID (chunk IDs would be ambiguous)"
+                raise InputError(f"{where(path, piece.id, piece.line)}: {problem}")
+            seen.add(piece.id)
+        yield piece
+
+
+def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iterator[Record]:
+    """Stream the records of a FASTA or FASTQ file, each whole."""
+    start, letters = None, []
+    for piece in iter_pieces(path, check_duplicates):
+        if isinstance(piece, bytes):
+            letters.append(piece)
+            continue
+        if start is not None:
+            yield Record(start.id, b"".join(letters).decode("ascii"), start.number, start.line)
+        start, letters = piece, []
+    if start is not None:
+        yield Record(start.id, b"".join(letters).decode("ascii"), start.number, start.line)
 
 
 def _is_text(head: bytes) -> bool:
@@ -222,40 +249,67 @@ def _show(char: bytes) -> str:
     return repr(text) if text.isprintable() and text else f"byte 0x{char.hex()}"
 
 
-def _fasta_texts(first: bytes, blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """Each record's text: '>' + header line + sequence lines (the newline before the next '>' dropped)."""
-    current: list[bytes] = []
-    for block in itertools.chain([first], blocks):
-        if block[:1] == b">" and current and current[-1].endswith(b"\n"):
-            current[-1] = current[-1][:-1]  # a record boundary falls exactly between two blocks
-            yield b"".join(current)
-            current = []
-        pieces = block.split(b"\n>")
-        current.append(pieces[0])
-        for piece in pieces[1:]:
-            yield b"".join(current)
-            current = [b">", piece]
-    yield b"".join(current)
+MAX_HEADER_BYTES = 1 << 20
 
 
-def _fasta_records(path: Path, first: bytes, blocks: Iterator[bytes], line: int) -> Iterator[Record]:
-    """FASTA records, read in large blocks: a record's letters are joined and checked in C calls."""
-    for count, text in enumerate(_fasta_texts(first, blocks), start=1):
-        header, _, body = text.partition(b"\n")
-        rid = _record_id(path, header, line)
-        yield Record(rid, _fasta_letters(path, rid, line, body), count, line)
-        line += text.count(b"\n") + 1
+def _fasta_pieces(path: Path, first: bytes, blocks: Iterator[bytes], line: int) -> Iterator[RecordStart | bytes]:
+    """FASTA records as pieces, read in large blocks: each block's letters are checked in C calls.
+
+    A block is cut at every record start (a newline followed by '>'); `line` follows the line of
+    the current position, for error messages.
+    """
+    header: list[bytes] | None = None  # the current header line while it is incomplete
+    start = RecordStart("", 0, line)
+    for number, block in enumerate(itertools.chain([first], blocks)):
+        segments = block.split(b"\n>")
+        starts = [False] + [True] * (len(segments) - 1)
+        if segments[0][:1] == b">" and (number == 0 or ended_line):  # a record starts the block
+            segments[0], starts[0] = segments[0][1:], True
+            line -= 1  # its newline was counted with the previous block
+        ended_line = block.endswith(b"\n")
+        for new_record, segment in zip(starts, segments):
+            if new_record:
+                if header is not None:  # the previous record has a header and no letters
+                    yield _header_done(path, start, header)
+                line += 1  # the newline cut off by the split
+                start, header = RecordStart("", start.number + 1, line), []
+            if header is not None:
+                end = segment.find(b"\n")
+                header.append(segment if end < 0 else segment[:end])
+                if sum(map(len, header)) > MAX_HEADER_BYTES:
+                    raise InputError(f"{where(path, line=start.line)}: header line longer than 1 MiB")
+                if end < 0:
+                    continue
+                yield _header_done(path, start, header)
+                header, segment, line = None, segment[end + 1:], line + 1
+            if segment:
+                yield _fasta_letters(path, start.id, line, segment)
+                line += segment.count(b"\n")
+    if header is not None:
+        yield _header_done(path, start, header)
 
 
-def _fasta_letters(path: Path, rid: str, header_line: int, body: bytes) -> str:
+def _header_done(path: Path, start: RecordStart, header: list[bytes]) -> RecordStart:
+    start.id = _record_id(path, b">" + b"".join(header), start.line)
+    return start
+
+
+def _fasta_letters(path: Path, rid: str, line: int, body: bytes) -> bytes:
+    """The letters of a piece of sequence lines starting at `line`, checked."""
     letters = body.translate(None, _STRIPPED_LINES)
     if letters.translate(None, NUCLEOTIDE_LETTERS):
         # Slow path, only for bad input: find the line to name it.
-        for offset, line in enumerate(body.split(b"\n"), start=1):
-            if b"\x00" in line or not line.isascii():
-                raise InputError(f"{where(path, rid, header_line + offset)}: binary data in a sequence line")
-            _check_letters(path, rid, header_line + offset, line.translate(None, _STRIPPED))
-    return letters.decode("ascii")
+        for offset, text in enumerate(body.split(b"\n")):
+            if b"\x00" in text or not text.isascii():
+                raise InputError(f"{where(path, rid, line + offset)}: binary data in a sequence line")
+            _check_letters(path, rid, line + offset, text.translate(None, _STRIPPED))
+    return letters
+
+
+def _fastq_pieces(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[RecordStart | bytes]:
+    for record in _fastq_records(path, lines):
+        yield RecordStart(record.id, record.number, record.line)
+        yield record.seq.encode("ascii")
 
 
 def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:

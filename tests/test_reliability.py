@@ -713,3 +713,57 @@ def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path):
     assert stderr[0].strip() == (f"vnp: stopped by signal while preparing the run in {out}; nothing was lost. "
                                  "Run the same command again to start it.") and not stderr[1].strip()
     assert not list(out.rglob("*.tmp"))
+
+
+def hand_started_ranks(args: list[str], ranks: int = 2, **extra_env) -> list[subprocess.Popen]:
+    """`vnp.predict` processes started by hand with SLURM variables (no agent watching them)."""
+    from tests.test_predict import slurm_job_id
+
+    job_id = slurm_job_id()
+    procs = []
+    for rank in range(ranks):
+        env = {**child_env(), "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": str(ranks),
+               "SLURM_NODELIST": "localhost", "SLURM_JOB_ID": job_id, **extra_env}
+        procs.append(subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_named_by_rank_0(tiny_pack, tmp_path):
+    from tests.test_resume import rank_pid, write_long_input
+
+    fasta = write_long_input(tmp_path / "long.fa", n=200)
+    out = tmp_path / "out"
+    procs = hand_started_ranks(["-m", "vnp.predict", str(fasta), "-o", str(out), f"pack={tiny_pack}",
+                                "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"])
+    deadline = time.time() + 120
+    while not list((out / "work" / "parts").glob("part-*.npz")):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline
+        time.sleep(0.05)
+    os.kill(rank_pid(out, 1), signal.SIGKILL)  # as the OOM killer does
+    assert procs[0].wait(timeout=90) == 1
+    procs[1].wait(timeout=30)
+    stderr = procs[0].stderr.read()
+    procs[1].stderr.close()
+    assert error_lines(stderr) == [stderr.strip()], stderr
+    assert stderr.startswith("vnp: error: rank 1 stopped answering (killed, out of memory, or its node lost?)")
+
+
+@pytest.mark.slow
+def test_the_rendezvous_respects_the_timeout_with_a_foreign_program_on_master_port(tmp_path):
+    import socket
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">s1\nACGT\n")
+    with socket.socket() as foreign:  # accepts connections and never answers
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen(8)
+        port = foreign.getsockname()[1]
+        env = {**child_env(), "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(tmp_path / "out"),
+                               "pack=tiny", "dist.timeout_s=3"], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+    assert proc.returncode == 1 and time.time() - started < 60
+    assert proc.stderr.strip() == (f"vnp: error: rank 1: no rendezvous with the other ranks at 127.0.0.1:{port} "
+                                   "within dist.timeout_s=3 s (is another program listening on MASTER_PORT?)")

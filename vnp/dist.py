@@ -6,11 +6,14 @@ else from SLURM (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS), else this is a sing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -142,10 +145,32 @@ def init(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0)
     if env.launcher == "slurm":
         slurm_rendezvous(os.environ)
     chosen = ("nccl" if dev.type == "cuda" else "gloo") if backend == "auto" else backend
-    dist.init_process_group(chosen, rank=env.rank, world_size=env.world_size,
-                            timeout=timedelta(seconds=timeout_s),
-                            device_id=dev if dev.type == "cuda" else None)
+    with _rendezvous_deadline(env, timeout_s):
+        dist.init_process_group(chosen, rank=env.rank, world_size=env.world_size,
+                                timeout=timedelta(seconds=timeout_s),
+                                device_id=dev if dev.type == "cuda" else None)
     return Context(env, dev, chosen)
+
+
+@contextlib.contextmanager
+def _rendezvous_deadline(env: Env, timeout_s: float) -> Iterator[None]:
+    """Joining the process group waits forever when a program that is not torch's store listens on
+    MASTER_PORT (the store client ignores its timeout there): after `timeout_s` this rank says so
+    and exits, from a watchdog thread, since the waiting call never returns to Python."""
+    def expire() -> None:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        print(f"vnp: error: rank {env.rank}: no rendezvous with the other ranks at {where} within "
+              f"dist.timeout_s={timeout_s:g} s (is another program listening on MASTER_PORT?)", file=sys.stderr,
+              flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def cleanup() -> None:

@@ -32,6 +32,8 @@ from vnp.run_state import (
     open_log,
     prepare_run,
     remove_handshake_files,
+    show_alive,
+    silent_ranks,
     wait_until_ready,
 )
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
@@ -114,14 +116,17 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     started = time.time()
     try:
         ctx = vdist.init(config.device, config.dist.backend, config.dist.timeout_s)
-    except Exception as err:
-        print(f"vnp: error: rank {vdist.detect_env().rank}: cannot start: {err}", file=sys.stderr)
+    except Exception as err:  # c10d messages run over many lines: the first says it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"vnp: error: rank {vdist.detect_env().rank}: cannot start: {first}", file=sys.stderr)
         return 1
     state: RunState | None = None
+    alive = None
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
         state = prepare_run(ctx, config, inputs, out, stop) if ctx.is_main else wait_until_ready(ctx, config, out)
         open_log(out, ctx.rank)
+        alive = None if ctx.is_main else show_alive(state.work, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
         models = Models.load_everywhere(ctx, state, config)
@@ -145,6 +150,11 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         return 143
     except vdist.PeerFailure as err:
         log.error("stopping: %s", err)
+        silent = silent_ranks(out / "work", ctx.world_size) if ctx.is_main and state is not None else []
+        if silent:  # a rank that failed by itself said so; a killed one cannot
+            names = ", ".join(map(str, silent))
+            print(f"vnp: error: rank {names} stopped answering (killed, out of memory, or its node lost?); "
+                  f"progress is committed in {out}: run the same command again to resume", file=sys.stderr)
         return 1
     except Exception as err:  # one line on stderr, the traceback in this rank's log
         first = str(err).splitlines()[0] if str(err) else ""
@@ -152,6 +162,8 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
               file=sys.stderr)
         return 1
     finally:
+        if alive is not None:
+            alive.stop(remove=True)  # before leaving the group: rank 0 then knows this rank ended by itself
         vdist.cleanup()
 
 

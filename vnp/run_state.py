@@ -264,7 +264,7 @@ def _stop_at_once(stop) -> Iterator[None]:
 def remove_leftovers(out: Path) -> None:
     """Temporary files of a run killed while writing (kill -9, a node lost): they can be large
     (a packed input) and are never resumed from. Called with OUT locked."""
-    for path in [*out.glob("*.tmp"), *(out / "work").glob("*.tmp")]:
+    for path in [*out.glob("*.tmp"), *(out / "work").glob("*.tmp"), *(out / "work").glob("alive-rank*")]:
         if path.is_file():
             path.unlink(missing_ok=True)
 
@@ -327,7 +327,8 @@ def _clear_progress(out: Path) -> None:
 
 
 class _Heartbeat:
-    """Rank 0 touches a file every few seconds while it prepares; the other ranks watch it."""
+    """A file touched every few seconds: rank 0's while it prepares (the other ranks watch it), and
+    each other rank's while it runs (rank 0 looks at them when a collective fails)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -340,9 +341,36 @@ class _Heartbeat:
         while not self._done.wait(HEARTBEAT_EVERY_S):
             self.path.touch()
 
-    def stop(self) -> None:
+    def stop(self, remove: bool = False) -> None:
         self._done.set()
         self._thread.join()
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+def alive_file(work: Path, rank: int) -> Path:
+    return work / f"alive-rank{rank}"
+
+
+def show_alive(work: Path, rank: int) -> _Heartbeat:
+    """Ranks > 0, from the end of preparation to their exit (removed then, whatever the exit)."""
+    return _Heartbeat(alive_file(work, rank))
+
+
+def silent_ranks(work: Path, world_size: int) -> list[int]:
+    """Ranks whose alive file is still there but no longer touched: killed (OOM killer, kill -9)
+    or their node lost. A rank that ended by itself removed its file and reported its own error."""
+    files = {rank: alive_file(work, rank) for rank in range(1, world_size)}
+
+    def touched() -> dict[int, int]:
+        return {rank: path.stat().st_mtime_ns for rank, path in files.items() if path.exists()}
+
+    before = touched()
+    deadline = time.time() + 3 * HEARTBEAT_EVERY_S
+    while before and time.time() < deadline:
+        time.sleep(0.2)
+        before = {rank: t for rank, t in before.items() if touched().get(rank) == t}
+    return sorted(before)
 
 
 def _fetch_models(pack: ModelPack) -> None:

@@ -767,3 +767,8 @@ def test_the_rendezvous_respects_the_timeout_with_a_foreign_program_on_master_po
     assert proc.returncode == 1 and time.time() - started < 60
     assert proc.stderr.strip() == (f"vnp: error: rank 1: no rendezvous with the other ranks at 127.0.0.1:{port} "
                                    "within dist.timeout_s=3 s (is another program listening on MASTER_PORT?)")
+
+
+def test_a_header_line_of_more_than_1_mib_is_refused(tmp_path):
+    with pytest.raises(InputError, match="line 1: header line longer than 1 MiB"):
+        records_of(tmp_path, b">" + b"x" * (2 << 20) + b"\nACGT\n")

@@ -174,6 +174,8 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
     t0 = time.time()
     with _stop_at_once(stop):
         try:
+            if stop is not None and stop.requested:  # a signal before this point
+                raise Stopped("stopped by a signal")
             paths, pack, classifier = _quick_checks(ctx, config, inputs, out)
         except BaseException as err:  # every rank learns it, whatever it is
             vdist.broadcast_object(ctx, {"nonce": nonce, **_failure(err)})
@@ -244,8 +246,6 @@ def _stop_at_once(stop) -> Iterator[None]:
     if stop is None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    if stop.requested:
-        raise Stopped("stopped by a signal")
 
     def interrupt(signum, frame) -> None:
         first = not stop.requested

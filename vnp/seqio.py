@@ -260,10 +260,11 @@ def _fasta_pieces(path: Path, first: bytes, blocks: Iterator[bytes], line: int) 
     """
     header: list[bytes] | None = None  # the current header line while it is incomplete
     start = RecordStart("", 0, line)
-    for number, block in enumerate(itertools.chain([first], blocks)):
+    ended_line = True  # the previous block ended a line (the file starts with '>')
+    for block in itertools.chain([first], blocks):
         segments = block.split(b"\n>")
         starts = [False] + [True] * (len(segments) - 1)
-        if segments[0][:1] == b">" and (number == 0 or ended_line):  # a record starts the block
+        if segments[0][:1] == b">" and ended_line:  # a record starts the block
             segments[0], starts[0] = segments[0][1:], True
             line -= 1  # its newline was counted with the previous block
         ended_line = block.endswith(b"\n")

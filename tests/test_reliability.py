@@ -772,3 +772,13 @@ def test_the_rendezvous_respects_the_timeout_with_a_foreign_program_on_master_po
 def test_a_header_line_of_more_than_1_mib_is_refused(tmp_path):
     with pytest.raises(InputError, match="line 1: header line longer than 1 MiB"):
         records_of(tmp_path, b">" + b"x" * (2 << 20) + b"\nACGT\n")
+
+
+def test_a_fifo_as_pack_is_refused(tmp_path, no_hang):
+    with pytest.raises(InputError, match="pack.yaml: model pack is a FIFO"):
+        load_pack(str(fifo(tmp_path / "pack.yaml")))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    fifo(folder / "pack.yaml")
+    with pytest.raises(InputError, match="folder/pack.yaml: model pack is a FIFO"):
+        load_pack(str(folder))

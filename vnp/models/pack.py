@@ -100,7 +100,7 @@ def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = 
     else:
         path = Path(spec)
         yaml_path = path / "pack.yaml" if path.is_dir() else path
-        if not yaml_path.is_file():
+        if not yaml_path.exists():
             raise InputError(f"pack={spec}: not a built-in pack (500, 300, tiny), a pack folder or a YAML file")
         pack = pack_from_dict(_read_yaml(yaml_path), yaml_path.parent, str(yaml_path))
     if classifier:

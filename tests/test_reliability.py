@@ -782,3 +782,12 @@ def test_a_fifo_as_pack_is_refused(tmp_path, no_hang):
     fifo(folder / "pack.yaml")
     with pytest.raises(InputError, match="folder/pack.yaml: model pack is a FIFO"):
         load_pack(str(folder))
+
+
+def test_an_esm_checkpoint_of_stride_0_views_is_refused(tmp_path):
+    from vnp.models.esm import load_esm
+
+    path = tmp_path / "esm2_bomb.pt"
+    torch.save({"model": {"encoder.embed_tokens.weight": torch.zeros(1).expand(10**9, 2560)}, "cfg": {}}, path)
+    with pytest.raises(InputError, match=r"esm2_bomb.pt: model.encoder.embed_tokens.weight claims shape"):
+        load_esm(path)

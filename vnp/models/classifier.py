@@ -9,7 +9,6 @@ script's class onto ours; anything else in the pickle is refused before it can r
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vnp.errors import InputError
-from vnp.models.checkpoints import first_line, restricted_load
+from vnp.models.checkpoints import check_tensor_sizes, first_line, restricted_load
 from vnp.paths import regular_file
 
 WEIGHTS_NAME = "classifier.safetensors"
@@ -224,12 +223,7 @@ def _check_sizes(state: Mapping[str, torch.Tensor], path: Path, input_dim: int |
     """Refuse what would allocate far more than the file holds, before anything is allocated: a
     tensor cannot hold more bytes than its file (stride-0 views claim any size for a few bytes),
     and the input width must be the pack's."""
-    file_size = os.stat(path).st_size
-    for name, tensor in state.items():
-        claimed = tensor.numel() * tensor.element_size()
-        if claimed > file_size:
-            raise InputError(f"{path}: {name} claims shape {tuple(tensor.shape)} ({claimed} bytes), more than "
-                             f"the file's {file_size} bytes hold")
+    check_tensor_sizes(iter(state.items()), path)
     weight = state.get("hidden_layer.weight")
     if input_dim is not None and weight is not None and weight.ndim == 2 and weight.shape[1] != input_dim:
         raise InputError(f"{path}: classifier expects {weight.shape[1]} features, not {input_dim}")

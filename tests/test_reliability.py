@@ -409,7 +409,7 @@ def test_out_logs_a_file_or_lock_a_folder_is_one_line(tmp_path):
     out = tmp_path / "out"
     (out / "work").mkdir(parents=True)
     (out / "logs").write_text("not a folder")
-    with pytest.raises(InputError, match=r"logs/rank0.log: cannot write the log \("):
+    with pytest.raises(InputError, match=r"out/logs: exists and is not a folder \(the per-rank logs go there\)"):
         run_state.open_log(out, 0)
     (out / "work" / ".lock").mkdir()
     with pytest.raises(InputError, match=r"work/.lock: cannot open the lock file \(Is a directory\)"):

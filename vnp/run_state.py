@@ -133,6 +133,8 @@ def open_log(out: Path, rank: int) -> Path:
     path = out / "logs" / f"rank{rank}.log"
     if any(getattr(h, "baseFilename", None) == str(path.absolute()) for h in log.handlers):
         return path
+    if path.parent.exists() and not path.parent.is_dir():
+        raise InputError(f"{path.parent}: exists and is not a folder (the per-rank logs go there)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path)

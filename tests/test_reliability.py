@@ -787,3 +787,13 @@ def test_an_esm_checkpoint_of_stride_0_views_is_refused(tmp_path):
     torch.save({"model": {"encoder.embed_tokens.weight": torch.zeros(1).expand(10**9, 2560)}, "cfg": {}}, path)
     with pytest.raises(InputError, match=r"esm2_bomb.pt: model.encoder.embed_tokens.weight claims shape"):
         load_esm(path)
+
+
+def test_a_file_name_with_a_control_character_is_refused_escaped(tmp_path):
+    from vnp.plan import check_inputs
+
+    path = tmp_path / "evil\x1b[2Jname.fa"
+    path.write_text(">s\nACGT\n")
+    with pytest.raises(InputError) as caught:
+        check_inputs([str(path)])
+    assert "\x1b" not in str(caught.value) and "the file name contains the control character U+001B" in str(caught.value)

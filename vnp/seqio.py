@@ -77,6 +77,9 @@ def check_readable(path: Path) -> None:
     Only regular files: rank 0 reads an input twice (its digest, then its records), and a pipe,
     process substitution or device can be read once at most, or blocks forever.
     """
+    bad = control_character(str(path))
+    if bad is not None:  # the name is shown escaped: printed raw it could rewrite the terminal
+        raise InputError(f"{ascii(str(path))}: the file name contains the control character {bad}")
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -227,10 +230,17 @@ def _record_id(path: Path, header: bytes, line: int) -> str:
     fields = text.split(None, 1)
     if not fields:
         raise InputError(f"{where(path, line=line)}: header has no record ID")
-    bad = next((c for c in fields[0] if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    bad = control_character(fields[0])
     if bad is not None:
-        raise InputError(f"{where(path, line=line)}: record ID contains the control character U+{ord(bad):04X}")
+        raise InputError(f"{where(path, line=line)}: record ID contains the control character {bad}")
     return fields[0]
+
+
+def control_character(text: str) -> str | None:
+    """The first control, format or line-separator character of `text` as U+XXXX, else None:
+    such a character written raw into a table or a terminal can rewrite what is shown."""
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    return None if bad is None else f"U+{ord(bad):04X}"
 
 
 def _check_letters(path: Path, rid: str, line_no: int, letters: bytes) -> None:

@@ -797,3 +797,16 @@ def test_a_file_name_with_a_control_character_is_refused_escaped(tmp_path):
     with pytest.raises(InputError) as caught:
         check_inputs([str(path)])
     assert "\x1b" not in str(caught.value) and "the file name contains the control character U+001B" in str(caught.value)
+
+
+@pytest.mark.parametrize("key, value", [("hidden_size", 400_000), ("alibi_starting_size", 10**6),
+                                        ("num_hidden_layers", 10**9)])
+def test_a_dnabert_config_describing_a_huge_model_is_refused_before_building(tiny_pack, tmp_path, key, value):
+    from vnp.models.dnabert import load_dnabert
+
+    folder = tmp_path / "dnabert"
+    copy_folder(tiny_pack / "dnabert", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(InputError, match=r"dnabert/config.json: describes a model of \d+ MiB, far more than its "):
+        load_dnabert(str(folder))

@@ -679,8 +679,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path):
-    """Processes started by hand (SLURM variables): SIGTERM to rank 0 while it packs the inputs."""
+@pytest.mark.parametrize("signalled", [0, 1])
+def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path, signalled):
+    """Processes started by hand (SLURM variables): SIGTERM to one rank while rank 0 packs the inputs."""
     from tests.test_predict import slurm_job_id
 
     script = tmp_path / "slow.py"
@@ -700,7 +701,7 @@ def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path):
     while not (out / "work" / "sequences.bin.tmp").exists():
         assert all(p.poll() is None for p in procs) and time.time() < deadline
         time.sleep(0.05)
-    procs[0].send_signal(signal.SIGTERM)
+    procs[signalled].send_signal(signal.SIGTERM)
     stopped = time.time()
     codes = [p.wait(timeout=60) for p in procs]
     assert time.time() - stopped < 30  # not the 100 s the packing would take, nor dist.timeout_s

@@ -124,7 +124,8 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     alive = None
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
-        state = prepare_run(ctx, config, inputs, out, stop) if ctx.is_main else wait_until_ready(ctx, config, out)
+        state = (prepare_run(ctx, config, inputs, out, stop) if ctx.is_main
+                 else wait_until_ready(ctx, config, out, stop))
         open_log(out, ctx.rank)
         alive = None if ctx.is_main else show_alive(state.work, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),

@@ -37,6 +37,7 @@ log = logging.getLogger("vnp")
 
 RECORD = "record.json"
 HEARTBEAT_EVERY_S = 2.0
+STOP_WAIT_S = 30.0  # a rank asked to stop waits this long for rank 0 to stop preparing too
 
 
 @dataclass
@@ -185,7 +186,7 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
         vdist.broadcast_object(ctx, {"nonce": nonce, "error": None})
         ready = out / "work" / f"ready-{nonce}.json"
         remove_handshake_files(out / "work")
-        beating = _Heartbeat(out / "work" / f"heartbeat-{nonce}")
+        beating = _Heartbeat(out / "work" / f"heartbeat-{nonce}", stop_requests=out / "work" / f"stop-{nonce}")
         try:
             state = _prepare_work(ctx, config, paths, pack, out)
         except BaseException as err:
@@ -201,15 +202,22 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
     return state
 
 
-def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> RunState:
-    """Ranks > 0: wait for rank 0's checks, then for its ready file (heartbeat-guarded)."""
+def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path, stop=None) -> RunState:
+    """Ranks > 0: wait for rank 0's checks, then for its ready file (heartbeat-guarded); a stop
+    signal to this rank ends the wait (exit code 143)."""
     status = vdist.broadcast_object(ctx)
     _raise_failure(status)
     nonce = status["nonce"]
     ready = out / "work" / f"ready-{nonce}.json"
     heartbeat = out / "work" / f"heartbeat-{nonce}"
     last_sign = time.time()
+    asked = None
     while not ready.exists():
+        if stop is not None and stop.requested and asked is None:  # rank 0 stops and tells every rank
+            (out / "work" / f"stop-{nonce}").touch()
+            asked = time.time()
+        if asked is not None and time.time() - asked > STOP_WAIT_S:
+            raise Stopped(f"stopped by a signal; rank 0 did not stop preparing within {STOP_WAIT_S:.0f} s")
         if heartbeat.exists():
             last_sign = max(last_sign, heartbeat.stat().st_mtime)
         if time.time() - last_sign > config.dist.timeout_s:
@@ -274,7 +282,7 @@ def remove_leftovers(out: Path) -> None:
 def remove_handshake_files(work: Path) -> None:
     """The ready, remaining and heartbeat files of earlier runs (or of this one, once all ranks
     have read them)."""
-    for pattern in ("ready-*.json", "remaining-*.npy", "heartbeat-*"):
+    for pattern in ("ready-*.json", "remaining-*.npy", "heartbeat-*", "stop-*"):
         for path in work.glob(pattern):
             path.unlink(missing_ok=True)
 
@@ -332,8 +340,9 @@ class _Heartbeat:
     """A file touched every few seconds: rank 0's while it prepares (the other ranks watch it), and
     each other rank's while it runs (rank 0 looks at them when a collective fails)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, stop_requests: Path | None = None):
         self.path = path
+        self.stop_requests = stop_requests  # rank 0: another rank asks it to stop preparing
         self._done = threading.Event()
         path.touch()
         self._thread = threading.Thread(target=self._run, name="vnp-heartbeat", daemon=True)
@@ -342,6 +351,9 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self._done.wait(HEARTBEAT_EVERY_S):
             self.path.touch()
+            if self.stop_requests is not None and self.stop_requests.exists():
+                self.stop_requests = None
+                os.kill(os.getpid(), signal.SIGUSR1)  # as if this rank got the signal: stops at once
 
     def stop(self, remove: bool = False) -> None:
         self._done.set()

@@ -172,13 +172,13 @@ def _logged(out: Path, rank: int) -> str:
     """Write the current traceback to this rank's log (opened now if need be); ' (log: PATH)', or
     '' when no log can be written (the message never names a log that does not exist)."""
     path = log_path()
-    if path is None and out.is_dir():
+    if path != (out / "logs" / f"rank{rank}.log").absolute():  # none yet (or another run's, in-process)
+        if not out.is_dir():
+            return ""
         try:
             path = open_log(out, rank)
         except InputError:
             return ""
-    if path is None:
-        return ""
     log.error("rank %d failed:\n%s", rank, traceback.format_exc())
     return f" (log: {path})"
 

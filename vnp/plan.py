@@ -59,7 +59,7 @@ SPACE_CHECK_EVERY = 64 << 20  # bytes written between two checks of the free spa
 
 
 def pack_inputs(inputs: Sequence[Path], work_dir: Path,
-                read: Callable[[Path], Iterable[RecordStart | bytes]] = iter_pieces) -> None:
+                read: Callable[[Path], Iterable[RecordStart | bytes]] | None = None) -> None:
     """Validate every input and write the packed sequences, index and IDs (atomically). `read`
     streams an input as record starts and letter pieces (default: FASTA/FASTQ; training reads
     GenBank through `seqio.record_pieces`).
@@ -70,7 +70,7 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path,
     _check_space(work_dir, _plain_bytes(inputs), 0)
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp, work_dir, read)
+        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp, work_dir, read or iter_pieces)
     except BaseException as err:
         for path in tmp.values():
             path.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from esm.multihead_attention import MultiheadAttention
 
 from vnp.errors import InputError
 from vnp.models.checkpoints import restricted_load
+from vnp.models.batches import PreparedBatches, pinned
 
 Attention = Literal["sdpa", "fair-esm"]
 
@@ -82,14 +83,30 @@ class EsmEmbedder:
         `truncation_seq_length=1022` does; VirNucPro's proteins (<= 500 bp chunks, <= 166 aa) never
         reach that, so this matches the original's `t[i, 1 : len(seq) + 1].mean(0)`.
         """
+        return self.run(self.prepare(proteins, max_tokens)).cpu().numpy()
+
+    def prepare(self, proteins: Sequence[str], max_tokens: int = 4096) -> PreparedBatches:
+        """The CPU half of `embed` (encode, batch, pad, pad masks; pinned for a GPU)."""
         encoded = [self.encode(p) for p in proteins]
         for i, ids in enumerate(encoded):
             if len(ids) == 0:
                 raise ValueError(f"protein {i} is empty")
-        out = np.empty((len(encoded), self.embed_dim), dtype=np.float32)
+        batches = []
         for batch in token_batches([len(ids) + 2 for ids in encoded], max_tokens):
             tokens, residues = self._batch_tokens([encoded[i] for i in batch])
-            out[batch] = self._mean_residues(tokens, residues).numpy()
+            padding = tokens.eq(self.alphabet.padding_idx)
+            has_padding = torch.tensor(bool(padding.any()))  # decided here, not by a device sync
+            batches.append(pinned(self.device, torch.tensor(batch), tokens, residues, padding, has_padding))
+        return PreparedBatches(len(encoded), batches)
+
+    @torch.inference_mode()
+    def run(self, prepared: PreparedBatches) -> torch.Tensor:
+        """The device half of `embed`: (N, D) float32 on the device, no host synchronisation."""
+        out = torch.zeros((prepared.rows, self.embed_dim), dtype=torch.float32, device=self.device)
+        for rows, tokens, residues, padding, has_padding in prepared.batches:
+            tokens, residues, padding = (t.to(self.device, non_blocking=True) for t in (tokens, residues, padding))
+            reps = self.representations(tokens, padding if bool(has_padding) else None)
+            out[rows.to(self.device, non_blocking=True)] = _mean_residues(reps, residues)
         return out
 
     def _batch_tokens(self, encoded: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,22 +119,20 @@ class EsmEmbedder:
             tokens[row, len(ids) + 1] = self.alphabet.eos_idx
         return tokens, residues
 
-    def _mean_residues(self, tokens: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
-        """(B, D) float32 on CPU: the layer's representation averaged over positions 1..len."""
-        reps = self.representations(tokens)  # (B, T, D)
-        positions = torch.arange(tokens.shape[1], device=reps.device)
-        lengths = residues.to(reps.device)
-        keep = (positions >= 1) & (positions <= lengths[:, None])  # (B, T)
-        summed = (reps.float() * keep[..., None]).sum(dim=1)
-        return (summed / lengths[:, None]).cpu()
-
-    def representations(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) representation at `self.layer` for a (B, T) token batch."""
-        padding = tokens.eq(self.alphabet.padding_idx)
-        tokens = tokens.to(self.device)
+    def representations(self, tokens: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) representation at `self.layer` for a (B, T) token batch on the device;
+        `padding` is its pad mask, or None when it has no padding."""
         if self.attention == "fair-esm":
             return self.model(tokens, repr_layers=[self.layer])["representations"][self.layer]
-        return forward_sdpa(self.model, tokens, self.layer, padding.to(self.device) if padding.any() else None)
+        return forward_sdpa(self.model, tokens, self.layer, padding)
+
+
+def _mean_residues(reps: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
+    """(B, D) float32: the layer's representation (B, T, D) averaged over positions 1..len."""
+    positions = torch.arange(reps.shape[1], device=reps.device)
+    keep = (positions >= 1) & (positions <= residues[:, None])  # (B, T)
+    summed = (reps.float() * keep[..., None]).sum(dim=1)
+    return summed / residues[:, None]
 
 
 def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:

@@ -52,6 +52,24 @@ class DistConfig:
 
 
 @dataclass
+class EngineConfig:
+    balance: bool = _help("deal work units to the ranks in estimated-cost order (a translate pre-pass) so each "
+                          "step costs about the same on every rank; false: input order", True)
+    prefetch: int = _help("work units prepared ahead on a helper thread while the device computes (0: none)", 1)
+    window: int = _help("steps whose exchange may be in flight before a rank waits (1: wait every step)", 4)
+    commit_every_s: float = _help("rank 0 commits progress at least this often (seconds), in the background", 30.0)
+    commit_every_steps: int = _help("... and at least every this many steps", 64)
+
+    def __post_init__(self) -> None:
+        for name in ("prefetch", "window", "commit_every_steps"):
+            low = 0 if name == "prefetch" else 1
+            if getattr(self, name) < low:
+                raise ValueError(f"engine.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.commit_every_s <= 0:
+            raise ValueError(f"engine.commit_every_s must be positive, got {self.commit_every_s}")
+
+
+@dataclass
 class PredictConfig:
     pack: str = _help("model pack: 500, 300, tiny (built on the fly) or a pack folder / YAML file", "500")
     classifier: str = _help("the published classifier (300_model.pth / 500_model.pth) or a vnp classifier "
@@ -67,6 +85,7 @@ class PredictConfig:
     progress: bool = _help("show a progress bar on rank 0", True)
     batch: BatchConfig = field(default_factory=BatchConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         if self.chunk_length < 0:

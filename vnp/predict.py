@@ -155,7 +155,7 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     times.stages["write_tables_s"] = round(time.time() - t0, 3)
     times.stages["total_s"] = round(time.time() - started, 3)
     (state.out / "config.yaml").write_text(to_yaml(config))
-    record = state.run_json(ctx, config, counts, times)
+    record = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
     tmp = state.out / "run.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, state.out / "run.json")

@@ -116,8 +116,11 @@ def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator
         yield number, carry
 
 
-def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iterator[Record]:
-    """Stream the records of a FASTA or FASTQ file (format detected from its first letter)."""
+def iter_records(path: str | os.PathLike, check_duplicates: bool = True, nucleotides: bool = True) -> Iterator[Record]:
+    """Stream the records of a FASTA or FASTQ file (format detected from its first letter).
+
+    `nucleotides=False` (protein input of `vnp embed esm`) accepts any ASCII letters; the caller
+    checks them against its alphabet."""
     path = Path(path)
     blocks = _blocks(path)
     data, newlines = b"", 0
@@ -134,9 +137,9 @@ def iter_records(path: str | os.PathLike, check_duplicates: bool = True) -> Iter
     if b"\x00" in data[:4096] or not data[:4096].isascii():
         raise InputError(f"{where(path, line=first_line)}: binary data, not a FASTA/FASTQ file")
     if data.startswith(b">"):
-        records = _fasta_records(path, data, blocks, first_line)
+        records = _fasta_records(path, data, blocks, first_line, nucleotides)
     elif data.startswith(b"@"):
-        records = _fastq_records(path, _split_lines(data, blocks, first_line))
+        records = _fastq_records(path, _split_lines(data, blocks, first_line), nucleotides)
     else:
         raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {_show(data[:1])})")
     seen: set[str] = set()
@@ -189,27 +192,29 @@ def _fasta_texts(first: bytes, blocks: Iterator[bytes]) -> Iterator[bytes]:
     yield b"".join(current)
 
 
-def _fasta_records(path: Path, first: bytes, blocks: Iterator[bytes], line: int) -> Iterator[Record]:
+def _fasta_records(path: Path, first: bytes, blocks: Iterator[bytes], line: int,
+                   nucleotides: bool = True) -> Iterator[Record]:
     """FASTA records, read in large blocks: a record's letters are joined and checked in C calls."""
     for count, text in enumerate(_fasta_texts(first, blocks), start=1):
         header, _, body = text.partition(b"\n")
         rid = _record_id(path, header, line)
-        yield Record(rid, _fasta_letters(path, rid, line, body), count, line)
+        yield Record(rid, _fasta_letters(path, rid, line, body, nucleotides), count, line)
         line += text.count(b"\n") + 1
 
 
-def _fasta_letters(path: Path, rid: str, header_line: int, body: bytes) -> str:
+def _fasta_letters(path: Path, rid: str, header_line: int, body: bytes, nucleotides: bool = True) -> str:
     letters = body.translate(None, _STRIPPED_LINES)
-    if letters.translate(None, NUCLEOTIDE_LETTERS):
+    if letters.translate(None, NUCLEOTIDE_LETTERS) if nucleotides else b"\x00" in letters or not letters.isascii():
         # Slow path, only for bad input: find the line to name it.
         for offset, line in enumerate(body.split(b"\n"), start=1):
             if b"\x00" in line or not line.isascii():
                 raise InputError(f"{where(path, rid, header_line + offset)}: binary data in a sequence line")
-            _check_letters(path, rid, header_line + offset, line.translate(None, _STRIPPED))
+            if nucleotides:
+                _check_letters(path, rid, header_line + offset, line.translate(None, _STRIPPED))
     return letters.decode("ascii")
 
 
-def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:
+def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]], nucleotides: bool = True) -> Iterator[Record]:
     """Four-line FASTQ records (@id, sequence, +, quality), blank lines between records allowed."""
     pending: tuple[int, bytes] | None = None
     count = 0
@@ -229,7 +234,8 @@ def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[R
             raise InputError(f"{where(path, rid, plus_line)}: expected the '+' separator line (multi-line FASTQ is not supported)")
         qual_line, qual = _next_line(lines, path, rid, "quality")
         seq = seq.translate(None, _STRIPPED)
-        _check_letters(path, rid, seq_line, seq)
+        if nucleotides:
+            _check_letters(path, rid, seq_line, seq)
         qual = qual.rstrip(b"\r")
         if len(qual) != len(seq):
             raise InputError(

@@ -1,0 +1,219 @@
+"""The unit engine of `vnp predict` and `vnp embed` (and training): every rank busy, rank 0 the sink.
+
+    rank r:  [prepare k+1 (helper thread)]  [compute k (device)]  post k --+
+                                                                          |  up to `window`
+    rank 0:  ... complete step k-window+1 <-------------------------------+  steps in flight
+             -> sink.consume(results in ascending unit order)
+
+A `Work` describes the units: how many, what each costs (optional), how to prepare one on the
+CPU and how to compute it on the device. The units are put in dealing order (by estimated cost,
+largest first, when the work can estimate it; else in input order) and a DistributedSampler deals
+that order to the ranks, so the units of one step cost about the same on every rank. A unit is
+batched only with itself, so its results do not depend on the world size or the order.
+
+Each step every rank posts a fixed-shape message (gather.Exchange); it waits for the oldest step
+only once `window` steps are in flight. A stop request (SIGTERM/SIGUSR1) rides in the message: the
+rank that completes step s with a stop in it has just posted step s + window - 1 (the same on every
+rank), stops posting after it and drains, so every rank stops after the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from vnp import dist as vdist
+from vnp.gather import NO_UNIT, CollectiveFailed, Computed, Exchange, UnitResult
+
+log = logging.getLogger("vnp")
+
+__all__ = ["EngineSettings", "EngineStats", "Sink", "StopFlag", "UnitResult", "Work", "run_units"]
+
+
+class Sink(Protocol):
+    """Rank 0's consumer of results: fresh units only, ascending unit order within a call, each once."""
+
+    def consume(self, results: list[UnitResult]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Work(Protocol):
+    """What the engine runs. `prepare` runs on a helper thread; `compute` on the main thread."""
+
+    dim: int  # embedding width
+    rows: int  # most frames (result rows) one unit can have: the fixed message size
+
+    def units(self) -> Sequence[int]: ...
+
+    def costs(self, units: Sequence[int]) -> np.ndarray | None:
+        """Estimated device cost of each of these units (any unit of measure), or None."""
+
+    def prepare(self, unit: int) -> Any: ...
+
+    def compute(self, unit: int, prepared: Any) -> Computed: ...
+
+
+@dataclass
+class EngineSettings:
+    balance: bool = True  # deal units in cost order (False: input order, as before)
+    prefetch: int = 1  # units prepared ahead on the helper thread (0: prepare inline)
+    window: int = 4  # steps in flight before a rank waits (1: wait every step)
+
+
+@dataclass
+class EngineStats:
+    """Seconds this rank spent: in model forwards (busy), waiting on the exchange, waiting for its
+    next prepared unit, estimating costs, and in the whole loop."""
+
+    busy_s: float = 0.0
+    wait_s: float = 0.0
+    prepare_wait_s: float = 0.0
+    cost_s: float = 0.0
+    loop_s: float = 0.0
+    steps: int = 0
+    units: int = 0
+    stopped: bool = False
+    per_rank: list = field(default_factory=list)
+
+    def mine(self, rank: int) -> dict:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"rank": rank, "busy_s": round(self.busy_s, 3), "wait_s": round(self.wait_s, 3),
+                "prepare_wait_s": round(self.prepare_wait_s, 3), "cost_s": round(self.cost_s, 3),
+                "loop_s": round(self.loop_s, 3), "steps": self.steps, "units": self.units,
+                "peak_rss_mib": round(peak_mib, 1)}
+
+
+class StopFlag:
+    """Set by SIGTERM or SIGUSR1 (SLURM preemption, `--signal=USR1@120`): stop after this step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @classmethod
+    def install(cls) -> "StopFlag":
+        flag = cls()
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, flag._handle)
+        return flag
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+def dealing_order(ctx: vdist.Context, work: Work, balance: bool, stats: EngineStats) -> list[int]:
+    """The units in the order the sampler deals them: largest estimated cost first (ties in input
+    order) when balancing, else input order. Costs are estimated once, shared out over the ranks
+    and exchanged, so every rank derives the same order."""
+    units = list(work.units())
+    if not balance or ctx.world_size == 1 or not units:
+        return units
+    t0 = time.perf_counter()
+    share = units[ctx.rank::ctx.world_size]
+    mine = work.costs(share)
+    stats.cost_s = time.perf_counter() - t0
+    if mine is None:
+        return units
+    pieces = vdist.all_gather_object(ctx, np.asarray(mine, dtype=np.float64))
+    costs = np.empty(len(units), dtype=np.float64)
+    for rank, piece in enumerate(pieces):
+        costs[rank::ctx.world_size] = piece
+    order = np.lexsort((np.asarray(units), -costs))  # cost descending, then unit ascending
+    return [units[i] for i in order]
+
+
+class Prefetcher:
+    """Prepares the next units on one helper thread while the device works on the current one."""
+
+    def __init__(self, prepare: Callable[[int], Any], units: Sequence[int | None], depth: int):
+        self.prepare, self.units, self.depth = prepare, units, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vnp-prepare") if depth > 0 else None
+        self.futures: dict[int, Any] = {}
+
+    def get(self, step: int):
+        unit = self.units[step]
+        if self.pool is None:
+            return None if unit is None else self.prepare(unit)
+        for ahead in range(step, min(step + self.depth + 1, len(self.units))):
+            if ahead not in self.futures and self.units[ahead] is not None:
+                self.futures[ahead] = self.pool.submit(self.prepare, self.units[ahead])
+        future = self.futures.pop(step, None)
+        return None if future is None else future.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for future in self.futures.values():
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+
+def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineSettings) -> EngineStats:
+    """Run every unit of `work` on the ranks; rank 0 hands results to `sink`. Returns this rank's
+    stats with every rank's in `per_rank`. `stop.requested` is polled (set by a signal handler) and
+    set on every rank when any rank asked."""
+    stats = EngineStats()
+    t_start = time.perf_counter()
+    order = dealing_order(ctx, work, settings.balance, stats)
+    slots = vdist.shard(len(order), ctx)
+    units = [None if slot is None else order[slot] for slot in slots]
+    device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
+    exchange = Exchange(ctx.world_size, ctx.rank, device, work.rows, work.dim)
+    prefetch = Prefetcher(work.prepare, units, settings.prefetch)
+    window = max(1, settings.window)
+    delivered: set[int] = set()
+    log.info("%d units, %d steps on this rank (balance=%s, prefetch=%d, window=%d)", len(order), len(units),
+             settings.balance, settings.prefetch, window)
+
+    def complete_one() -> bool:
+        t0 = time.perf_counter()
+        try:
+            results, stop_any = exchange.complete_oldest()
+        except CollectiveFailed as err:
+            raise vdist.PeerFailure(f"collective failed ({err})") from None
+        stats.wait_s += time.perf_counter() - t0
+        if sink is not None:
+            fresh = sorted((r for r in results if r.unit not in delivered), key=lambda r: r.unit)
+            delivered.update(r.unit for r in fresh)
+            if fresh:
+                sink.consume(fresh)
+        return stop_any
+
+    empty = Computed(NO_UNIT, np.zeros(0, np.int64), torch.zeros((0, work.dim)))
+    try:
+        for step, unit in enumerate(units):
+            t0 = time.perf_counter()
+            prepared = prefetch.get(step)
+            t1 = time.perf_counter()
+            computed = empty if unit is None else work.compute(unit, prepared)
+            stats.prepare_wait_s += t1 - t0
+            stats.busy_s += time.perf_counter() - t1
+            stats.steps += 1
+            stats.units += unit is not None
+            try:
+                exchange.post(computed, stop.requested)
+            except CollectiveFailed as err:
+                raise vdist.PeerFailure(f"step {step}: collective failed ({err})") from None
+            if len(exchange) >= window and complete_one():
+                stats.stopped = True  # every rank learns it after posting this same step
+                break
+        while len(exchange):
+            stats.stopped |= complete_one()
+    finally:
+        prefetch.close()
+    if stats.stopped:
+        stop.requested = True
+        log.info("stop requested: left after step %d", stats.steps - 1)
+    stats.loop_s = time.perf_counter() - t_start
+    if sink is not None and not stats.stopped and delivered != set(order):
+        missing = sorted(set(order) - delivered)
+        raise RuntimeError(f"work units missing after the last step: {missing[:5]}... ({len(missing)} in all)")
+    stats.per_rank = vdist.all_gather_object(ctx, stats.mine(ctx.rank))
+    return stats

@@ -7,8 +7,9 @@
 
 A `Work` describes the units: how many, what each costs (optional), how to prepare one on the
 CPU and how to compute it on the device. The units are put in dealing order (by estimated cost,
-largest first, when the work can estimate it; else in input order) and a DistributedSampler deals
-that order to the ranks, so the units of one step cost about the same on every rank. A unit is
+largest first, in a snake over the ranks, when the work can estimate it; else in input order) and
+a DistributedSampler deals that order to the ranks, so the units of one step cost about the same
+on every rank and no rank gets the larger unit of every step. A unit is
 batched only with itself, so its results do not depend on the world size or the order.
 
 Each step every rank posts a fixed-shape message (gather.Exchange); it waits for the oldest step
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import resource
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -127,7 +129,14 @@ def dealing_order(ctx: vdist.Context, work: Work, balance: bool, stats: EngineSt
     for rank, piece in enumerate(pieces):
         costs[rank::ctx.world_size] = piece
     order = np.lexsort((np.asarray(units), -costs))  # cost descending, then unit ascending
-    return [units[i] for i in order]
+    return snake([units[i] for i in order], ctx.world_size)
+
+
+def snake(order: list[int], world_size: int) -> list[int]:
+    """Every other group of `world_size` reversed, so that the sampler, which gives rank r the
+    r-th unit of each group, does not give rank 0 the largest unit of every step."""
+    groups = [order[i:i + world_size] for i in range(0, len(order), world_size)]
+    return [unit for g, group in enumerate(groups) for unit in (group[::-1] if g % 2 else group)]
 
 
 class Prefetcher:
@@ -168,6 +177,11 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
     exchange = Exchange(ctx.world_size, ctx.rank, device, work.rows, work.dim)
     prefetch = Prefetcher(work.prepare, units, settings.prefetch)
     window = max(1, settings.window)
+    # The main thread feeds the device and mostly waits (on it, on the exchange) with the GIL
+    # released; a short switch interval gives it the GIL back soon after, while the helper thread
+    # runs Python (translation).
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, 0.0005))
     delivered: set[int] = set()
     log.info("%d units, %d steps on this rank (balance=%s, prefetch=%d, window=%d)", len(order), len(units),
              settings.balance, settings.prefetch, window)
@@ -208,6 +222,7 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
             stats.stopped |= complete_one()
     finally:
         prefetch.close()
+        sys.setswitchinterval(switch_interval)
     if stats.stopped:
         stop.requested = True
         log.info("stop requested: left after step %d", stats.steps - 1)

@@ -117,8 +117,12 @@ class FrameWork:
                 for f in self.select_frames(chunk, kept)]
 
     def costs(self, units) -> np.ndarray:
-        """ESM tokens of each unit's frames: ESM2-3B dominates (DNABERT-S is ~25x cheaper a frame)."""
-        return np.asarray([sum(len(f.protein) + 2 for _, f in self.frames(u)) for u in units], dtype=np.float64)
+        """Padded ESM tokens of each unit's batches (ESM2-3B dominates: DNABERT-S is ~25x cheaper
+        a frame), batched as `EsmEmbedder.prepare` will batch them."""
+        from vnp.models.esm import MAX_RESIDUES, padded_tokens
+
+        return np.asarray([padded_tokens([min(len(f.protein), MAX_RESIDUES) + 2 for _, f in self.frames(u)],
+                                         self.esm_tokens) for u in units], dtype=np.float64)
 
     def prepare(self, unit: int):
         """Read, translate and tokenize one unit (helper thread)."""

@@ -155,6 +155,11 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return batches
 
 
+def padded_tokens(lengths: Sequence[int], max_tokens: int) -> int:
+    """Tokens (rows x longest, padding included) of the batches `token_batches` makes."""
+    return sum(len(batch) * max(lengths[i] for i in batch) for batch in token_batches(lengths, max_tokens))
+
+
 # ---------------------------------------------------------------------------------------------
 # The sdpa forward, over a fair-esm ESM2 module's weights
 

@@ -220,17 +220,31 @@ def _self_attention(
     """fair-esm MultiheadAttention (rotary, no bias_kv) on (B, T, D) input through sdpa."""
     batch, length, dim = x.shape
     heads = attn.num_heads
-
-    def split_heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, H, T, D/H)
-        return t.view(batch, length, heads, dim // heads).transpose(1, 2)
-
-    q = split_heads(attn.q_proj(x) * attn.scaling)  # fair-esm scales q before the rotation
-    k = split_heads(attn.k_proj(x))
-    v = split_heads(attn.v_proj(x))
+    # One projection for q, k and v (weights fused at load), viewed as (B, T, 3, H, D/H): no copies.
+    qkv = F.linear(x, *fused_qkv(attn)).view(batch, length, 3, heads, dim // heads)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, D/H) views
+    q = q * attn.scaling  # fair-esm scales q before the rotation
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=1.0)  # q already scaled
     return attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+
+def fused_qkv(attn: MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3D, D) weight and (3D,) bias of q, k and v projections, concatenated once per module
+    (q_proj, k_proj and v_proj then become views into them, so no memory is doubled)."""
+    fused = getattr(attn, "_vnp_qkv", None)
+    if fused is None or fused[0].device != attn.q_proj.weight.device or fused[0].dtype != attn.q_proj.weight.dtype:
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        with torch.no_grad():
+            weight = torch.cat([p.weight for p in projections])
+            bias = torch.cat([p.bias for p in projections])
+        dim = attn.q_proj.weight.shape[0]
+        for i, proj in enumerate(projections):
+            proj.weight = torch.nn.Parameter(weight[i * dim:(i + 1) * dim], requires_grad=False)
+            proj.bias = torch.nn.Parameter(bias[i * dim:(i + 1) * dim], requires_grad=False)
+        attn._vnp_qkv = fused = (weight, bias)
+    return fused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +284,9 @@ def load_esm(
     if not 0 <= layer <= model.num_layers:
         raise InputError(f"{path}: esm layer {layer} is out of range 0..{model.num_layers}")
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if attention == "sdpa":
+        for block in model.layers:
+            fused_qkv(block.self_attn)
     return EsmEmbedder(model, alphabet, layer, attention)
 
 

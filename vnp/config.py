@@ -58,7 +58,8 @@ class EngineConfig:
     prefetch: int = _help("work units prepared ahead on a helper thread while the device computes (0: none)", 1)
     window: int = _help("steps whose exchange may be in flight before a rank waits (1: wait every step)", 4)
     commit_every_s: float = _help("rank 0 commits progress at least this often (seconds), in the background", 30.0)
-    commit_every_steps: int = _help("... and at least every this many steps", 64)
+    commit_every_steps: int = _help("rank 0 also commits at least every this many steps (O(100) parts for "
+                                    "10,000 steps)", 64)
 
     def __post_init__(self) -> None:
         for name in ("prefetch", "window", "commit_every_steps"):

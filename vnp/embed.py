@@ -9,11 +9,13 @@ MODEL is a DNABERT-S folder or hub id (`zhihan1996/DNABERT-S`), or an ESM2 `.pt`
 (float32, one row per record); `numpy.load(path, allow_pickle=False)` reads it. It is written to a
 temporary name and renamed, so a failed run leaves no partial file.
 
-Runs under the same launchers as `vnp predict` (torchrun, accelerate, srun) and shards the same
-way: work units of `--batch-records` consecutive records are dealt to the ranks by a
-DistributedSampler, embedded there, gathered to rank 0 step by step and written in input order as
-they arrive, so no rank holds all the embeddings. Rank 0 first checks every record (IDs, letters)
-before any model time is spent; each rank then streams the file once, embedding only its units.
+Runs under the same launchers as `vnp predict` (torchrun, accelerate, srun), on the same engine
+(vnp/engine.py): work units of `--batch-records` consecutive records are dealt to the ranks by a
+DistributedSampler in input order, prepared on a helper thread, embedded, sent to rank 0 with
+asynchronous fixed-shape collectives and written in input order as they arrive, so no rank holds
+all the embeddings. Input goes through the project's reader (vnp/seqio.py: FASTA or FASTQ, plain or
+compressed, the same checks and messages as `vnp predict`); rank 0 first checks every record before
+any model time is spent; each rank then streams the file once, embedding only its units.
 """
 
 from __future__ import annotations

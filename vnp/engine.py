@@ -25,7 +25,8 @@ import resource
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -164,6 +165,29 @@ class Prefetcher:
             self.pool.shutdown(wait=True)
 
 
+class SinkThread:
+    """Rank 0 hands each completed step to the sink on one helper thread, in order, so that
+    classifying and committing do not hold up its next step (and with it every other rank).
+    At most `depth` steps wait for the sink; a failure in the sink is raised on the main thread."""
+
+    def __init__(self, sink: Sink, depth: int):
+        self.sink, self.depth = sink, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vnp-sink")
+        self.futures: deque[Future] = deque()
+
+    def submit(self, results: list[UnitResult]) -> None:
+        while self.futures and (self.futures[0].done() or len(self.futures) >= self.depth):
+            self.futures.popleft().result()
+        self.futures.append(self.pool.submit(self.sink.consume, results))
+
+    def drain(self) -> None:
+        try:
+            while self.futures:
+                self.futures.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineSettings) -> EngineStats:
     """Run every unit of `work` on the ranks; rank 0 hands results to `sink`. Returns this rank's
     stats with every rank's in `per_rank`. `stop.requested` is polled (set by a signal handler) and
@@ -183,6 +207,7 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(min(switch_interval, 0.0005))
     delivered: set[int] = set()
+    consumer = SinkThread(sink, window) if sink is not None else None
     log.info("%d units, %d steps on this rank (balance=%s, prefetch=%d, window=%d)", len(order), len(units),
              settings.balance, settings.prefetch, window)
 
@@ -193,11 +218,11 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
         except CollectiveFailed as err:
             raise vdist.PeerFailure(f"collective failed ({err})") from None
         stats.wait_s += time.perf_counter() - t0
-        if sink is not None:
+        if consumer is not None:
             fresh = sorted((r for r in results if r.unit not in delivered), key=lambda r: r.unit)
             delivered.update(r.unit for r in fresh)
             if fresh:
-                sink.consume(fresh)
+                consumer.submit(fresh)
         return stop_any
 
     empty = Computed(NO_UNIT, np.zeros(0, np.int64), torch.zeros((0, work.dim)))
@@ -222,6 +247,8 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
             stats.stopped |= complete_one()
     finally:
         prefetch.close()
+        if consumer is not None:
+            consumer.drain()
         sys.setswitchinterval(switch_interval)
     if stats.stopped:
         stop.requested = True

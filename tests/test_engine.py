@@ -165,3 +165,23 @@ def test_progress_samples_stay_bounded():
     assert len(progress.samples) <= 10
     assert progress.samples[0]["chunks"] == 0 and progress.samples[-1]["chunks"] <= 99
     assert json.dumps(progress.samples)
+
+
+def test_a_failing_sink_or_unit_is_raised_not_swallowed():
+    class FailingSink(ListSink):
+        def consume(self, results):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_units(SINGLE, CountingWork(9), FailingSink(), StopFlag(), EngineSettings())
+
+    class FailingWork(CountingWork):
+        def compute(self, unit, frames):
+            if unit == 6:
+                raise RuntimeError("unit 6 broke")
+            return super().compute(unit, frames)
+
+    sink = ListSink()
+    with pytest.raises(RuntimeError, match="unit 6 broke"):
+        run_units(SINGLE, FailingWork(9), sink, StopFlag(), EngineSettings(window=2))
+    assert [u for call in sink.calls for u in call] == list(range(5))  # what completed was delivered

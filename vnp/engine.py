@@ -180,10 +180,16 @@ class SinkThread:
             self.futures.popleft().result()
         self.futures.append(self.pool.submit(self.sink.consume, results))
 
-    def drain(self) -> None:
+    def drain(self, quiet: bool = False) -> None:
+        """Wait for the sink; `quiet` (the loop already failed): log a sink failure, keep the first."""
         try:
             while self.futures:
-                self.futures.popleft().result()
+                try:
+                    self.futures.popleft().result()
+                except Exception:
+                    if not quiet:
+                        raise
+                    log.exception("the sink failed too")
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -245,10 +251,15 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
                 break
         while len(exchange):
             stats.stopped |= complete_one()
-    finally:
-        prefetch.close()
+    except BaseException:
+        if consumer is not None:
+            consumer.drain(quiet=True)  # what arrived is still committed by the sink's owner
+        raise
+    else:
         if consumer is not None:
             consumer.drain()
+    finally:
+        prefetch.close()
         sys.setswitchinterval(switch_interval)
     if stats.stopped:
         stop.requested = True

@@ -165,6 +165,39 @@ class Prefetcher:
             self.pool.shutdown(wait=True)
 
 
+class ComputeTimer:
+    """Seconds spent computing units. On CUDA the forwards run asynchronously, so the time is taken
+    from events recorded around each unit and read once its step has completed (no extra sync);
+    elsewhere it is the wall time of the call."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events: deque = deque()
+        self.seconds = 0.0
+
+    def start(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, started) -> None:
+        if not self.cuda:
+            self.seconds += time.perf_counter() - started
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self.events.append((started, end))
+
+    def settle(self, keep: int = 0) -> None:
+        """Add the time of every recorded unit but the last `keep` (those may still be running)."""
+        while len(self.events) > keep:
+            started, end = self.events.popleft()
+            end.synchronize()
+            self.seconds += started.elapsed_time(end) / 1000
+
+
 class SinkThread:
     """Rank 0 hands each completed step to the sink on one helper thread, in order, so that
     classifying and committing do not hold up its next step (and with it every other rank).
@@ -224,6 +257,7 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
         except CollectiveFailed as err:
             raise vdist.PeerFailure(f"collective failed ({err})") from None
         stats.wait_s += time.perf_counter() - t0
+        timer.settle(keep=len(exchange))
         if consumer is not None:
             fresh = sorted((r for r in results if r.unit not in delivered), key=lambda r: r.unit)
             delivered.update(r.unit for r in fresh)
@@ -231,15 +265,16 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
                 consumer.submit(fresh)
         return stop_any
 
+    timer = ComputeTimer(ctx.device)
     empty = Computed(NO_UNIT, np.zeros(0, np.int64), torch.zeros((0, work.dim)))
     try:
         for step, unit in enumerate(units):
             t0 = time.perf_counter()
             prepared = prefetch.get(step)
-            t1 = time.perf_counter()
+            stats.prepare_wait_s += time.perf_counter() - t0
+            started = timer.start()
             computed = empty if unit is None else work.compute(unit, prepared)
-            stats.prepare_wait_s += t1 - t0
-            stats.busy_s += time.perf_counter() - t1
+            timer.stop(started)
             stats.steps += 1
             stats.units += unit is not None
             try:
@@ -261,6 +296,8 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
     finally:
         prefetch.close()
         sys.setswitchinterval(switch_interval)
+    timer.settle()
+    stats.busy_s = timer.seconds
     if stats.stopped:
         stop.requested = True
         log.info("stop requested: left after step %d", stats.steps - 1)

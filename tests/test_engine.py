@@ -52,6 +52,7 @@ class ListSink:
     def __init__(self):
         self.calls: list[list[int]] = []
         self.rows: dict[int, np.ndarray] = {}
+        self.closed = False
 
     def consume(self, results):
         self.calls.append([r.unit for r in results])
@@ -59,7 +60,7 @@ class ListSink:
             self.rows[r.unit] = r.embeddings
 
     def close(self):
-        pass
+        self.closed = True
 
 
 @pytest.mark.parametrize("prefetch, window", [(0, 1), (1, 4), (2, 3)])
@@ -70,6 +71,7 @@ def test_every_unit_delivered_once_in_order(prefetch, window):
     assert work.prepared == list(range(11))  # each unit prepared once
     assert all(np.array_equal(sink.rows[u], np.full((u % 3, 4), float(u), np.float32)) for u in range(11))
     assert stats.steps == 11 and not stats.stopped and stats.per_rank[0]["rank"] == 0
+    assert sink.closed
 
 
 @pytest.mark.parametrize("window", [1, 4])
@@ -185,3 +187,4 @@ def test_a_failing_sink_or_unit_is_raised_not_swallowed():
     with pytest.raises(RuntimeError, match="unit 6 broke"):
         run_units(SINGLE, FailingWork(9), sink, StopFlag(), EngineSettings(window=2))
     assert [u for call in sink.calls for u in call] == list(range(5))  # what completed was delivered
+    assert sink.closed  # and committed

@@ -71,6 +71,11 @@ class EngineSettings:
     prefetch: int = 1  # units prepared ahead on the helper thread (0: prepare inline)
     window: int = 4  # steps in flight before a rank waits (1: wait every step)
 
+    @classmethod
+    def from_config(cls, engine) -> "EngineSettings":
+        """From the `engine` section of a configuration (vnp.config.EngineConfig)."""
+        return cls(engine.balance, engine.prefetch, engine.window)
+
 
 @dataclass
 class EngineStats:
@@ -228,9 +233,10 @@ class SinkThread:
 
 
 def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineSettings) -> EngineStats:
-    """Run every unit of `work` on the ranks; rank 0 hands results to `sink`. Returns this rank's
-    stats with every rank's in `per_rank`. `stop.requested` is polled (set by a signal handler) and
-    set on every rank when any rank asked."""
+    """Run every unit of `work` on the ranks; rank 0 hands results to `sink` (None elsewhere) and
+    closes it at the end, also when the loop fails. Returns this rank's stats with every rank's in
+    `per_rank`. `stop.requested` is polled (set by a signal handler) and set on every rank when any
+    rank asked."""
     stats = EngineStats()
     t_start = time.perf_counter()
     order = dealing_order(ctx, work, settings.balance, stats)
@@ -287,12 +293,17 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
         while len(exchange):
             stats.stopped |= complete_one()
     except BaseException:
-        if consumer is not None:
-            consumer.drain(quiet=True)  # what arrived is still committed by the sink's owner
+        if consumer is not None:  # what arrived is still handed over and closed (committed)
+            consumer.drain(quiet=True)
+            try:
+                sink.close()
+            except Exception:
+                log.exception("closing the sink failed too")
         raise
     else:
         if consumer is not None:
             consumer.drain()
+            sink.close()
     finally:
         prefetch.close()
         sys.setswitchinterval(switch_interval)

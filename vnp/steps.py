@@ -202,7 +202,9 @@ class Progress:
 
 class Collector:
     """Rank 0's sink for predict: classify each arriving unit, keep its scores (and embeddings),
-    commit by time and size in the background, show progress."""
+    commit by time and size in the background, show progress. (Training brings its own sink and
+    `select_frames` to the same engine: `run_units(ctx, FrameWork(state, config, models,
+    select_frames), sink, stop, EngineSettings.from_config(config.engine))`.)"""
 
     def __init__(self, state: RunState, config: PredictConfig, models: Models, device: torch.device):
         self.state, self.models, self.device = state, models, device
@@ -290,20 +292,14 @@ class Collector:
             self.bar.close()
 
 
-def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop,
-              select_frames=keep_every_frame) -> EmbedTimes:
+def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop) -> EmbedTimes:
     """Every unit through the engine; rank 0 classifies and commits; completeness checked."""
     times = EmbedTimes()
     t_start = time.time()
     collector = Collector(state, config, models, ctx.device) if ctx.is_main else None
-    work = FrameWork(state, config, models, select_frames)
+    work = FrameWork(state, config, models)
     log.info("%d units to do (%d done before)", len(state.remaining), state.resumed_units)
-    settings = EngineSettings(config.engine.balance, config.engine.prefetch, config.engine.window)
-    try:
-        stats = run_units(ctx, work, collector, stop, settings)
-    finally:
-        if collector is not None:
-            collector.close()
+    stats = run_units(ctx, work, collector, stop, EngineSettings.from_config(config.engine))
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
     mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3)}
     if collector is not None:

@@ -188,3 +188,21 @@ def test_a_failing_sink_or_unit_is_raised_not_swallowed():
         run_units(SINGLE, FailingWork(9), sink, StopFlag(), EngineSettings(window=2))
     assert [u for call in sink.calls for u in call] == list(range(5))  # what completed was delivered
     assert sink.closed  # and committed
+
+
+def test_helper_threads_compute_with_the_ranks_thread_count():
+    """OpenMP's thread count is per thread; the sink classifies on a helper thread, and another
+    count there would change the scores' last digits between launchers."""
+    seen = []
+
+    class ThreadsSink(ListSink):
+        def consume(self, results):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run_units(SINGLE, CountingWork(3), ThreadsSink(), StopFlag(), EngineSettings())
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}

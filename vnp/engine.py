@@ -145,12 +145,19 @@ def snake(order: list[int], world_size: int) -> list[int]:
     return [unit for g, group in enumerate(groups) for unit in (group[::-1] if g % 2 else group)]
 
 
+def helper_thread(name: str) -> ThreadPoolExecutor:
+    """One worker thread that computes with this rank's torch thread count: OpenMP's count is
+    per thread, and a different count changes float summation order (and so the tables)."""
+    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=torch.set_num_threads,
+                              initargs=(torch.get_num_threads(),))
+
+
 class Prefetcher:
     """Prepares the next units on one helper thread while the device works on the current one."""
 
     def __init__(self, prepare: Callable[[int], Any], units: Sequence[int | None], depth: int):
         self.prepare, self.units, self.depth = prepare, units, depth
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vnp-prepare") if depth > 0 else None
+        self.pool = helper_thread("vnp-prepare") if depth > 0 else None
         self.futures: dict[int, Any] = {}
 
     def get(self, step: int):
@@ -210,7 +217,7 @@ class SinkThread:
 
     def __init__(self, sink: Sink, depth: int):
         self.sink, self.depth = sink, depth
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vnp-sink")
+        self.pool = helper_thread("vnp-sink")
         self.futures: deque[Future] = deque()
 
     def submit(self, results: list[UnitResult]) -> None:

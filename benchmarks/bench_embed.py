@@ -61,7 +61,7 @@ def coding_frames(count: int, chunk_length: int = 500, seed: int = 0) -> list[Fr
     def records():
         for number in itertools.count():
             seq = coding_like(rng, 3 * rng.randint(50, 1000))
-            yield Record(f"seq{number}", seq, number + 1, 1)
+            yield Record(f"seq{number}", seq, 1)
 
     frames: list[Frame] = []
     for chunks in batched_chunks(records(), chunk_length, max_bases=1 << 18):
@@ -116,7 +116,7 @@ def esm_original(embedder, proteins: list[str]) -> np.ndarray:
     batches = dataset.get_batch_indices(ORIGINAL_ESM_TOKENS, extra_toks_per_seq=1)
     loader = torch.utils.data.DataLoader(dataset, collate_fn=embedder.alphabet.get_batch_converter(1022),
                                          batch_sampler=batches)
-    out = np.empty((len(proteins), embedder.embed_dim), dtype=np.float32)
+    out = np.empty((len(proteins), embedder.dim), dtype=np.float32)
     layer = embedder.layer
     for labels, strs, toks in loader:
         reps = embedder.model(toks, repr_layers=[layer], return_contacts=False)["representations"][layer]

@@ -94,15 +94,15 @@ def patch_forwards(dnabert_tokens_per_s: float) -> None:
     from vnp.models.dnabert import DnabertEmbedder
     from vnp.models.esm import EsmEmbedder
 
-    def sleeper(tokens_per_s: float, width: str):
+    def sleeper(tokens_per_s: float):
         def run(self, prepared):
             tokens = sum(int(batch[1].numel()) for batch in prepared.batches)  # rows x padded length
             time.sleep(tokens / tokens_per_s)
-            return torch.zeros((prepared.rows, getattr(self, width)), dtype=torch.float32)
+            return torch.zeros((prepared.rows, self.dim), dtype=torch.float32)
         return run
 
-    EsmEmbedder.run = sleeper(ESM_TOKENS_PER_S, "embed_dim")
-    DnabertEmbedder.run = sleeper(dnabert_tokens_per_s, "hidden_size")
+    EsmEmbedder.run = sleeper(ESM_TOKENS_PER_S)
+    DnabertEmbedder.run = sleeper(dnabert_tokens_per_s)
 
 
 def worker(argv: list[str]) -> int:

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import baseline_translate as baseline
+from tests import baseline_translate as baseline
 from vnp.demo import coding_like
 from vnp.translate import translate_file
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["benchmarks.bench_translate", "benchmarks.bench_embed", "benchmarks.bench_predict", "benchmarks.bench_engine",
-              "benchmarks.gpu"]
+BENCHMARKS = ["benchmarks.bench_startup", "benchmarks.bench_translate", "benchmarks.bench_embed", "benchmarks.bench_predict",
+              "benchmarks.bench_call", "benchmarks.bench_engine", "benchmarks.gpu"]
 
 
 def main() -> None:

@@ -5,12 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
+from tests.helpers import ORIGINAL_SCRIPT
 from vnp.errors import InputError
 from vnp.models.classifier import (
     CONFIG_NAME,
@@ -23,53 +23,6 @@ from vnp.models.classifier import (
 )
 
 INPUT_DIM = 12
-
-# What VirNucPro's train.py does: a script-level class, trained, then `torch.save(model, path)`.
-# Expected scores are computed in the same process, with the script's own class.
-ORIGINAL_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    class MLPClassifier(nn.Module):
-        def __init__(self, input_dim, hidden_dim, num_class):
-            super(MLPClassifier, self).__init__()
-            self.hidden_layer = nn.Linear(input_dim, hidden_dim)
-            self.bn1 = nn.BatchNorm1d(hidden_dim)
-            self.output_layer = nn.Linear(hidden_dim, num_class)
-            self.dropout = nn.Dropout(0.5)
-            self.init_weights()
-
-        def init_weights(self):
-            nn.init.xavier_uniform_(self.hidden_layer.weight)
-            nn.init.xavier_uniform_(self.output_layer.weight)
-
-        def forward(self, x):
-            x = self.hidden_layer(x)
-            x = self.bn1(x)
-            x = F.relu(x)
-            x = self.dropout(x)
-            x = self.output_layer(x)
-            return x
-
-    torch.manual_seed(0)
-    model = MLPClassifier(int(sys.argv[1]), 8, 2)
-    model.train()
-    for _ in range(3):  # move BatchNorm's running statistics away from (0, 1)
-        model(torch.randn(32, int(sys.argv[1])) * 3 + 1)
-    model.eval()
-    torch.save(model, "model.pth")
-    x = torch.randn(10, int(sys.argv[1]))
-    with torch.no_grad():
-        probs = F.softmax(model(x), dim=1)
-    np.save("x.npy", x.numpy())
-    np.save("expected.npy", probs.numpy())
-    """
-)
-
 
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory):

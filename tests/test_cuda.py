@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_predict import TABLES, child_env, run, write_mixed_input
+from tests.helpers import TABLES, child_env, run, write_mixed_input
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

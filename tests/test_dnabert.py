@@ -144,7 +144,7 @@ def test_padded_batch_equals_one_by_one(tiny):
             for s in SEQS])
     for max_tokens in (16384, 300, 1):  # one batch, several, one sequence each
         got = tiny.embed(SEQS, max_tokens=max_tokens)
-        assert got.dtype == np.float32 and got.shape == (len(SEQS), tiny.hidden_size)
+        assert got.dtype == np.float32 and got.shape == (len(SEQS), tiny.dim)
         assert np.abs(got - expected).max() < 1e-5
 
 
@@ -160,7 +160,7 @@ def test_token_lengths_and_empty_input(tiny):
     assert lengths[2] == 2                                      # [CLS] [SEP]
     assert lengths[3] == 9                                      # one [UNK] per N
     assert tiny.token_lengths(["acgt"]) == tiny.token_lengths(["ACGT"])
-    assert tiny.embed([]).shape == (0, tiny.hidden_size)
+    assert tiny.embed([]).shape == (0, tiny.dim)
 
 
 def test_token_batches_respect_budget():
@@ -257,7 +257,7 @@ def test_hub_id_downloads_then_falls_back_to_bin(tiny_dir, tmp_path, monkeypatch
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
-    assert load_dnabert("org/model").hidden_size == 64
+    assert load_dnabert("org/model").dim == 64
     assert calls == [["config.json", "tokenizer.json", "model.safetensors"], ["pytorch_model.bin"]]
 
 

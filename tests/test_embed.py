@@ -146,11 +146,11 @@ def test_slices_give_the_same_rows(pack, inputs, tmp_path, capsys):
     """Embedding in slices of 2 records (as a rank would its share) changes nothing."""
     embedder = load_dnabert(pack.dnabert)
     records = checked_records(inputs["fa"], nucleotide_check)
-    ids, vectors = collect(embed_records(embedder, records, max_tokens=64, batch_records=2), embedder.hidden_size)
+    ids, vectors = collect(embed_records(embedder, records, max_tokens=64, batch_records=2), embedder.dim)
     whole = embedder.embed([seq.upper() for seq in NUCLEOTIDES.values()], max_tokens=64)
     assert ids.tolist() == ids_of(NUCLEOTIDES)
     np.testing.assert_allclose(vectors, whole, atol=1e-6, rtol=0)
-    empty_ids, empty = collect(embed_records(embedder, [], max_tokens=64), embedder.hidden_size)
+    empty_ids, empty = collect(embed_records(embedder, [], max_tokens=64), embedder.dim)
     assert empty_ids.shape == (0,) and empty.shape == (0, pack.dnabert_dim)
 
 

@@ -144,7 +144,7 @@ def test_named_model_from_hub_cache(checkpoint, tmp_path, monkeypatch):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "esm2_tiny.pt").write_bytes(checkpoint.read_bytes())
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert load_esm("esm2_tiny").embed_dim == 64
+    assert load_esm("esm2_tiny").dim == 64
 
 
 def test_named_model_download_failure(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import BIN, ROOT, child_env, tables
+from tests.helpers import BIN, ROOT, child_env, tables
 
 pytestmark = pytest.mark.slow
 ARGS = ["pack=tiny", "progress=false", "threads=1", "dist.timeout_s=60"]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vnp.config import PredictConfig
 from vnp.outputs import write_tables
-from vnp.plan import iter_ids, load_plan, pack_inputs, read_chunks
+from vnp.plan import load_plan, pack_inputs, read_chunks
 from vnp.translate import translate_chunks
 
 
 def frame_keys(work, plan) -> np.ndarray:
     chunks = read_chunks(plan, work / "sequences.bin", 0, plan.n_chunks)
-    return np.asarray([int(c.id) * 6 + f.index for c, frames in zip(chunks, translate_chunks(chunks)) for f in frames])
+    return np.asarray([c.index * 6 + f.index for c, frames in zip(chunks, translate_chunks(chunks)) for f in frames])
 
 
 @pytest.mark.parametrize("stem", ["test_with_orfs", "test_fixed_500bp"])
@@ -26,7 +27,7 @@ def test_tables_match_the_original_given_its_scores(vanilla, tmp_path, stem):
     scores = np.array([[np.float32(r[2]), np.float32(r[3])] for r in rows], dtype=np.float32)
     keys = frame_keys(work, plan)
     assert len(keys) == len(rows)
-    write_tables(tmp_path, plan, iter_ids(work), keys, scores)
+    write_tables(tmp_path, plan, keys, scores, PredictConfig(), [f"{stem}.fa"])
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
         assert (tmp_path / name).read_bytes() == (reference / name).read_bytes(), name
 
@@ -41,12 +42,13 @@ def test_chunk_decision_and_contig_summary(tmp_path):
     # chunk 1 viral only through a tie (max score2 == max score1), chunk 2 viral, chunk 3 not
     chunk = keys // 6
     scores = np.where((chunk == 0)[:, None], [0.5, 0.5], np.where((chunk == 1)[:, None], [0.1, 0.9], [0.8, 0.2]))
-    counts = write_tables(tmp_path, plan, iter_ids(work), keys, scores.astype(np.float32))
+    counts = write_tables(tmp_path, plan, keys, scores.astype(np.float32), PredictConfig(), ["x.fa"])
     best = (tmp_path / "prediction_results_highestscore.csv").read_text().splitlines()
     assert best == ["Modified_ID\tIs_Virus", "a_chunk_1\tTrue", "a_chunk_2\tTrue", "a_chunk_3\tFalse"]
     frames = (tmp_path / "prediction_results.txt").read_text().splitlines()[1:]
     assert all(line.split("\t")[1] == "others" for line in frames if line.startswith("a_chunk_1"))  # tie -> others
     contigs = [line.split("\t") for line in (tmp_path / "contigs.tsv").read_text().splitlines()[1:]]
-    assert contigs[0] == ["a", "1170", "3", "2", "0", "0.666667", "0.900000", "0.533333", "virus"]
-    assert contigs[1] == ["b", "2", "1", "0", "1", "NA", "NA", "NA", "no_frames"]
+    assert contigs[0][:12] == ["a", "x.fa", "1170", "3", "2", "0", "0.666667", "0.900000", "0.533333", "virus",
+                               "medium", ""]
+    assert contigs[1][:12] == ["b", "x.fa", "2", "1", "0", "1", "NA", "NA", "NA", "no_frames", "NA", ""]
     assert counts.chunks == 4 and counts.chunks_without_frames == 1 and counts.viral_chunks == 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_classifier import ORIGINAL_SCRIPT
+from tests.helpers import ORIGINAL_SCRIPT
 from vnp.cli import main as vnp_main
 from vnp.errors import InputError
 from vnp.models.classifier import load_classifier, score
@@ -63,7 +63,7 @@ def test_tiny_models_load_with_matching_dims(tiny_packs):
     pack = load_pack(str(tiny_packs["a"]))
     dnabert, esm = load_dnabert(pack.dnabert), load_esm(pack.esm, layer=pack.esm_layer)
     classifier = load_classifier(pack.classifier)
-    assert dnabert.hidden_size == pack.dnabert_dim and esm.embed_dim == pack.esm_dim
+    assert dnabert.dim == pack.dnabert_dim and esm.dim == pack.esm_dim
     assert classifier.dims[0] == pack.dnabert_dim + pack.esm_dim == pack.embedding_dim
     features = np.concatenate([dnabert.embed(["ACGTTGCAAC" * 10]), esm.embed(["MKTAYIAKQR"])], axis=1)
     probs = score(classifier, torch.from_numpy(features))

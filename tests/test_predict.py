@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+import csv
 import json
-import os
-import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,80 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import BIN, ROOT, child_env, free_port, predict_ok, run, slurm_job_id, tables, write_mixed_input
 from vnp.config import iter_help
-from vnp.demo import coding_like, random_dna
 from vnp.predict import main as predict_main
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TABLES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
 # The same threads per rank everywhere: BLAS picks its summation order by thread count.
 COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def slurm_job_id() -> str:
-    """A SLURM_JOB_ID whose derived MASTER_PORT (15000 + id % 20000) is free right now."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(15000, 35000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return str(port - 15000)
-
-
-def write_mixed_input(path: Path, seed: int = 5) -> Path:
-    """Sequences shorter than L, longer ones (uneven chunks), no-frame ones, N and lower case."""
-    rng = random.Random(seed)
-    with open(path, "w") as fh:
-        for i, length in enumerate([90, 500, 1001, 2, 640, 1500, 333, 2100, 45, 777]):
-            if i in (3, 6):  # stop codons in all six frames (TAA forward, TTA = TAA reverse)
-                seq = ("TAACTAACTAACTTAGTTAGTTAG" * (length // 24 + 1))[:length]
-            elif i % 2:
-                seq = coding_like(rng, length)
-            else:
-                seq = random_dna(rng, length)
-            if i == 5:
-                seq = seq[:100] + "NNNN" + seq[104:400].lower() + seq[400:]
-            fh.write(f">read{i} len={length}\n{seq}\n")
-    return path
-
-
-def child_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "SLURM_", "MASTER_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-def run(cmd: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env or child_env(), timeout=timeout, cwd=ROOT)
-    return proc
-
-
-def launcher(ranks: int) -> list[str]:
-    """A plain process for 1 rank, torchrun for more, each ending where `vnp.predict` follows."""
-    if ranks == 1:
-        return [sys.executable, "-m"]
-    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m"]
-
-
-def predict_ok(ranks: int, fasta: Path, out: Path, args: list[str]) -> dict:
-    """Run `vnp.predict` on `ranks` ranks; it must succeed. Returns its run.json."""
-    proc = run([*launcher(ranks), "vnp.predict", str(fasta), "-o", str(out), *args])
-    assert proc.returncode == 0, proc.stderr
-    return json.loads((out / "run.json").read_text())
-
-
-def tables(out: Path) -> dict[str, bytes]:
-    return {name: (out / name).read_bytes() for name in TABLES}
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +43,9 @@ def test_single_process_outputs(single_run, mixed):
     no_frames = [c for c in chunks if c.endswith("\tno_frames")]
     assert any(c.startswith("read3_chunk_1\t") for c in no_frames)  # 2 bp
     assert any(c.startswith("read6_chunk_1\t") for c in no_frames)  # stops in every frame
+    label = (single_run / "contigs.tsv").read_text().splitlines()[0].split("\t").index("label")
     by_id = {c.split("\t")[0]: c.split("\t") for c in contigs}
-    assert by_id["read3"][-1] == "no_frames" and by_id["read1"][-1] in ("virus", "others")
+    assert by_id["read3"][label] == "no_frames" and by_id["read6"][label] == "no_frames"
     frames_in_chunks = sum(int(c.split("\t")[4]) for c in chunks)
     assert frames_in_chunks == len(rows) - 1
     # every per-chunk call is consistent with its frames
@@ -123,6 +54,11 @@ def test_single_process_outputs(single_run, mixed):
     record = json.loads((single_run / "run.json").read_text())
     assert record["world_size"] == 1 and record["counts"]["frames"] == len(rows) - 1
     assert (single_run / "config.yaml").read_text().count("unit_chunks: 2") == 1
+
+
+@pytest.fixture(scope="module")
+def expected_scores(single_run, mixed) -> dict[str, tuple[float, float]]:
+    return expected_scores_original_way(single_run, mixed)
 
 
 def expected_scores_original_way(out: Path, mixed: Path) -> dict[str, tuple[float, float]]:
@@ -144,8 +80,7 @@ def expected_scores_original_way(out: Path, mixed: Path) -> dict[str, tuple[floa
     expected = {}
     for record in iter_records(mixed):
         for span in chunk_spans(len(record.seq), 500):
-            cid = f"{record.id}_chunk_{span.number}"
-            (frames,) = translate_chunks([Chunk(cid, record.id, span.number, 0, 0, record.seq[span.start:span.end])])
+            (frames,) = translate_chunks([Chunk(0, record.id, span.number, 0, 0, record.seq[span.start:span.end])])
             for frame in frames:
                 ids = torch.tensor([dnabert.tokenizer.encode(frame.nucleotide).ids])
                 with torch.no_grad():
@@ -158,13 +93,50 @@ def expected_scores_original_way(out: Path, mixed: Path) -> dict[str, tuple[floa
     return expected
 
 
-def test_scores_match_the_original_call_pattern(single_run, mixed):
-    expected = expected_scores_original_way(single_run, mixed)
+def test_scores_match_the_original_call_pattern(single_run, expected_scores):
+    expected = expected_scores
     rows = [r.split("\t") for r in (single_run / "prediction_results.txt").read_text().splitlines()[1:]]
     assert [r[0] for r in rows] == list(expected)  # same frames, same order
     worst = max(max(abs(float(r[2]) - expected[r[0]][0]), abs(float(r[3]) - expected[r[0]][1])) for r in rows)
     assert worst < 1e-5
     assert all(r[1] == ("virus" if float(r[3]) > float(r[2]) else "others") for r in rows)
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def test_chunk_and_contig_calls_follow_the_scores(single_run, expected_scores):
+    """chunks.tsv and contigs.tsv against the scores computed one frame at a time: the highest
+    scores of each chunk, its call (virus when its best virus score >= its best other score), and
+    each sequence's share of viral chunks, scores and majority label."""
+    by_chunk: dict[str, list[tuple[float, float]]] = {}
+    for frame_id, pair in expected_scores.items():
+        by_chunk.setdefault(frame_id[:-2], []).append(pair)
+    by_sequence: dict[str, list[tuple[float, float]]] = {}
+    for row in read_tsv(single_run / "chunks.tsv"):
+        pairs = by_chunk.get(row["chunk_id"], [])
+        assert int(row["frames"]) == len(pairs), row
+        if not pairs:
+            assert (row["max_score1"], row["max_score2"], row["label"]) == ("NA", "NA", "no_frames")
+            continue
+        best = (max(p[0] for p in pairs), max(p[1] for p in pairs))
+        assert abs(float(row["max_score1"]) - best[0]) < 2e-5 and abs(float(row["max_score2"]) - best[1]) < 2e-5
+        assert row["label"] == ("virus" if best[1] >= best[0] else "others"), row
+        by_sequence.setdefault(row["sequence_id"], []).append(best)
+    for row in read_tsv(single_run / "contigs.tsv"):
+        bests = by_sequence.get(row["sequence_id"], [])
+        if not bests:
+            assert (row["fraction_viral"], row["label"]) == ("NA", "no_frames")
+            continue
+        viral = sum(b[1] >= b[0] for b in bests)
+        assert int(row["viral_chunks"]) == viral and abs(float(row["fraction_viral"]) - viral / len(bests)) < 1e-6
+        assert abs(float(row["max_virus_score"]) - max(b[1] for b in bests)) < 2e-5, row
+        assert abs(float(row["mean_virus_score"]) - sum(b[1] for b in bests) / len(bests)) < 2e-5, row
+        assert row["label"] == ("virus" if viral / len(bests) >= 0.5 else "others"), row
+    # every sequence with a frame was checked (read2, read3, read4 and read6 have none)
+    assert sorted(by_sequence) == ["read0", "read1", "read5", "read7", "read8", "read9"]
 
 
 @pytest.mark.slow
@@ -263,6 +235,19 @@ def test_torchrun_save_embeddings_in_cost_order(mixed, tmp_path):
     (ids1, vectors1), (ids2, vectors2) = load_embeddings(one), load_embeddings(two)
     assert list(ids1) == list(ids2) and np.array_equal(vectors1, vectors2)
     assert tables(one) == tables(two)
+
+
+def test_config_is_written_when_the_run_starts(tmp_path, mixed, monkeypatch, capsys):
+    import vnp.predict
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(vnp.predict, "_finish", fail)
+    out = tmp_path / "out"
+    assert predict_main([str(mixed), "-o", str(out), *COMMON, "batch.unit_chunks=3"]) == 1
+    assert "disk full" in capsys.readouterr().err
+    assert "unit_chunks: 3" in (out / "config.yaml").read_text()
 
 
 def test_help_documents_every_key(capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_predict import (
+from tests.helpers import (
     BIN,
     ROOT,
     child_env,
@@ -24,23 +23,14 @@ from tests.test_predict import (
     run,
     slurm_job_id,
     tables,
+    wait_for_parts,
+    write_long_input,
 )
-from vnp.demo import coding_like
 
 pytestmark = pytest.mark.slow
 # Frequent commits, so that runs of a few seconds leave several parts to kill and resume between.
 ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "engine.commit_every_steps=8",
         "dist.timeout_s=60"]
-
-
-def write_long_input(path: Path, n: int = 700, seed: int = 9) -> Path:
-    """Coding-like sequences of 500-1400 bp: many frames, a run of several seconds."""
-    rng = random.Random(seed)
-    with open(path, "w") as fh:
-        for i in range(n):
-            length = rng.choice([500, 700, 1400])
-            fh.write(f">s{i}\n{coding_like(rng, length)}\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +50,6 @@ def start_torchrun(long_input: Path, out: Path, ranks: int = 2, extra: list[str]
                              str(long_input), "-o", str(out), *ARGS, *extra],
                             env=child_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-def wait_for_parts(out: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while len(list((out / "work" / "parts").glob("part-*.npz"))) < count:
-        assert proc.poll() is None, f"run ended before {count} parts: {proc.stderr.read()}"
-        assert time.time() < deadline
-        time.sleep(0.02)
 
 
 def rank_pid(out: Path, rank: int) -> int:
@@ -107,13 +89,21 @@ def test_kill_one_rank_then_resume_with_1_and_3_ranks(long_input, reference, tmp
         assert record["world_size"] == ranks
 
 
-def test_sigterm_at_a_random_moment_then_resume(long_input, reference, tmp_path):
+def test_sigterm_mid_run_then_resume(long_input, reference, tmp_path):
+    """SIGTERM to the launcher once progress is committed: the ranks stop after their step (torchrun
+    passes the signal on), leave partial progress and no tables; the resumed run keeps that work."""
     out = tmp_path / "out"
     proc = start_torchrun(long_input, out)
-    time.sleep(random.uniform(1.0, 4.0))
+    wait_for_parts(out, 1, proc)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    resume(long_input, out, 2)
+    assert proc.wait(timeout=120) != 0
+    assert "vnp: stopped by signal" in proc.stderr.read()
+    assert not (out / "prediction_results.txt").exists()
+    assert "unit_chunks: 2" in (out / "config.yaml").read_text()  # written when the run started
+    committed = len(list((out / "work" / "parts").glob("part-*.npz")))
+    assert committed >= 1
+    record = resume(long_input, out, 2)
+    assert committed <= record["resumed_units"] < record["work_units"]  # partial, and kept
     assert tables(out) == tables(reference)
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import baseline_translate as baseline
-from vnp.chunking import chunk_spans
+from tests import baseline_translate as baseline
+from vnp.chunking import chunk_id, chunk_spans
+from vnp.plan import load_plan, pack_inputs, read_chunks
 from vnp.seqio import input_stem, iter_records
 from vnp.translate import Chunk, reverse_complement, translate_chunks
 from vnp.translate import main as translate_main
@@ -24,8 +25,8 @@ def spans1(n: int, L: int) -> list[tuple[int, int]]:
     return [(s.start + 1, s.end) for s in chunk_spans(n, L)]
 
 
-def kept(seq: str, cid: str = "c") -> list[tuple[str, str, str]]:
-    (frames,) = translate_chunks([Chunk(cid, "r", 1, 1, len(seq), seq)])
+def kept(seq: str, rid: str = "c") -> list[tuple[str, str, str]]:
+    (frames,) = translate_chunks([Chunk(0, rid, 1, 1, len(seq), seq)])
     return [(f.id, f.nucleotide, f.protein) for f in frames]
 
 
@@ -78,26 +79,26 @@ def test_six_frames_known_translation():
     # R1 TTT GGC CAT = FGH, R2 TTG GCC = LA, R3 TGG CCA = WP. The nucleotide is one base longer
     # than the coding region where the chunk allows it.
     assert kept("ATGGCCAAA") == [
-        ("cF1", "ATGGCCAAA", "MAK"),
-        ("cF2", "TGGCCAA", "WP"),
-        ("cF3", "GGCCAAA", "GQ"),
-        ("cR1", "TTTGGCCAT", "FGH"),
-        ("cR2", "TTGGCCA", "LA"),
-        ("cR3", "TGGCCAT", "WP"),
+        ("c_chunk_1F1", "ATGGCCAAA", "MAK"),
+        ("c_chunk_1F2", "TGGCCAA", "WP"),
+        ("c_chunk_1F3", "GGCCAAA", "GQ"),
+        ("c_chunk_1R1", "TTTGGCCAT", "FGH"),
+        ("c_chunk_1R2", "TTGGCCA", "LA"),
+        ("c_chunk_1R3", "TGGCCAT", "WP"),
     ]
 
 
 def test_frames_with_stop_are_dropped():
     # F1: ATG TAA -> M*; F2: TGT AAC -> CN; F3: GTA -> V. Reverse GTTACAT: R1 GTT ACA -> VT,
     # R2 TTA CAT -> LH, R3 TAC -> Y.
-    assert [f[0] for f in kept("ATGTAAC")] == ["cF2", "cF3", "cR1", "cR2", "cR3"]
-    assert kept("ATGTAAC")[0] == ("cF2", "TGTAAC", "CN")
+    assert [f[0] for f in kept("ATGTAAC")] == ["c_chunk_1F2", "c_chunk_1F3", "c_chunk_1R1", "c_chunk_1R2", "c_chunk_1R3"]
+    assert kept("ATGTAAC")[0] == ("c_chunk_1F2", "TGTAAC", "CN")
 
 
 def test_ambiguous_codons_are_dropped_silently():
     # F1 ATG NNN AAA -> M K; the stored slice still follows len(protein): seq[0 : 1 + 6].
     frames = dict((i, (n, p)) for i, n, p in kept("ATGNNNAAA"))
-    assert frames["cF1"] == ("ATGNNNA", "MK")
+    assert frames["c_chunk_1F1"] == ("ATGNNNA", "MK")
 
 
 def test_reverse_complement_keeps_iupac_codes():
@@ -109,11 +110,23 @@ def test_lower_case_is_translated_as_upper_case():
     assert kept("atggccaaa") == kept("ATGGCCAAA")
 
 
-@pytest.mark.parametrize("seq", ["", "A", "AT", "NNNNNN", "TAATAGTGA"])
+@pytest.mark.parametrize("seq", ["", "A", "AT", "NNNNNN", "TAACTAACTAACTTAGTTAGTTAG"])
 def test_sequences_without_frames(seq):
-    assert kept(seq) == [] or all("*" not in p and p for _, _, p in kept(seq))
-    if len(seq) < 3 or set(seq) == {"N"}:
-        assert kept(seq) == []
+    # the last: TAAC repeats (period 4, so TAA falls in every forward frame), then TTAG repeats,
+    # whose reverse complement CTAA puts TAA in every reverse frame
+    assert kept(seq) == []
+
+
+def test_stops_in_one_frame_keep_the_other_five():
+    # TAATAGTGA: F1 TAA TAG TGA (stops) is dropped; F2 AAT AGT = NS, F3 ATA GTG = IV; reverse
+    # complement TCACTATTA: R1 TCA CTA TTA = SLL, R2 CAC TAT = HY, R3 ACT ATT = TI.
+    assert kept("TAATAGTGA") == [
+        ("c_chunk_1F2", "AATAGTG", "NS"),
+        ("c_chunk_1F3", "ATAGTGA", "IV"),
+        ("c_chunk_1R1", "TCACTATTA", "SLL"),
+        ("c_chunk_1R2", "CACTATT", "HY"),
+        ("c_chunk_1R3", "ACTATTA", "TI"),
+    ]
 
 
 def test_matches_per_codon_baseline_on_random_chunks():
@@ -124,8 +137,7 @@ def test_matches_per_codon_baseline_on_random_chunks():
     chunks = []
     for rid, seq in records:
         for span in chunk_spans(len(seq), 37):
-            chunks.append(Chunk(f"{rid}_chunk_{span.number}", rid, span.number, span.start + 1, span.end,
-                                seq[span.start:span.end]))
+            chunks.append(Chunk(len(chunks), rid, span.number, span.start + 1, span.end, seq[span.start:span.end]))
     got = translate_chunks(chunks)
     assert [c.id for c in chunks] == [e[0] for e in expected]
     assert [c.seq for c in chunks] == [e[1] for e in expected]
@@ -258,3 +270,35 @@ def test_summary_counts(tmp_path, capsys):
     # (0, 399, 798); forward TAA|AAT|ATA: F1 stops, F2/F3 kept; reverse all kept: 5 frames each.
     err = capsys.readouterr().err
     assert "3 sequences, 5 chunks, 21 kept frames, 1 chunks with no kept frame" in err
+
+
+# --- frame IDs: the original's format, through both paths (vnp translate, and predict's chunk plan) ---
+
+def plan_frame_ids(fasta: Path, work: Path, chunk_length: int = 500) -> list[str]:
+    """Frame IDs as `vnp predict` derives them: packed inputs, the chunk plan, then translation."""
+    pack_inputs([fasta], work)
+    plan = load_plan(work, chunk_length)
+    chunks = read_chunks(plan, work / "sequences.bin", 0, plan.n_chunks)
+    assert [c.index for c in chunks] == list(range(plan.n_chunks))
+    return [f.id for frames in translate_chunks(chunks) for f in frames]
+
+
+def test_frame_id_format_is_the_originals(tmp_path):
+    fasta = write(tmp_path / "x.fa", ">seq1 a description\n" + "ATGGCCAAA" * 80 + "\n>s.2|x\nATGGCCAAA\n")
+    expected = [f"seq1_chunk_{k}{frame}" for k in (1, 2) for frame in ("F1", "F2", "F3", "R1", "R2", "R3")]
+    expected += ["s.2|x_chunk_1F1", "s.2|x_chunk_1F2", "s.2|x_chunk_1F3", "s.2|x_chunk_1R1", "s.2|x_chunk_1R2",
+                 "s.2|x_chunk_1R3"]
+    assert chunk_id("seq1", 2) == "seq1_chunk_2"
+    assert plan_frame_ids(fasta, tmp_path / "work") == expected
+    assert translate_main([str(fasta), "-o", str(tmp_path / "out")]) == 0
+    headers = (tmp_path / "out" / "x_identified_protein.faa").read_text().splitlines()[::2]
+    assert headers == [">" + i for i in expected]
+
+
+@pytest.mark.parametrize("stem", ["test_with_orfs", "test_fixed_500bp"])
+def test_frame_ids_match_the_originals_files(vanilla, tmp_path, stem):
+    headers = (vanilla / f"{stem}_identified_protein.faa").read_text().splitlines()[::2]
+    frame_ids = plan_frame_ids(vanilla / f"{stem}.fa", tmp_path / "work")
+    assert [">" + i for i in frame_ids] == headers
+    rows = (vanilla / f"{stem}_outputs" / "prediction_results.txt").read_text().splitlines()[1:]
+    assert frame_ids == [row.split("\t")[0] for row in rows]

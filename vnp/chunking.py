@@ -37,15 +37,31 @@ def chunk_shifts(length: int, chunk_length: int) -> list[int]:
 
 def chunk_starts(length: int, chunk_length: int) -> np.ndarray:
     """0-based start of every chunk of a sequence of `length` bp (empty for length 0)."""
+    return chunk_bounds(np.asarray([length], dtype=np.int64), chunk_length)[0]
+
+
+def chunk_bounds(lengths: np.ndarray, chunk_length: int,
+                 counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """0-based starts and (exclusive) ends of the chunks of many sequences, back to back.
+
+    `counts` gives each sequence's number of chunks: ceil(n / L) (the default) or 0 (a sequence
+    left out of the plan). Closed form of `chunk_shifts`: the first k shifts add up to
+    k * lower + min(k, n_upper), so chunk k starts at k * (L - lower) - min(k, n_upper) (the
+    original does not shift the first chunk, whose nominal start is 0).
+    """
     if chunk_length <= 0:
         raise ValueError(f"chunk length must be positive, got {chunk_length}")
-    if length <= 0:
-        return np.zeros(0, dtype=np.int64)
-    shifts = np.asarray(chunk_shifts(length, chunk_length), dtype=np.int64)
-    nominal = np.arange(len(shifts), dtype=np.int64) * chunk_length
-    moved = np.concatenate(([0], np.cumsum(shifts)[:-1]))
-    # The original shifts only when the nominal start is > 1, i.e. never the first chunk.
-    return np.where(nominal > 1, nominal - moved, nominal)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    natural = -(-lengths // chunk_length)
+    counts = natural if counts is None else np.asarray(counts, dtype=np.int64)
+    record = np.repeat(np.arange(len(lengths)), counts)
+    k = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    n = natural[record]
+    surplus = n * chunk_length - lengths[record]
+    lower = surplus // n
+    n_upper = surplus - lower * (n - 1)
+    starts = k * (chunk_length - lower) - np.minimum(k, n_upper)
+    return starts, np.minimum(starts + chunk_length, lengths[record])
 
 
 def chunk_spans(length: int, chunk_length: int) -> list[ChunkSpan]:

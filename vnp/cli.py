@@ -4,6 +4,7 @@
     vnp translate INPUT... -L 500 -o DIR           chunking and six-frame translation only
     vnp embed dnabert|esm INPUT -m MODEL -o OUT.npz
     vnp pack tiny DIR | vnp pack convert --classifier X.pth -o DIR
+    vnp call OUT [key=value ...]                   new calls, regions, FASTA of a finished run
 """
 
 from __future__ import annotations
@@ -13,26 +14,30 @@ import importlib
 import sys
 from types import ModuleType
 
-# subcommand -> module that defines `add_arguments(parser)` and `run(args) -> int`
-# (listed in pipeline order; `predict` goes after `embed`)
+# subcommand -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help).
+# Only the module of the subcommand that runs is imported: `vnp --help` and `vnp translate` stay
+# free of torch. Listed in pipeline order; `predict` goes after `embed`.
 SUBCOMMANDS = {
-    "translate": "vnp.translate",
-    "embed": "vnp.embed",
-    "pack": "vnp.models.pack",
-    "predict": "vnp.predict",
+    "translate": ("vnp.translate", "chunk and six-frame translate sequences (the original's intermediate files)"),
+    "embed": ("vnp.embed", "embed nucleotide frames with DNABERT-S or protein frames with ESM2 (.npz out)"),
+    "pack": ("vnp.models.pack", "build the tiny test pack, or convert a published classifier to vnp's format"),
+    "predict": ("vnp.predict", "predict viral chunks and sequences (distributed over any number of ranks)"),
+    "call": ("vnp.call", "recompute calls, regions, FASTA and summaries of a finished run (no model loaded)"),
 }
 
 
-def create_parser() -> argparse.ArgumentParser:
+def create_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `vnp` parser; only `command`'s module is imported, to add that subcommand's arguments."""
     parser = argparse.ArgumentParser(prog="vnp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, (module_name, help_line) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_line, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if name == command:
+            module = importlib.import_module(module_name)
+            p.description = module.__doc__
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
@@ -56,7 +61,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(create_parser(), argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # `vnp` itself takes only -h
+    args = parse(create_parser(command), argv)
     return args._run(args)
 
 

@@ -71,6 +71,69 @@ class EngineConfig:
 
 
 @dataclass
+class FilterConfig:
+    min_length: int = _help("sequences shorter than this (bp) are not translated or embedded; contigs.tsv lists "
+                            "them as filtered. Part of the run record", 0)
+    max_n_fraction: float = _help("sequences whose share of N bases is above this are not translated or embedded "
+                                  "(1 keeps all). Part of the run record", 1.0)
+
+    def __post_init__(self) -> None:
+        if self.min_length < 0:
+            raise ValueError(f"filter.min_length must be >= 0, got {self.min_length}")
+        if not 0.0 <= self.max_n_fraction <= 1.0:
+            raise ValueError(f"filter.max_n_fraction must be between 0 and 1, got {self.max_n_fraction}")
+
+
+@dataclass
+class CallConfig:
+    min_score: float = _help("a chunk is viral when its max virus score is >= its max other score and >= this "
+                             "(0: the original's rule)", 0.0)
+    min_fraction: float = _help("a sequence is viral when this share of its chunks with frames is viral", 0.5)
+    high_margin: float = _help("confidence high: mean margin of the supporting chunks >= this (and enough chunks)",
+                               0.5)
+    high_chunks: int = _help("confidence high: at least this many chunks support the call", 2)
+    medium_margin: float = _help("confidence medium: mean margin of the supporting chunks >= this", 0.2)
+
+    def __post_init__(self) -> None:
+        for name in ("min_score", "high_margin", "medium_margin"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"call.{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0.0 < self.min_fraction <= 1.0:
+            raise ValueError(f"call.min_fraction must be above 0 and at most 1, got {self.min_fraction}")
+        if self.high_chunks < 1:
+            raise ValueError(f"call.high_chunks must be >= 1, got {self.high_chunks}")
+        if self.medium_margin > self.high_margin:
+            raise ValueError(f"call.medium_margin ({self.medium_margin}) must not exceed call.high_margin "
+                             f"({self.high_margin})")
+
+
+@dataclass
+class RegionsConfig:
+    switch_penalty: float = _help("log-odds cost of switching between viral and non-viral in the segmentation: "
+                                  "higher gives fewer, longer regions", 3.0)
+    min_length: int = _help("viral regions shorter than this (bp) are dropped (after merging)", 0)
+    merge_gap: int = _help("viral regions of a sequence separated by at most this many bp are merged", 0)
+
+    def __post_init__(self) -> None:
+        if not self.switch_penalty >= 0.0 or self.switch_penalty == float("inf"):
+            raise ValueError(f"regions.switch_penalty must be a finite number >= 0, got {self.switch_penalty}")
+        for name in ("min_length", "merge_gap"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"regions.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class TablesConfig:
+    highestscore_scores: bool = _help("add max_score_0 and max_score_1 to prediction_results_highestscore.csv "
+                                      "(as the Broad pipeline expects); off keeps the original's table", False)
+    fasta_width: int = _help("letters per line in viral_sequences.fna and viral_regions.fna", 60)
+
+    def __post_init__(self) -> None:
+        if self.fasta_width < 1:
+            raise ValueError(f"tables.fasta_width must be positive, got {self.fasta_width}")
+
+
+@dataclass
 class PredictConfig:
     pack: str = _help("model pack: 500, 300, tiny (built on the fly) or a pack folder / YAML file", "500")
     classifier: str = _help("the published classifier (300_model.pth / 500_model.pth) or a vnp classifier "
@@ -86,6 +149,10 @@ class PredictConfig:
     progress: bool = _help("show a progress bar on rank 0", True)
     batch: BatchConfig = field(default_factory=BatchConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    call: CallConfig = field(default_factory=CallConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:

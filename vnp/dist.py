@@ -1,4 +1,5 @@
-"""One process per rank: who am I, the matched init/cleanup pair, rank-0 printing.
+"""One process per rank: who am I, the matched init/cleanup pair, rank-0 printing, and on jobs
+over several hosts the network interface each host offers its peers.
 
 Rank, local rank and world size come from torchrun or accelerate (RANK, LOCAL_RANK, WORLD_SIZE),
 else from SLURM (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS), else this is a single process.
@@ -6,9 +7,14 @@ else from SLURM (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS), else this is a sing
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import os
 import re
+import socket
+import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -67,6 +73,124 @@ def slurm_rendezvous(environ: dict[str, str]) -> None:
 
 
 @dataclass(frozen=True)
+class Network:
+    """This host as its kernel sees it: the source address of the route to MASTER_ADDR, the
+    addresses of each interface, and the interface of the IPv4 default route (None without one)."""
+    source: str
+    addresses: dict[str, tuple[str, ...]]
+    default_interface: str | None
+
+
+SOCKET_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+
+
+def spans_several_hosts(environ) -> bool:
+    """Whether this job's ranks live on more than one host (then peers need a routable address)."""
+    def number(key: str) -> int | None:
+        try:
+            return int(environ[key])
+        except (KeyError, ValueError):
+            return None
+
+    if "RANK" in environ and "WORLD_SIZE" in environ:  # torchrun, accelerate
+        world, local, nodes = number("WORLD_SIZE"), number("LOCAL_WORLD_SIZE"), number("GROUP_WORLD_SIZE")
+        return (world is not None and local is not None and local < world) or (nodes or 1) > 1
+    counts = [number(k) for k in ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")]
+    return next((n for n in counts if n is not None), 1) > 1
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(address.split("%")[0])  # without an IPv6 scope such as %eth0
+
+
+def pick_interface(net: Network) -> str | None:
+    """The interface holding the source address of the route to MASTER_ADDR. When that route is
+    loopback (MASTER_ADDR is this host under a name that resolves to 127.0.x.x, as Debian maps the
+    hostname), peers cannot use it: then the default route's interface, else the only interface
+    with a routable address, else None."""
+    source = _ip(net.source)
+    if not source.is_loopback:
+        return next((name for name, addrs in net.addresses.items() if source in map(_ip, addrs)), None)
+    if net.default_interface in net.addresses:
+        return net.default_interface
+    routable = [name for name, addrs in net.addresses.items()
+                if any(not (ip.is_loopback or ip.is_link_local) for ip in map(_ip, addrs))]
+    return routable[0] if len(routable) == 1 else None
+
+
+def look_at_network(master_addr: str) -> Network:
+    """Ask the kernel: connect() of a UDP socket picks the route and source address without
+    sending a packet; interface addresses from SIOCGIFADDR (IPv4) and /proc/net/if_inet6 (IPv6)."""
+    family, _, _, _, target = socket.getaddrinfo(master_addr, 9, proto=socket.IPPROTO_UDP)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(target)
+        source = probe.getsockname()[0]
+    return Network(source, _interface_addresses(), _default_interface())
+
+
+def _interface_addresses() -> dict[str, tuple[str, ...]]:
+    siocgifaddr = 0x8915
+    found: dict[str, list[str]] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _, name in socket.if_nameindex():
+            try:
+                reply = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+            except OSError:  # no IPv4 address
+                continue
+            found.setdefault(name, []).append(socket.inet_ntoa(reply[20:24]))
+    try:
+        with open("/proc/net/if_inet6") as fh:  # hex address, index, prefix, scope, flags, name
+            for line in fh:
+                hexaddr, *_, name = line.split()
+                found.setdefault(name, []).append(str(ipaddress.IPv6Address(bytes.fromhex(hexaddr))))
+    except OSError:
+        pass
+    return {name: tuple(addrs) for name, addrs in found.items()}
+
+
+def _default_interface() -> str | None:
+    try:
+        with open("/proc/net/route") as fh:  # Iface Destination Gateway ... (hex), header first
+            rows = [line.split() for line in fh.readlines()[1:]]
+    except OSError:
+        return None
+    return next((row[0] for row in rows if len(row) > 7 and row[1] == "00000000" and row[7] == "00000000"), None)
+
+
+def set_socket_interface(environ, backend: str, env: Env,
+                         look: Callable[[str], Network] = look_at_network) -> str | None:
+    """On a job over several hosts with no socket interface given, name the one that reaches
+    MASTER_ADDR: gloo otherwise binds to whatever the hostname resolves to, and that is a
+    loopback address on many systems, so peers on other hosts are told to call 127.0.x.x.
+    Returns the chosen interface (None when nothing was set); an explicit variable always wins."""
+    master = environ.get("MASTER_ADDR")
+    if not master or not spans_several_hosts(environ) or any(environ.get(v) for v in SOCKET_VARIABLES):
+        return None
+    try:
+        net = look(master)
+    except OSError as err:
+        _say(env, f"cannot find the route to MASTER_ADDR {master} ({err}); "
+                  "set GLOO_SOCKET_IFNAME (and NCCL_SOCKET_IFNAME) to this node's interface")
+        return None
+    name = pick_interface(net)
+    if name is None:
+        _say(env, f"no interface to reach MASTER_ADDR {master} found (route source {net.source}); "
+                  "set GLOO_SOCKET_IFNAME (and NCCL_SOCKET_IFNAME) to this node's interface")
+        return None
+    environ["GLOO_SOCKET_IFNAME"] = name
+    if backend == "nccl":
+        environ["NCCL_SOCKET_IFNAME"] = "=" + name  # '=': this interface exactly, not every name it prefixes
+    _say(env, f"peers reach this rank through interface {name} ({', '.join(net.addresses[name])}), chosen from "
+              f"the route to MASTER_ADDR {master}; set GLOO_SOCKET_IFNAME to choose another")
+    return name
+
+
+def _say(env: Env, message: str) -> None:
+    if env.local_rank == 0:  # once per host: each host makes its own choice
+        print(f"vnp: rank {env.rank}: {message}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
 class Context:
     env: Env
     device: torch.device
@@ -112,6 +236,7 @@ def init(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0)
     if env.launcher == "slurm":
         slurm_rendezvous(os.environ)
     chosen = ("nccl" if dev.type == "cuda" else "gloo") if backend == "auto" else backend
+    set_socket_interface(os.environ, chosen, env)
     dist.init_process_group(chosen, rank=env.rank, world_size=env.world_size,
                             timeout=timedelta(seconds=timeout_s),
                             device_id=dev if dev.type == "cuda" else None)

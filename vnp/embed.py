@@ -40,8 +40,6 @@ from vnp.gather import Computed, UnitResult
 from vnp.models import token_budget
 from vnp.seqio import iter_records, open_binary
 
-HELP = "embed nucleotide frames with DNABERT-S or protein frames with ESM2 (.npz out)"
-
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH_RECORDS = 4096  # records per slice: tokenised, sorted by length and batched together
 
@@ -50,9 +48,15 @@ SequenceCheck = Callable[[Path, str, str], str]  # (file, ID, sequence) -> seque
 
 
 class Embedder(Protocol):
-    """What DnabertEmbedder and EsmEmbedder share: sequences -> (N, D) float32 in input order."""
+    """What DnabertEmbedder and EsmEmbedder share: sequences -> (N, dim) float32 in input order."""
+
+    dim: int
 
     def embed(self, seqs: Sequence[str], max_tokens: int) -> np.ndarray: ...
+
+    def prepare(self, seqs: Sequence[str], max_tokens: int): ...  # CPU half (a helper thread)
+
+    def run(self, prepared) -> torch.Tensor: ...  # device half: (N, dim) float32 on the device
 
 
 # ----------------------------------------------------------------------------- reading
@@ -116,14 +120,6 @@ def embed_records(embedder: Embedder, records: Records, max_tokens: int,
     for piece in slices(records, batch_records):
         ids = [rid for rid, _ in piece]
         yield ids, embedder.embed([seq for _, seq in piece], max_tokens=max_tokens)
-
-
-def embedding_dim(embedder: Embedder) -> int:
-    """Width of the embedder's vectors (DNABERT: hidden_size, ESM: embed_dim)."""
-    dim = getattr(embedder, "hidden_size", None) or getattr(embedder, "embed_dim", None)
-    if dim is None:
-        raise TypeError(f"{type(embedder).__name__} has neither hidden_size nor embed_dim")
-    return int(dim)
 
 
 class NpzRowWriter:
@@ -217,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _embed_job(ctx, args)
     except InputError as err:
-        return 2 if getattr(err, "reported", False) else _fail(str(err), ctx.rank)
+        return 2 if err.reported else _fail(str(err), ctx.rank)
     except vdist.PeerFailure:
         return 1  # the rank that failed has said why
     finally:
@@ -234,9 +230,7 @@ def _agree(ctx: vdist.Context, error: str | None) -> None:
     errors = vdist.all_gather_object(ctx, error)
     if any(errors):
         first = next(r for r, e in enumerate(errors) if e)
-        err = InputError(errors[first])
-        err.reported = ctx.rank != first
-        raise err
+        raise InputError(errors[first], reported=ctx.rank != first)
 
 
 def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
@@ -266,7 +260,7 @@ def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
     count = vdist.broadcast_object(ctx, len(ids))
     max_tokens = token_budget(args.model_kind, ctx.device.type, args.max_tokens or 0)
     start = time.perf_counter()
-    writer = NpzRowWriter(output, count, embedding_dim(embedder)) if ctx.is_main else None
+    writer = NpzRowWriter(output, count, embedder.dim) if ctx.is_main else None
     try:
         _run_units(ctx, path, check, embedder, max_tokens, count, args.batch_records, writer)
         if writer is not None:
@@ -275,7 +269,7 @@ def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
         if writer is not None:
             writer.discard()
     seconds = time.perf_counter() - start
-    vdist.print0(ctx, f"{path}: {count} records embedded with {args.model_kind} ({embedding_dim(embedder)} dims) on "
+    vdist.print0(ctx, f"{path}: {count} records embedded with {args.model_kind} ({embedder.dim} dims) on "
                       f"{ctx.world_size} rank(s) in {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} records/s) "
                       f"-> {output}")
     return 0
@@ -291,7 +285,7 @@ class RecordWork:
     def __init__(self, path: Path, check: SequenceCheck, embedder, max_tokens: int, count: int, size: int):
         self.path, self.check, self.embedder, self.max_tokens = path, check, embedder, max_tokens
         self.count, self.size = count, size
-        self.dim = embedding_dim(embedder)
+        self.dim = embedder.dim
         self.rows = size
         self.records: Iterator[tuple[int, tuple[str, str]]] | None = None
 

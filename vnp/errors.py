@@ -16,6 +16,11 @@ class InputError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str, reported: bool = False) -> None:
+        super().__init__(message)
+        # True where another rank prints this error (one line per job, not one per rank)
+        self.reported = reported
+
 
 def where(path, record: str | None = None, line: int | None = None) -> str:
     """Format the location part of an error message."""

@@ -1,29 +1,52 @@
-"""The result tables, written by rank 0 from frame keys and scores in input order.
+"""The result files, written by rank 0 (`vnp predict`) or by `vnp call` from committed scores.
 
 * `prediction_results.txt`: the original's per-frame table (scores printed as the original
-  printed its float32 values, e.g. `0.12100612`).
+  printed its float32 values, e.g. `0.12100612`); written by `vnp predict` only.
 * `prediction_results_highestscore.csv`: the original's per-chunk call (tab-separated despite its
-  name): `True` when the chunk's highest virus score >= its highest non-virus score.
-* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, including those without a
-  stop-free frame; derived scores with 6 decimals.
+  name): `True` when the chunk's highest virus score >= its highest non-virus score
+  (`tables.highestscore_scores=true` adds the two maxima as max_score_0 and max_score_1).
+* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, with the calls of `vnp.calls`.
+* `regions.tsv`, `regions.bed`, `regions.gff3`: viral regions (`vnp.regions`).
+* `viral_sequences.fna`, `viral_regions.fna`: letters of viral sequences and partial regions,
+  read from the packed sequences in OUT/work.
+* `summary.tsv`: per input and in total.
 
+`write_results` writes everything but the per-frame table; `vnp predict` and `vnp call` both go
+through it. Every file is written to a temporary name and renamed once all are complete.
 A frame's key is `chunk * 6 + frame` (F1..R3 = 0..5), so sorting keys gives the input order.
-All formatting is fixed, so the tables are byte-identical for any world size.
+All formatting is fixed, so the files are byte-identical for any world size.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterator
+from urllib.parse import quote
 
 import numpy as np
 
-from vnp.plan import ChunkPlan
+from vnp import calls as vcalls
+from vnp.chunking import chunk_id
+from vnp.filters import reason
+from vnp.plan import SEQUENCES, ChunkPlan, iter_ids
+from vnp.regions import Regions, find_regions, region_scores, territories, viterbi
 from vnp.translate import FRAME_NAMES
 
-FILES = ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv")
+FRAME_TABLE = "prediction_results.txt"
+RESULT_FILES = ("prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv", "regions.tsv", "regions.bed",
+                "regions.gff3", "viral_sequences.fna", "viral_regions.fna", "summary.tsv")
+FILES = (FRAME_TABLE, *RESULT_FILES)
+
+CONTIG_COLUMNS = ("sequence_id", "input", "length", "chunks", "viral_chunks", "chunks_without_frames",
+                  "fraction_viral", "max_virus_score", "mean_virus_score", "label", "confidence", "reason",
+                  "supporting_chunks", "margin", "regions")
+REGION_COLUMNS = ("sequence_id", "region_id", "start", "end", "length", "chunks", "mean_virus_score",
+                  "max_virus_score", "kind")
+SUMMARY_COLUMNS = ("input", "sequences", "bp", "viral_sequences", "viral_bp", "regions", "no_frames", "filtered",
+                   "region_bp")
 
 
 @dataclass
@@ -34,87 +57,333 @@ class TableCounts:
     chunks_without_frames: int = 0
     viral_chunks: int = 0
     viral_sequences: int = 0
+    filtered: int = 0
+    regions: int = 0
     labels: dict = field(default_factory=dict)
 
 
-def _fixed(value: float) -> str:
-    return f"{value:.6f}"
+def settings_record(config, written_by: str) -> dict:
+    """The settings behind the calls, for run.json's "calls" (filter: what was embedded)."""
+    return {**{name: asdict(getattr(config, name)) for name in ("call", "regions", "tables", "filter")},
+            "written_by": written_by}
 
 
-def _chunk_rows(plan: ChunkPlan, record: int, rid: str) -> list[tuple[int, str, int, int]]:
-    """(global chunk, chunk id, 1-based start, end) of one record."""
-    first, last = int(plan.first_chunk[record]), int(plan.first_chunk[record + 1])
-    return [(c, f"{rid}_chunk_{number}", start + 1, end)
-            for c, _, number, start, end in plan.spans(first, last)]
+def input_names(inputs: list[dict]) -> list[str]:
+    """The `input` column: each input's file name, or every input's full path when two share a name."""
+    names = [Path(entry["path"]).name for entry in inputs]
+    return names if len(set(names)) == len(names) else [str(entry["path"]) for entry in inputs]
 
 
-def write_tables(out: Path, plan: ChunkPlan, ids: Iterable[str], keys: np.ndarray, scores: np.ndarray) -> TableCounts:
-    """Write the four tables (to temporary names, renamed at the end); `keys` sorted ascending."""
+def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config,
+                 inputs: list[str], work: Path | None = None) -> TableCounts:
+    """`vnp predict`: the per-frame table, then every other result file; `keys` sorted ascending."""
+    work = work or out / "work"
+    _replace_all(out, {FRAME_TABLE: _write_frame_table(out / (FRAME_TABLE + ".tmp"), plan, work, keys, scores)})
+    return write_results(out, plan, keys, scores, config, inputs, work)
+
+
+def _write_frame_table(path: Path, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> Path:
     chunk_of = keys // 6
     bounds = np.searchsorted(chunk_of, np.arange(plan.n_chunks + 1))  # frames of chunk c: bounds[c]:bounds[c+1]
-    counts = TableCounts()
-    tmp = {name: out / (name + ".tmp") for name in FILES}
-    handles = {name: open(path, "w") for name, path in tmp.items()}
-    try:
-        frames_out, best_out, chunks_out, contigs_out = (handles[n] for n in FILES)
-        frames_out.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-        best_out.write("Modified_ID\tIs_Virus\n")
-        chunks_out.write("chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel\n")
-        contigs_out.write("sequence_id\tlength\tchunks\tviral_chunks\tchunks_without_frames\tfraction_viral\t"
-                          "max_virus_score\tmean_virus_score\tlabel\n")
-        for record, rid in enumerate(ids):
-            virus_maxima = []
-            viral = empty = 0
-            rows = _chunk_rows(plan, record, rid)
-            for c, cid, start, end in rows:
+    written = 0
+    with open(path, "w") as fh:
+        fh.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+        for record, rid in enumerate(iter_ids(work)):
+            first = int(plan.first_chunk[record])
+            for c in range(first, int(plan.first_chunk[record + 1])):
                 lo, hi = int(bounds[c]), int(bounds[c + 1])
                 # numpy's shortest float32 repr, as the original's str(np.float32); formatted per
                 # chunk so no table of strings for all frames is ever held
                 text = scores[lo:hi].astype(np.float32).astype(str)
+                cid = chunk_id(rid, c - first + 1)
                 for i in range(lo, hi):
                     label = "virus" if scores[i, 1] > scores[i, 0] else "others"
-                    frames_out.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
-                if hi == lo:
-                    empty += 1
-                    chunks_out.write(f"{cid}\t{rid}\t{start}\t{end}\t0\tNA\tNA\tno_frames\n")
-                    continue
-                best = scores[lo:hi].max(axis=0)
-                is_virus = bool(best[1] >= best[0])
-                viral += is_virus
-                virus_maxima.append(float(best[1]))
-                best_out.write(f"{cid}\t{is_virus}\n")
-                chunks_out.write(f"{cid}\t{rid}\t{start}\t{end}\t{hi - lo}\t{_fixed(best[0])}\t{_fixed(best[1])}\t"
-                                 f"{'virus' if is_virus else 'others'}\n")
-                counts.frames += int(hi - lo)
-            contigs_out.write(_contig_row(rid, int(plan.lengths[record]), len(rows), viral, empty, virus_maxima, counts))
-            counts.sequences += 1
-            counts.chunks += len(rows)
-            counts.chunks_without_frames += empty
-            counts.viral_chunks += viral
-    finally:
-        for handle in handles.values():
-            handle.close()
-    if counts.sequences != plan.n_records:
-        raise RuntimeError(f"tables: {counts.sequences} IDs for {plan.n_records} records in the index")
-    if counts.frames != len(keys):
-        raise RuntimeError(f"tables: wrote {counts.frames} frames of {len(keys)} scored")
-    for name, path in tmp.items():
-        os.replace(path, out / name)
-    return counts
+                    fh.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
+                written += hi - lo
+    if written != len(keys):
+        raise RuntimeError(f"tables: wrote {written} frames of {len(keys)} scored")
+    return path
 
 
-def _contig_row(rid: str, length: int, n_chunks: int, viral: int, empty: int, maxima: list[float],
-                counts: TableCounts) -> str:
-    """Per-sequence summary: the majority of its chunks with frames decides its label."""
-    if not maxima:
-        label, fraction, top, mean = "no_frames", "NA", "NA", "NA"
-    else:
-        share = viral / len(maxima)
-        label = "virus" if share >= 0.5 else "others"
-        fraction, top, mean = _fixed(share), _fixed(max(maxima)), _fixed(sum(maxima) / len(maxima))
-    counts.labels[label] = counts.labels.get(label, 0) + 1
-    counts.viral_sequences += label == "virus"
-    return f"{rid}\t{length}\t{n_chunks}\t{viral}\t{empty}\t{fraction}\t{top}\t{mean}\t{label}\n"
+def _replace_all(out: Path, written: dict[str, Path]) -> None:
+    for name, tmp in written.items():
+        os.replace(tmp, out / name)
+
+
+@dataclass
+class Results:
+    """Everything `write_results` derives from the scores, before formatting."""
+
+    ids: np.ndarray  # of str objects, in input order
+    inputs: list[str]
+    input_of: np.ndarray  # input index per record
+    chunk_record: np.ndarray  # record of each chunk
+    chunk_number: np.ndarray  # 1-based number of each chunk in its record
+    chunks: vcalls.ChunkScores
+    viral: np.ndarray  # chunk calls
+    starts: np.ndarray
+    ends: np.ndarray
+    calls: vcalls.SequenceCalls
+    regions: Regions
+    whole: np.ndarray  # per region
+    region_mean: np.ndarray
+    region_max: np.ndarray
+    regions_per_record: np.ndarray
+
+
+def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
+                    work: Path) -> Results:
+    """Chunk and sequence calls and regions of every record (no file written)."""
+    ids = list(iter_ids(work))
+    if len(ids) != plan.n_records:
+        raise RuntimeError(f"tables: {len(ids)} IDs for {plan.n_records} records in the index")
+    if len(keys) and not 0 <= int(keys[0]) <= int(keys[-1]) < 6 * plan.n_chunks:
+        raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
+    chunks = vcalls.chunk_scores(plan.n_chunks, keys, scores)
+    call = config.call
+    margins = vcalls.chunk_margins(chunks, call.min_score)
+    viral = vcalls.chunk_viral(margins)
+    calls = vcalls.sequence_calls(plan, chunks, viral, margins, call.min_fraction, call.high_margin,
+                                  call.high_chunks, call.medium_margin)
+    starts, ends = plan.chunk_bounds()
+    lo, hi = territories(starts, ends, plan.first_chunk, plan.lengths)
+    decided = (calls.label == vcalls.VIRUS) | (calls.label == vcalls.OTHERS)
+    states = viterbi(vcalls.chunk_log_odds(chunks, call.min_score), plan.first_chunk, decided,
+                     config.regions.switch_penalty)
+    regions = find_regions(states, plan.first_chunk, lo, hi, config.regions.merge_gap, config.regions.min_length)
+    whole = (regions.start == 0) & (regions.end == plan.lengths[regions.record])
+    # a region over the whole length stands only for a sequence the fraction rule calls viral
+    keep = ~whole | (calls.label[regions.record] == vcalls.VIRUS)
+    regions, whole = regions.take(keep), whole[keep]
+    mean, top = region_scores(regions, chunks.max_virus, chunks.has_frames)
+    record_of_chunk = np.repeat(np.arange(plan.n_records), np.diff(plan.first_chunk))
+    numbers = np.arange(plan.n_chunks) - plan.first_chunk[record_of_chunk] + 1
+    input_of = np.repeat(np.arange(len(plan.records_per_input)), plan.records_per_input)
+    return Results(np.array(ids, dtype=object), inputs, input_of, record_of_chunk, numbers, chunks, viral, starts,
+                   ends, calls, regions, whole, mean, top, np.bincount(regions.record, minlength=plan.n_records))
+
+
+def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
+                  work: Path | None = None) -> TableCounts:
+    """Every result file but the per-frame table (`vnp predict` and `vnp call`)."""
+    work = work or out / "work"
+    results = compute_results(plan, keys, scores, config, inputs, work)
+    writers = {
+        "prediction_results_highestscore.csv":
+            lambda fh: _highestscore(fh, results, config.tables.highestscore_scores),
+        "chunks.tsv": lambda fh: _chunks(fh, results),
+        "contigs.tsv": lambda fh: _contigs(fh, results, plan, config.filter),
+        "regions.tsv": lambda fh: _regions_tsv(fh, results),
+        "regions.bed": lambda fh: _regions_bed(fh, results),
+        "regions.gff3": lambda fh: _regions_gff3(fh, results, plan),
+        "viral_sequences.fna": lambda fh: _fasta(fh, _viral_sequences(results, plan), plan, work, config.tables.fasta_width),
+        "viral_regions.fna": lambda fh: _fasta(fh, _partial_regions(results), plan, work, config.tables.fasta_width),
+        "summary.tsv": lambda fh: _summary(fh, results, plan),
+    }
+    written = {}
+    try:
+        for name, write in writers.items():
+            written[name] = out / (name + ".tmp")
+            with open(written[name], "w") as fh:
+                write(fh)
+    except BaseException:
+        for tmp in written.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    _replace_all(out, written)
+    return _counts(results, plan, len(keys))
+
+
+def _counts(results: Results, plan: ChunkPlan, frames: int) -> TableCounts:
+    calls = results.calls
+    labels, numbers = np.unique(vcalls.LABELS[calls.label], return_counts=True)
+    return TableCounts(sequences=plan.n_records, chunks=plan.n_chunks, frames=frames,
+                       chunks_without_frames=int(plan.n_chunks - results.chunks.has_frames.sum()),
+                       viral_chunks=int(results.viral.sum()), viral_sequences=int((calls.label == vcalls.VIRUS).sum()),
+                       filtered=int((calls.label == vcalls.FILTERED).sum()), regions=len(results.regions),
+                       labels={str(k): int(n) for k, n in zip(labels, numbers)})
+
+
+BLOCK = 1 << 16  # rows formatted at a time: memory stays flat however many sequences
+
+
+def _blocks(n: int) -> Iterator[slice]:
+    for lo in range(0, n, BLOCK):
+        yield slice(lo, min(lo + BLOCK, n))
+
+
+def _fixed_column(values: np.ndarray) -> list[str]:
+    """Six decimals per value (of its exact float value, float32 included); NaN -> NA."""
+    text = list(map("%.6f".__mod__, values.tolist()))
+    for i in np.flatnonzero(np.isnan(values)).tolist():
+        text[i] = "NA"
+    return text
+
+
+def _chunk_ids(results: Results, rows: np.ndarray) -> list[str]:
+    ids = results.ids
+    return [chunk_id(ids[r], k) for r, k in zip(results.chunk_record[rows].tolist(),
+                                                  results.chunk_number[rows].tolist())]
+
+
+def _highestscore(fh, results: Results, with_scores: bool) -> None:
+    chunks = results.chunks
+    fh.write("Modified_ID\tIs_Virus" + ("\tmax_score_0\tmax_score_1" if with_scores else "") + "\n")
+    with_frames = np.flatnonzero(chunks.has_frames)
+    for block in _blocks(len(with_frames)):
+        rows = with_frames[block]
+        ids = _chunk_ids(results, rows)
+        is_virus = (chunks.max_virus[rows] >= chunks.max_other[rows]).tolist()  # the original's rule, in float32
+        if with_scores:  # printed like the per-frame table (numpy's shortest float32 repr)
+            other, virus = chunks.max_other[rows].astype(str).tolist(), chunks.max_virus[rows].astype(str).tolist()
+            fh.writelines(f"{c}\t{v}\t{a}\t{b}\n" for c, v, a, b in zip(ids, is_virus, other, virus))
+        else:
+            fh.writelines(f"{c}\t{v}\n" for c, v in zip(ids, is_virus))
+
+
+def _chunks(fh, results: Results) -> None:
+    chunks = results.chunks
+    fh.write("chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel\n")
+    labels = np.array(["others", "virus", "no_frames"])
+    for rows in _blocks(len(chunks.frames)):
+        label = labels[np.where(chunks.has_frames[rows], results.viral[rows], 2)].tolist()
+        seq_ids = [results.ids[r] for r in results.chunk_record[rows].tolist()]
+        fh.writelines(f"{c}\t{r}\t{start}\t{end}\t{n}\t{a}\t{b}\t{lab}\n" for c, r, start, end, n, a, b, lab in zip(
+            _chunk_ids(results, np.arange(rows.start, rows.stop)), seq_ids, (results.starts[rows] + 1).tolist(),
+            results.ends[rows].tolist(), chunks.frames[rows].tolist(), _fixed_column(chunks.max_other[rows]),
+            _fixed_column(chunks.max_virus[rows]), label))
+
+
+def _contigs(fh, results: Results, plan: ChunkPlan, filters) -> None:
+    calls = results.calls
+    fh.write("\t".join(CONTIG_COLUMNS) + "\n")
+    filter_settings = asdict(filters)
+    reasons = {r: reason(int(plan.filtered[r]), int(plan.lengths[r]), int(plan.n_bases[r]), filter_settings)
+               for r in np.flatnonzero(calls.label == vcalls.FILTERED).tolist()}
+    for rows in _blocks(plan.n_records):
+        decided = calls.label[rows] <= vcalls.VIRUS
+        support = np.where(decided, calls.support[rows].astype(str), "NA").tolist()
+        why = [reasons.get(r, "") for r in range(rows.start, rows.stop)]
+        inputs = [results.inputs[i] for i in results.input_of[rows].tolist()]
+        fh.writelines("\t".join(map(str, row)) + "\n" for row in zip(
+            results.ids[rows], inputs, plan.lengths[rows].tolist(), calls.chunks[rows].tolist(),
+            calls.viral_chunks[rows].tolist(), (calls.chunks - calls.with_frames)[rows].tolist(),
+            _fixed_column(calls.fraction[rows]), _fixed_column(calls.max_virus[rows]),
+            _fixed_column(calls.mean_virus[rows]), vcalls.LABELS[calls.label[rows]].tolist(),
+            vcalls.CONFIDENCE[calls.confidence[rows]].tolist(), why, support, _fixed_column(calls.margin[rows]),
+            results.regions_per_record[rows].tolist()))
+
+
+@dataclass
+class _RegionBlock:
+    record: list[int]
+    seq_ids: list[str]
+    names: list[str]  # `<seq>|region_<start>_<end>`, 1-based inclusive
+    start: list[int]  # 0-based
+    end: list[int]
+    chunks: list[int]
+    mean: list[str]
+    top: list[str]
+    mean_values: np.ndarray
+    whole: list[bool]
+
+
+def _region_blocks(results: Results) -> Iterator[_RegionBlock]:
+    regions = results.regions
+    for rows in _blocks(len(regions)):
+        record, start, end = regions.record[rows].tolist(), regions.start[rows].tolist(), regions.end[rows].tolist()
+        seq_ids = [results.ids[r] for r in record]
+        yield _RegionBlock(record, seq_ids, [f"{i}|region_{s + 1}_{e}" for i, s, e in zip(seq_ids, start, end)],
+                           start, end, (regions.last[rows] - regions.first[rows] + 1).tolist(),
+                           _fixed_column(results.region_mean[rows]), _fixed_column(results.region_max[rows]),
+                           results.region_mean[rows], results.whole[rows].tolist())
+
+
+def _regions_tsv(fh, results: Results) -> None:
+    fh.write("\t".join(REGION_COLUMNS) + "\n")
+    for b in _region_blocks(results):
+        fh.writelines(f"{i}\t{name}\t{s + 1}\t{e}\t{e - s}\t{n}\t{mean}\t{top}\t{'whole' if whole else 'partial'}\n"
+                      for i, name, s, e, n, mean, top, whole in zip(b.seq_ids, b.names, b.start, b.end, b.chunks,
+                                                                     b.mean, b.top, b.whole))
+
+
+def _regions_bed(fh, results: Results) -> None:
+    """BED6: 0-based half-open, score = round(1000 * mean virus score)."""
+    for b in _region_blocks(results):
+        scores = np.clip(np.round(1000 * b.mean_values), 0, 1000).astype(np.int64).tolist()
+        fh.writelines(f"{i}\t{s}\t{e}\t{name}\t{score}\t.\n"
+                      for i, s, e, name, score in zip(b.seq_ids, b.start, b.end, b.names, scores))
+
+
+# GFF3: characters column 1 may hold unescaped; attribute values must escape ;=&, tabs and %
+_SEQID_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:^*$@!+_?-|"
+_VALUE_SAFE = _SEQID_SAFE + "/#'\"()[]{}<>~` "
+_SEQID_UNSAFE = re.compile("[^" + re.escape(_SEQID_SAFE) + "]")
+_VALUE_UNSAFE = re.compile("[^" + re.escape(_VALUE_SAFE) + "]")
+
+
+def _escape(text: str, unsafe: re.Pattern, safe: str) -> str:
+    return quote(text, safe=safe) if unsafe.search(text) else text  # quote() only when needed: it is slow
+
+
+def _regions_gff3(fh, results: Results, plan: ChunkPlan) -> None:
+    """GFF3: one `viral_sequence` (SO:0001041) feature per region, 1-based inclusive, score = mean
+    virus score, a ##sequence-region line before each sequence's first feature."""
+    fh.write("##gff-version 3\n")
+    previous = None
+    for b in _region_blocks(results):
+        for r, i, name, s, e, n, mean, top, whole in zip(b.record, b.seq_ids, b.names, b.start, b.end, b.chunks,
+                                                         b.mean, b.top, b.whole):
+            seqid = _escape(i, _SEQID_UNSAFE, _SEQID_SAFE)
+            if r != previous:
+                fh.write(f"##sequence-region {seqid} 1 {int(plan.lengths[r])}\n")
+                previous = r
+            fh.write(f"{seqid}\tvnp\tviral_sequence\t{s + 1}\t{e}\t{mean}\t.\t.\t"
+                     f"ID={_escape(name, _VALUE_UNSAFE, _VALUE_SAFE)};kind={'whole' if whole else 'partial'};"
+                     f"chunks={n};max_virus_score={top}\n")
+
+
+def _viral_sequences(results: Results, plan: ChunkPlan) -> Iterator[tuple[str, int, int, int]]:
+    for r in np.flatnonzero(results.calls.label == vcalls.VIRUS).tolist():
+        yield results.ids[r], r, 0, int(plan.lengths[r])
+
+
+def _partial_regions(results: Results) -> Iterator[tuple[str, int, int, int]]:
+    for b in _region_blocks(results):
+        for name, r, s, e, whole in zip(b.names, b.record, b.start, b.end, b.whole):
+            if not whole:
+                yield name, r, s, e
+
+
+def _fasta(fh, records: Iterator[tuple[str, int, int, int]], plan: ChunkPlan, work: Path, width: int) -> None:
+    """(FASTA ID, record, 0-based start, end) -> records, letters read from the packed sequences."""
+    with open(work / SEQUENCES, "rb") as packed:
+        for name, r, start, end in records:
+            letters = os.pread(packed.fileno(), end - start, int(plan.offsets[r]) + start).decode("ascii")
+            fh.write(f">{name}\n")
+            fh.writelines(letters[i:i + width] + "\n" for i in range(0, len(letters), width))
+
+
+def _summary(fh, results: Results, plan: ChunkPlan) -> None:
+    calls, regions = results.calls, results.regions
+    n_inputs = len(results.inputs)
+
+    def per_input(weights=None, mask=None, of=None) -> list[int]:
+        of = results.input_of if of is None else of
+        if mask is not None:
+            of, weights = of[mask], (None if weights is None else weights[mask])
+        return np.bincount(of, weights=weights, minlength=n_inputs).astype(np.int64).tolist()
+
+    virus = calls.label == vcalls.VIRUS
+    region_input = results.input_of[regions.record]
+    columns = [per_input(), per_input(plan.lengths), per_input(mask=virus), per_input(plan.lengths, virus),
+               per_input(of=region_input), per_input(mask=calls.label == vcalls.NO_FRAMES),
+               per_input(mask=calls.label == vcalls.FILTERED),
+               per_input(regions.end - regions.start, of=region_input)]
+    fh.write("\t".join(SUMMARY_COLUMNS) + "\n")
+    for i, name in enumerate(results.inputs):
+        fh.write("\t".join([name, *(str(column[i]) for column in columns)]) + "\n")
+    fh.write("\t".join(["total", *(str(sum(column)) for column in columns)]) + "\n")
 
 
 def load_embeddings(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

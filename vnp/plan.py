@@ -2,10 +2,10 @@
 
 Rank 0 reads every input once (plain or compressed, FASTA or FASTQ), validates it, and packs the
 sequences into `work/sequences.bin` (one byte per base, records back to back) with a small index
-(`work/index.npz`: lengths and offsets, like a .fai) and the record IDs (`work/ids.txt`). Chunk
-boundaries depend only on sequence lengths, so every rank derives the whole chunk plan from the
-index and then reads and translates only its own chunks. Compressed input is thus decompressed
-once per run, not once per rank.
+(`work/index.npz`: lengths and offsets, like a .fai, and where each ID starts) and the record IDs
+(`work/ids.txt`, one a line). Chunk boundaries depend only on sequence lengths, so every rank
+derives the whole chunk plan from the index and then reads and translates only its own chunks.
+Compressed input is thus decompressed once per run, not once per rank.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from vnp.chunking import chunk_starts
+from vnp.chunking import chunk_bounds, chunk_starts
 from vnp.errors import InputError, where
 from vnp.seqio import check_readable, iter_records
 from vnp.translate import Chunk
@@ -56,23 +56,28 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, per_input = _pack(inputs, tmp)
+        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp)
     except BaseException:
         for path in tmp.values():
             path.unlink(missing_ok=True)
         raise
     length_array = np.asarray(lengths, dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
+    id_offsets = np.concatenate(([0], np.cumsum(np.asarray(id_lengths, dtype=np.int64) + 1))).astype(np.int64)
     file_sizes = np.asarray(per_input, dtype=np.int64)
     with open(work_dir / (INDEX + ".tmp"), "wb") as fh:
-        np.savez(fh, lengths=length_array, offsets=offsets, records_per_input=file_sizes)
+        np.savez(fh, lengths=length_array, offsets=offsets, id_offsets=id_offsets, records_per_input=file_sizes,
+                 n_bases=np.asarray(n_bases, dtype=np.int64))
     for name in (SEQUENCES, IDS, INDEX):
         os.replace(work_dir / (name + ".tmp"), work_dir / name)
 
 
-def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list[int]]:
-    """Stream every record into the packed files; (record lengths, records per input)."""
+def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Stream every record into the packed files; (record lengths, ID lengths, records per input,
+    N bases per record)."""
     lengths: list[int] = []
+    id_lengths: list[int] = []
+    n_bases: list[int] = []
     per_input: list[int] = []
     first_file: dict[str, Path] = {}
     with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w") as id_out:
@@ -84,11 +89,13 @@ def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list
                                      f"{first_file[record.id]} (IDs must be unique across inputs)")
                 first_file[record.id] = path
                 seq_out.write(record.seq.encode("ascii"))
-                id_out.write(record.id + "\n")
+                id_out.write(record.id + "\n")  # IDs are ASCII: characters = bytes
                 lengths.append(len(record.seq))
+                id_lengths.append(len(record.id))
+                n_bases.append(record.seq.count("N") + record.seq.count("n"))
                 count += 1
             per_input.append(count)
-    return lengths, per_input
+    return lengths, id_lengths, per_input, n_bases
 
 
 @dataclass
@@ -99,7 +106,10 @@ class ChunkPlan:
     offsets: np.ndarray  # int64 [R], into sequences.bin
     first_chunk: np.ndarray  # int64 [R + 1]: chunks of record r are first_chunk[r] .. first_chunk[r+1]-1
     chunk_length: int
+    id_offsets: np.ndarray  # int64 [R + 1]: the ID of record r is ids.txt bytes id_offsets[r] .. id_offsets[r+1]-2
     records_per_input: np.ndarray  # int64 [inputs]
+    filtered: np.ndarray | None = None  # int8 [R]: vnp.filters code, 0 = kept; filtered records have no chunks
+    n_bases: np.ndarray | None = None  # int64 [R]: N (or n) letters per record
 
     @property
     def n_chunks(self) -> int:
@@ -133,29 +143,52 @@ class ChunkPlan:
                 yield base + k, r, k + 1, start, min(start + self.chunk_length, int(self.lengths[r]))
 
 
-def load_plan(work_dir: Path, chunk_length: int) -> ChunkPlan:
+    def chunk_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """0-based start and exclusive end of every chunk of the plan (vectorised `spans`)."""
+        return chunk_bounds(self.lengths, self.chunk_length, np.diff(self.first_chunk))
+
+
+def load_plan(work_dir: Path, chunk_length: int, filters: dict | None = None) -> ChunkPlan:
+    """The plan of the packed inputs; records failing `filters` (FilterConfig's keys) get no chunks."""
+    from vnp.filters import filter_codes
+
     with np.load(work_dir / INDEX, allow_pickle=False) as data:
-        lengths, offsets, per_input = data["lengths"], data["offsets"], data["records_per_input"]
-    counts = np.where(lengths > 0, -(-lengths // chunk_length), 0)
+        lengths, offsets, id_offsets = data["lengths"], data["offsets"], data["id_offsets"]
+        per_input = data["records_per_input"]
+        n_bases = data["n_bases"] if "n_bases" in data.files else np.zeros_like(lengths)
+    filtered = filter_codes(lengths, n_bases, filters)
+    counts = np.where((lengths > 0) & (filtered == 0), -(-lengths // chunk_length), 0)
     first = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    return ChunkPlan(lengths, offsets, first, chunk_length, per_input)
+    return ChunkPlan(lengths, offsets, first, chunk_length, id_offsets, per_input, filtered, n_bases)
 
 
 def read_chunks(plan: ChunkPlan, sequences: Path, c0: int, c1: int) -> list[Chunk]:
-    """The chunks c0 .. c1-1 with their letters, read from the packed sequences."""
+    """The chunks c0 .. c1-1 with their letters and record IDs, read from the packed sequences
+    and the IDs beside them (ids.txt in the same folder)."""
     spans = list(plan.spans(c0, c1))
     if not spans:
         return []
+    records = sorted({s[1] for s in spans})
+    ids = _read_ids(plan, sequences.with_name(IDS), records[0], records[-1] + 1)
     chunks = []
     with open(sequences, "rb") as fh:
-        for record in sorted({s[1] for s in spans}):
+        for record in records:
             mine = [s for s in spans if s[1] == record]
             lo, hi = mine[0][3], max(s[4] for s in mine)
             fh.seek(int(plan.offsets[record]) + lo)
             region = fh.read(hi - lo).decode("ascii")
+            rid = ids[record - records[0]]
             for index, _, number, start, end in mine:
-                chunks.append(Chunk(str(index), str(record), number, start + 1, end, region[start - lo:end - lo]))
+                chunks.append(Chunk(index, rid, number, start + 1, end, region[start - lo:end - lo]))
     return chunks
+
+
+def _read_ids(plan: ChunkPlan, ids_path: Path, r0: int, r1: int) -> list[str]:
+    """The IDs of records r0 .. r1-1, read in one piece."""
+    lo, hi = int(plan.id_offsets[r0]), int(plan.id_offsets[r1])
+    with open(ids_path, "rb") as fh:
+        fh.seek(lo)
+        return fh.read(hi - lo).decode("ascii").split("\n")[:-1]
 
 
 def iter_ids(work_dir: Path) -> Iterator[str]:

@@ -34,8 +34,6 @@ from vnp.run_state import (
 )
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
 
-HELP = "predict viral chunks and sequences (distributed over any number of ranks)"
-
 log = logging.getLogger("vnp")
 
 
@@ -104,9 +102,14 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
         state = prepare_run(ctx, config, inputs, out) if ctx.is_main else wait_until_ready(ctx, config, out)
+        if ctx.is_main:  # the settings are on record from the start, also for a run that fails
+            (out / "config.yaml").write_text(to_yaml(config))
         _log_to_file(out, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
+        if ctx.world_size > 1:  # chosen by vnp.dist.set_socket_interface on jobs over several hosts
+            log.info("socket interfaces: %s", ", ".join(f"{v}={os.environ.get(v, '(unset)')}"
+                                                        for v in vdist.SOCKET_VARIABLES))
         models = Models.load_everywhere(ctx, state, config)
         times = run_steps(ctx, state, config, models, stop)
         if stop.requested:
@@ -117,7 +120,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
             _finish(ctx, state, config, times, started)
         return 0
     except InputError as err:
-        if not getattr(err, "reported", False):
+        if not err.reported:
             print(f"vnp: error: {err}", file=sys.stderr)
         return 2
     except vdist.PeerFailure as err:
@@ -145,17 +148,16 @@ def _log_to_file(out: Path, rank: int) -> None:
 
 
 def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:
-    from vnp.outputs import write_tables
-    from vnp.plan import iter_ids
+    from vnp.outputs import input_names, settings_record, write_tables
 
     remove_handshake_files(state.work)  # every rank read them before the first step
     t0 = time.time()
     keys, scores = state.store.sorted_scores()
-    counts = write_tables(state.out, state.plan, iter_ids(state.work), keys, scores)
+    counts = write_tables(state.out, state.plan, keys, scores, config, input_names(state.record["inputs"]))
     times.stages["write_tables_s"] = round(time.time() - t0, 3)
     times.stages["total_s"] = round(time.time() - started, 3)
-    (state.out / "config.yaml").write_text(to_yaml(config))
     record = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
+    record["calls"] = settings_record(config, "vnp predict")
     tmp = state.out / "run.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, state.out / "run.json")

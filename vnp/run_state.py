@@ -152,9 +152,7 @@ def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> Ru
     """Ranks > 0: wait for rank 0's checks, then for its ready file (heartbeat-guarded)."""
     status = vdist.broadcast_object(ctx)
     if status["error"]:
-        err = InputError(status["error"])
-        err.reported = True  # rank 0 printed it
-        raise err
+        raise InputError(status["error"], reported=True)  # rank 0 printed it
     nonce = status["nonce"]
     ready = out / "work" / f"ready-{nonce}.json"
     heartbeat = out / "work" / f"heartbeat-{nonce}"
@@ -167,10 +165,8 @@ def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path) -> Ru
         time.sleep(0.2)
     info = json.loads(ready.read_text())
     if not info["ok"]:
-        err = InputError(info["error"] or "rank 0 failed while preparing the inputs")
-        err.reported = True
-        raise err
-    plan = load_plan(out / "work", info["chunk_length"])
+        raise InputError(info["error"] or "rank 0 failed while preparing the inputs", reported=True)
+    plan = load_plan(out / "work", info["chunk_length"], info["record"]["filters"])
     remaining = np.load(out / "work" / f"remaining-{nonce}.npy").tolist()
     return RunState(out, ModelPack(**info["pack"]), info["chunk_length"], plan, remaining, info["precision"],
                     record=info["record"])
@@ -192,7 +188,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 # Record keys that change results; a different value means a different run.
 RESULT_KEYS = ("inputs", "pack", "chunk_length", "unit_chunks", "precision", "esm_attention", "device",
-               "save_embeddings")
+               "save_embeddings", "filters")
 
 
 def _run_record(config: PredictConfig, paths, pack: ModelPack, chunk_length: int, precision: str,
@@ -202,7 +198,7 @@ def _run_record(config: PredictConfig, paths, pack: ModelPack, chunk_length: int
     return {"inputs": inputs, "pack": fingerprint(pack), "chunk_length": chunk_length,
             "unit_chunks": config.batch.unit_chunks, "precision": precision,
             "esm_attention": config.esm_attention, "device": device.type,
-            "save_embeddings": config.save_embeddings}
+            "save_embeddings": config.save_embeddings, "filters": asdict(config.filter)}
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -217,8 +213,9 @@ def _clear_results(out: Path) -> None:
     """Remove a previous run's progress and results (after the new inputs proved valid)."""
     shutil.rmtree(out / "work" / "parts", ignore_errors=True)
     shutil.rmtree(out / "embeddings", ignore_errors=True)
-    for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv",
-                 "run.json", "config.yaml"):
+    from vnp.outputs import FILES
+
+    for name in (*FILES, "run.json", "config.yaml"):
         (out / name).unlink(missing_ok=True)
 
 
@@ -268,7 +265,7 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path)
     elif not config.resume:
         _clear_results(out)
     summaries = _input_summaries(record, work)
-    plan = load_plan(work, chunk_length)
+    plan = load_plan(work, chunk_length, record["filters"])
     store = ScoreStore(work / "parts")
     done = store.load_committed()
     remaining = [u for u in range(plan.n_units(config.batch.unit_chunks)) if u not in done]

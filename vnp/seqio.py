@@ -41,7 +41,6 @@ class Record:
 
     id: str
     seq: str
-    number: int  # 1-based record number
     line: int  # 1-based line of the header
 
 
@@ -116,7 +115,7 @@ def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator
         yield number, carry
 
 
-def iter_records(path: str | os.PathLike, check_duplicates: bool = True, nucleotides: bool = True) -> Iterator[Record]:
+def iter_records(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[Record]:
     """Stream the records of a FASTA or FASTQ file (format detected from its first letter).
 
     `nucleotides=False` (protein input of `vnp embed esm`) accepts any ASCII letters; the caller
@@ -144,10 +143,9 @@ def iter_records(path: str | os.PathLike, check_duplicates: bool = True, nucleot
         raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {_show(data[:1])})")
     seen: set[str] = set()
     for record in records:
-        if check_duplicates:
-            if record.id in seen:
-                raise InputError(f"{where(path, record.id, record.line)}: duplicate record ID (chunk IDs would be ambiguous)")
-            seen.add(record.id)
+        if record.id in seen:
+            raise InputError(f"{where(path, record.id, record.line)}: duplicate record ID (chunk IDs would be ambiguous)")
+        seen.add(record.id)
         yield record
 
 
@@ -195,10 +193,10 @@ def _fasta_texts(first: bytes, blocks: Iterator[bytes]) -> Iterator[bytes]:
 def _fasta_records(path: Path, first: bytes, blocks: Iterator[bytes], line: int,
                    nucleotides: bool = True) -> Iterator[Record]:
     """FASTA records, read in large blocks: a record's letters are joined and checked in C calls."""
-    for count, text in enumerate(_fasta_texts(first, blocks), start=1):
+    for text in _fasta_texts(first, blocks):
         header, _, body = text.partition(b"\n")
         rid = _record_id(path, header, line)
-        yield Record(rid, _fasta_letters(path, rid, line, body, nucleotides), count, line)
+        yield Record(rid, _fasta_letters(path, rid, line, body, nucleotides), line)
         line += text.count(b"\n") + 1
 
 
@@ -217,7 +215,6 @@ def _fasta_letters(path: Path, rid: str, header_line: int, body: bytes, nucleoti
 def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]], nucleotides: bool = True) -> Iterator[Record]:
     """Four-line FASTQ records (@id, sequence, +, quality), blank lines between records allowed."""
     pending: tuple[int, bytes] | None = None
-    count = 0
     while True:
         if pending is None:
             pending = next(((n, l) for n, l in lines if l.strip()), None)
@@ -241,8 +238,7 @@ def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]], nucleotides: 
             raise InputError(
                 f"{where(path, rid, qual_line)}: quality length {len(qual)} differs from sequence length {len(seq)}"
             )
-        count += 1
-        yield Record(rid, seq.decode("ascii"), count, header_line)
+        yield Record(rid, seq.decode("ascii"), header_line)
 
 
 def _next_line(lines: Iterator[tuple[int, bytes]], path: Path, rid: str, what: str) -> tuple[int, bytes]:

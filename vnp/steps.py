@@ -23,6 +23,7 @@ from vnp import dist as vdist
 from vnp.config import PredictConfig
 from vnp.engine import EngineSettings, StopFlag, run_units  # noqa: F401 (StopFlag: predict imports it here)
 from vnp.errors import InputError
+from vnp.chunking import chunk_id
 from vnp.gather import Computed, UnitResult
 from vnp.models import token_budget
 from vnp.plan import IDS, SEQUENCES, read_chunks
@@ -62,7 +63,7 @@ class Models:
             dnabert = load_dnabert(state.pack.dnabert, device=ctx.device, dtype=dtype)
             esm = load_esm(state.pack.esm, layer=state.pack.esm_layer, device=ctx.device, dtype=dtype,
                            attention=config.esm_attention)
-            _check_dims(state, dnabert.hidden_size, esm.embed_dim)
+            _check_dims(state, dnabert.dim, esm.dim)
             classifier = state.classifier.to(ctx.device) if ctx.is_main else None
             models = cls(dnabert, esm, classifier)
         except InputError as err:
@@ -71,9 +72,7 @@ class Models:
         failed = [e for e in errors if e]
         if failed:
             first = next(r for r, e in enumerate(errors) if e)
-            err = InputError(failed[0])
-            err.reported = ctx.rank != first  # the first failing rank says it, once
-            raise err
+            raise InputError(failed[0], reported=ctx.rank != first)  # the first failing rank says it, once
         return models
 
 
@@ -113,7 +112,7 @@ class FrameWork:
         """(global chunk, frame) of the unit's selected frames, in chunk and frame order."""
         c0, c1 = self.state.plan.unit_range(unit, self.unit_chunks)
         chunks = read_chunks(self.state.plan, self.state.work / SEQUENCES, c0, c1)
-        return [(int(chunk.id), f) for chunk, kept in zip(chunks, translate_chunks(chunks))
+        return [(chunk.index, f) for chunk, kept in zip(chunks, translate_chunks(chunks))
                 for f in self.select_frames(chunk, kept)]
 
     def costs(self, units) -> np.ndarray:
@@ -163,7 +162,7 @@ class IdLookup:
                 fh.seek(int(self.starts[record]))
                 rid = fh.readline().rstrip(b"\n").decode()
                 number = chunk - int(self.plan.first_chunk[record]) + 1
-                out.append(f"{rid}_chunk_{number}{FRAME_NAMES[key % 6]}")
+                out.append(chunk_id(rid, number) + FRAME_NAMES[key % 6])
         return out
 
 

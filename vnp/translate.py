@@ -31,8 +31,6 @@ from vnp.chunking import chunk_id, chunk_spans
 from vnp.errors import InputError, exit_on_input_error
 from vnp.seqio import Record, input_stem, iter_records
 
-HELP = "chunk and six-frame translate sequences (the original's intermediate files)"
-
 FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"  # NCBI table 1, TCAG order
@@ -81,12 +79,17 @@ class Frame:
 class Chunk:
     """A chunk of a sequence, with its 1-based inclusive coordinates on that sequence."""
 
-    id: str
+    index: int  # 0-based position among all chunks of the run (or file), in input order
     record_id: str
-    number: int
+    number: int  # 1-based position among the chunks of its record
     start: int  # 1-based
     end: int  # 1-based, inclusive
     seq: str  # letters as read (case kept), as the original's chunked file
+
+    @property
+    def id(self) -> str:
+        """The original's chunk ID, `{record_id}_chunk_{number}`."""
+        return chunk_id(self.record_id, self.number)
 
 
 def reverse_complement(seq: str) -> str:
@@ -94,10 +97,10 @@ def reverse_complement(seq: str) -> str:
     return seq.translate(_COMPLEMENT)[::-1]
 
 
-def chunks_of(record: Record, chunk_length: int) -> Iterator[Chunk]:
-    """The chunks of one record, by the original's overlap rule."""
+def chunks_of(record: Record, chunk_length: int, first_index: int = 0) -> Iterator[Chunk]:
+    """The chunks of one record, by the original's overlap rule, numbered from `first_index`."""
     for span in chunk_spans(len(record.seq), chunk_length):
-        yield Chunk(chunk_id(record.id, span.number), record.id, span.number,
+        yield Chunk(first_index + span.number - 1, record.id, span.number,
                     span.start + 1, span.end, record.seq[span.start:span.end])
 
 
@@ -139,6 +142,7 @@ def translate_chunks(chunks: Sequence[Chunk]) -> list[list[Frame]]:
 def _kept_frames(chunk: Chunk, proteins: list[bytes | None]) -> list[Frame]:
     frames = []
     upper = reverse = None
+    cid = chunk.id
     for index, protein in enumerate(proteins):
         if not protein:  # a stop codon (None) or nothing left to translate (b"")
             continue
@@ -150,16 +154,17 @@ def _kept_frames(chunk: Chunk, proteins: list[bytes | None]) -> list[Frame]:
             strand = reverse
         offset = index % 3 + 1  # the original's 1-based frame number on its strand
         nucleotide = strand[offset - 1:offset + 3 * len(protein)]
-        frames.append(Frame(chunk.id + FRAME_NAMES[index], index, nucleotide, protein.decode("ascii")))
+        frames.append(Frame(cid + FRAME_NAMES[index], index, nucleotide, protein.decode("ascii")))
     return frames
 
 
 def batched_chunks(records: Iterable[Record], chunk_length: int, max_bases: int = 1 << 21) -> Iterator[list[Chunk]]:
     """Chunks of a record stream in lists of about `max_bases` bp (memory stays bounded)."""
     batch: list[Chunk] = []
-    bases = 0
+    bases = index = 0
     for record in records:
-        for chunk in chunks_of(record, chunk_length):
+        for chunk in chunks_of(record, chunk_length, index):
+            index += 1
             batch.append(chunk)
             bases += chunk_length
             if bases >= max_bases:

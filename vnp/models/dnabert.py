@@ -382,7 +382,7 @@ class DnabertEmbedder:
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.tokenizer = tokenizer
-        self.hidden_size: int = model.config.hidden_size
+        self.dim: int = model.config.hidden_size  # width of the vectors
         self.pad_id = tokenizer.token_to_id("[PAD]")
         if self.pad_id is None:
             raise ValueError("tokenizer has no [PAD] token")
@@ -411,7 +411,7 @@ class DnabertEmbedder:
     @torch.inference_mode()
     def run(self, prepared: PreparedBatches) -> torch.Tensor:
         """The device half of `embed`: (N, H) float32 on the device, no host synchronisation."""
-        out = torch.zeros((prepared.rows, self.hidden_size), dtype=torch.float32, device=self.device)
+        out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
         for rows, input_ids, mask in prepared.batches:
             input_ids, mask = (t.to(self.device, non_blocking=True) for t in (input_ids, mask))
             out[rows.to(self.device, non_blocking=True)] = masked_mean(self.model(input_ids, mask), mask)

@@ -44,7 +44,7 @@ class EsmEmbedder:
         self.alphabet = alphabet
         self.layer = layer
         self.attention = attention
-        self.embed_dim: int = model.embed_dim
+        self.dim: int = model.embed_dim  # width of the vectors
         self.num_layers: int = model.num_layers
         # Single-character tokens ('A', 'X', '-', ...) map through a byte table; anything else
         # (e.g. '<mask>') goes through fair-esm's tokenizer. Same ids, ~200x faster per protein.
@@ -102,7 +102,7 @@ class EsmEmbedder:
     @torch.inference_mode()
     def run(self, prepared: PreparedBatches) -> torch.Tensor:
         """The device half of `embed`: (N, D) float32 on the device, no host synchronisation."""
-        out = torch.zeros((prepared.rows, self.embed_dim), dtype=torch.float32, device=self.device)
+        out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
         for rows, tokens, residues, padding, has_padding in prepared.batches:
             tokens, residues, padding = (t.to(self.device, non_blocking=True) for t in (tokens, residues, padding))
             reps = self.representations(tokens, padding if bool(has_padding) else None)

@@ -1,9 +1,9 @@
 """Model packs: the three models of a VirNucPro run, named in one place.
 
 A pack is a folder holding `pack.yaml` (paths inside it are relative to the folder), or a YAML file,
-or one of the built-in names: `500` and `300` (conf/pack_500.yaml, conf/pack_300.yaml: the published
-models by hub id and fair-esm name; the classifier `.pth` is given by the user) and `tiny` (random
-models of the real architectures, built offline in seconds for tests and the demo).
+or one of the built-in names: `500` and `300` (package data, vnp/packs/pack_500.yaml and pack_300.yaml:
+the published models by hub id and fair-esm name; the classifier `.pth` is given by the user) and
+`tiny` (random models of the real architectures, built offline in seconds for tests and the demo).
 
     vnp pack tiny DIR --chunk-length 500 --seed 0
     vnp pack convert --classifier 500_model.pth -o DIR
@@ -16,6 +16,7 @@ import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, fields
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -24,8 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vnp.errors import InputError, exit_on_input_error
 
-HELP = "build the tiny test pack, or convert a published classifier to vnp's format"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Built-in packs are package data (read with importlib.resources), so any install has them.
 BUILTIN = {"500": "pack_500.yaml", "300": "pack_300.yaml"}
 
 TINY_DNABERT = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
@@ -82,7 +82,8 @@ def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = 
             raise InputError("pack=tiny needs a folder to build the tiny models in")
         pack = build_tiny_pack(tiny_dir, chunk_length or 500)
     elif spec in BUILTIN:
-        pack = pack_from_dict(_read_yaml(CONF_DIR / BUILTIN[spec]), CONF_DIR, f"pack {spec}")
+        with resources.as_file(resources.files("vnp") / "packs" / BUILTIN[spec]) as path:
+            pack = pack_from_dict(_read_yaml(path), path.parent, f"pack {spec}")
     else:
         path = Path(spec)
         yaml_path = path / "pack.yaml" if path.is_dir() else path

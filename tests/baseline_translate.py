@@ -1,6 +1,7 @@
 """A straightforward per-codon dictionary implementation of the sequence stage's rules.
 
-This is the baseline `make bench` measures vnp against, and an independent oracle for the tests.
+An independent oracle for the tests, and the baseline `make bench` measures vnp against
+(benchmarks/bench_translate.py imports it from here; tests import nothing from benchmarks/).
 It follows the rules as written (chunk, upper-case, six frames, drop ambiguous codons, keep
 stop-free non-empty frames) with one dictionary look-up per codon.
 """

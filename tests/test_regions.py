@@ -1,0 +1,139 @@
+"""The segmentation into viral regions and the calls' confidence, on crafted score series."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from vnp import calls as vcalls
+from vnp.chunking import chunk_bounds, chunk_spans
+from vnp.plan import ChunkPlan
+from vnp.regions import find_regions, territories, viterbi
+
+MISSING = None  # a chunk without frames
+
+
+def segment(series: list[list[float | None]], penalty: float = 3.0, merge_gap: int = 0, min_length: int = 0,
+            chunk_bp: int = 100) -> list[list[tuple[int, int]]]:
+    """Regions (1-based first and last chunk of each) per sequence; chunks own `chunk_bp` bases each."""
+    counts = [len(s) for s in series]
+    first_chunk = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    flat = [x for s in series for x in s]
+    evidence = np.array([0.0 if x is None else x for x in flat])
+    decided = np.array([any(x is not None for x in s) for s in series], dtype=bool)
+    states = viterbi(evidence, first_chunk, decided, penalty)
+    k = np.arange(len(flat)) - np.repeat(first_chunk[:-1], counts)
+    regions = find_regions(states, first_chunk, k * chunk_bp, (k + 1) * chunk_bp, merge_gap, min_length)
+    out: list[list[tuple[int, int]]] = [[] for _ in series]
+    for r, first, last in zip(regions.record, regions.first, regions.last):
+        out[r].append((int(first - first_chunk[r]) + 1, int(last - first_chunk[r]) + 1))
+    return out
+
+
+def test_known_region_in_the_middle():
+    assert segment([[-5, -5, 5, 5, 5, -5, -5]]) == [[(3, 5)]]
+
+
+def test_one_weak_chunk_needs_twice_the_penalty_inside_and_once_at_an_end():
+    assert segment([[-5, 5.9, -5]]) == [[]]  # 5.9 < 2 * 3
+    assert segment([[-5, 6.1, -5]]) == [[(2, 2)]]
+    assert segment([[-5, -5, 3.1]]) == [[(3, 3)]]  # at the end one switch suffices
+    assert segment([[2.9, -5, -5]]) == [[]]
+
+
+def test_gaps_split_or_merge():
+    series = [[6, 6, -7, 6, 6]]
+    assert segment(series) == [[(1, 2), (4, 5)]]
+    assert segment(series, merge_gap=99) == [[(1, 2), (4, 5)]]  # the gap is 100 bp
+    assert segment(series, merge_gap=100) == [[(1, 5)]]
+    assert segment([[6, 6, -1, 6, 6]]) == [[(1, 5)]]  # a weak dip does not pay two switches
+
+
+def test_missing_chunks_take_their_neighbours_state():
+    assert segment([[5, MISSING, MISSING, 5]]) == [[(1, 4)]]
+    assert segment([[MISSING, 5, 5, MISSING]]) == [[(1, 4)]]
+    assert segment([[-5, MISSING, -5]]) == [[]]
+    assert segment([[MISSING, MISSING]]) == [[]]  # nothing to decide on
+
+
+def test_sequence_ends_and_one_chunk_sequences():
+    assert segment([[0.01], [-0.01], [0.0], [5, 5], [-5, 5]]) == [[(1, 1)], [], [(1, 1)], [(1, 2)], [(2, 2)]]
+
+
+def test_min_length_drops_short_regions():
+    assert segment([[-9, 9, -9, 9, 9, 9]], min_length=250) == [[(4, 6)]]
+
+
+def test_sequences_decoded_together_equal_each_alone():
+    rng = random.Random(3)
+    series = [[rng.choice([None, rng.uniform(-6, 6)]) for _ in range(rng.randint(1, 12))] for _ in range(60)]
+    assert segment(series) == [segment([s])[0] for s in series]
+
+
+def best_path_score(evidence: list[float], penalty: float) -> float:
+    return max(sum(e for e, s in zip(evidence, path) if s) - penalty * sum(a != b for a, b in zip(path, path[1:]))
+               for path in itertools.product([0, 1], repeat=len(evidence)))
+
+
+def test_viterbi_is_exact_against_every_path():
+    rng = random.Random(7)
+    for _ in range(200):
+        evidence = [rng.uniform(-4, 4) for _ in range(rng.randint(1, 9))]
+        penalty = rng.choice([0.0, 1.0, 3.0])
+        states = viterbi(np.array(evidence), np.array([0, len(evidence)]), np.array([True]), penalty)
+        path = states.astype(int).tolist()
+        score = sum(e for e, s in zip(evidence, path) if s) - penalty * sum(a != b for a, b in zip(path, path[1:]))
+        assert score == pytest.approx(best_path_score(evidence, penalty))
+
+
+def test_territories_tile_each_sequence_within_its_chunks():
+    lengths = np.array([1001, 0, 700, 500, 1, 2345, 999], dtype=np.int64)
+    starts, ends = chunk_bounds(lengths, 500)
+    counts = -(-lengths // 500)
+    first_chunk = np.concatenate(([0], np.cumsum(counts)))
+    lo, hi = territories(starts, ends, first_chunk, lengths)
+    for r, n in enumerate(lengths.tolist()):
+        c0, c1 = first_chunk[r], first_chunk[r + 1]
+        assert [(s.start, s.end) for s in chunk_spans(n, 500)] == list(zip(starts[c0:c1], ends[c0:c1]))
+        if n:
+            assert lo[c0] == 0 and hi[c1 - 1] == n and (lo[c0 + 1:c1] == hi[c0:c1 - 1]).all()
+            assert (starts[c0:c1] <= lo[c0:c1]).all() and (hi[c0:c1] <= ends[c0:c1]).all()
+    # 1001 bp: chunks 1-500, 334-833, 667-1001; overlaps cut at their midpoints
+    assert (lo[:3].tolist(), hi[:3].tolist()) == ([0, 416, 749], [416, 749, 1001])
+
+
+def tiny_plan(counts: list[int]) -> ChunkPlan:
+    counts = np.array(counts, dtype=np.int64)
+    return ChunkPlan(counts * 500, np.zeros(len(counts), np.int64), np.concatenate(([0], np.cumsum(counts))), 500,
+                     id_offsets=np.zeros(len(counts) + 1, np.int64), records_per_input=np.array([len(counts)]))
+
+
+def test_calls_and_confidence_rule():
+    # per chunk (max other, max virus); NaN = no frames
+    chunks = [(0.1, 0.9), (0.2, 0.95),  # a: two strong viral chunks -> virus, high
+              (0.1, 0.9),  # b: one strong chunk -> virus, medium (high needs 2 chunks)
+              (0.45, 0.55), (0.6, 0.4),  # c: half viral, margins 0.1 -> virus, low
+              (0.9, 0.1), (0.8, 0.3), (0.3, 0.7),  # d: others by 2 of 3, margin (0.8 + 0.5) / 2 -> high
+              (np.nan, np.nan)]  # e: no frames
+    plan = tiny_plan([2, 1, 2, 3, 1])
+    scores = vcalls.ChunkScores(np.array([0 if np.isnan(a) else 6 for a, _ in chunks]),
+                                np.array([a for a, _ in chunks], np.float32),
+                                np.array([b for _, b in chunks], np.float32))
+    margins = vcalls.chunk_margins(scores, 0.0)
+    viral = vcalls.chunk_viral(margins)
+    assert viral.tolist() == [True, True, True, True, False, False, False, True, False]
+    calls = vcalls.sequence_calls(plan, scores, viral, margins, 0.5, 0.5, 2, 0.2)
+    assert vcalls.LABELS[calls.label].tolist() == ["virus", "virus", "virus", "others", "no_frames"]
+    assert vcalls.CONFIDENCE[calls.confidence].tolist() == ["high", "medium", "low", "high", "NA"]
+    assert calls.support.tolist() == [2, 1, 1, 2, 0]
+    # a stricter chunk cutoff: 0.92 leaves one viral chunk in a, none in b; min_fraction 1 needs all
+    margins = vcalls.chunk_margins(scores, 0.92)
+    viral = vcalls.chunk_viral(margins)
+    assert viral.tolist() == [False, True, False, False, False, False, False, False, False]
+    calls = vcalls.sequence_calls(plan, scores, viral, margins, 1.0, 0.5, 2, 0.2)
+    assert vcalls.LABELS[calls.label].tolist() == ["others", "others", "others", "others", "no_frames"]
+    log_odds = vcalls.chunk_log_odds(scores, 0.92)
+    assert ((log_odds >= 0) == viral)[:-1].all() and log_odds[-1] == 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -145,36 +144,27 @@ class FrameWork:
 
 
 class IdLookup:
-    """Frame IDs for any frame keys: record IDs read at their offsets in ids.txt (random access,
-    8 bytes a record in memory), since balanced dealing delivers units out of input order."""
+    """Frame IDs for any frame keys: record IDs read at their offsets in ids.txt (the plan's
+    `id_offsets`), since balanced dealing delivers units out of input order."""
 
     def __init__(self, state: RunState):
         self.plan = state.plan
         self.path = state.work / IDS
-        self.starts = _line_starts(self.path)
 
     def frame_ids(self, keys: np.ndarray) -> list[str]:
         chunks = keys // 6
         records = self.plan.record_of(chunks)
+        offsets = self.plan.id_offsets
+        names: dict[int, str] = {}
         out = []
         with open(self.path, "rb") as fh:
             for key, chunk, record in zip(keys.tolist(), chunks.tolist(), records.tolist()):
-                fh.seek(int(self.starts[record]))
-                rid = fh.readline().rstrip(b"\n").decode()
+                if record not in names:
+                    fh.seek(int(offsets[record]))
+                    names[record] = fh.read(int(offsets[record + 1]) - int(offsets[record]) - 1).decode("ascii")
                 number = chunk - int(self.plan.first_chunk[record]) + 1
-                out.append(chunk_id(rid, number) + FRAME_NAMES[key % 6])
+                out.append(chunk_id(names[record], number) + FRAME_NAMES[key % 6])
         return out
-
-
-def _line_starts(path: Path, block: int = 1 << 24) -> np.ndarray:
-    """Byte offset of every line of a text file, read in blocks."""
-    starts = [np.zeros(1, np.int64)]
-    offset = 0
-    with open(path, "rb") as fh:
-        while data := fh.read(block):
-            starts.append(np.flatnonzero(np.frombuffer(data, np.uint8) == 10).astype(np.int64) + offset + 1)
-            offset += len(data)
-    return np.concatenate(starts)[:-1] if offset else np.zeros(0, np.int64)
 
 
 class Progress:

@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean report-screenshot
 
 venv: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m vnp.demo
+
+# The demo's report rendered by headless Chromium (Debian's `chromium`) to demo_out/report.png.
+report-screenshot: demo
+	$(PY) -m tests.chromium demo_out/report.html demo_out/report.png
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -277,6 +277,7 @@ def test_vnp_call_reproduces_predict_then_a_stricter_cutoff_gives_a_subset(tmp_p
     assert record["calls"]["written_by"] == "vnp call"
     assert record["counts"]["viral_sequences"] == len(new_viral)
     assert "min_score: 0.999" in (copy / "config.yaml").read_text()
+    assert 'data-min-score="0.999"' in (copy / "report.html").read_text()  # the report follows the new calls
     assert not list(copy.glob("*.tmp"))
 
 

@@ -81,6 +81,7 @@ def _finished_run(out: Path):
 def call(out: Path, overrides: list[str]) -> dict:
     """Rewrite the results of the finished run in OUT with `overrides`; returns its new run.json."""
     from vnp.outputs import input_names, settings_record, write_results
+    from vnp.report import write_report
 
     _check_overrides(overrides)
     if not out.is_dir():
@@ -98,6 +99,7 @@ def call(out: Path, overrides: list[str]) -> dict:
         run["counts"] = asdict(counts)
         run["calls"] = {**settings_record(config, "vnp call"), "call_s": round(time.time() - started, 3)}
         _write_atomic(out / "run.json", json.dumps(run, indent=2) + "\n")
+        write_report(out)
     return run
 
 

@@ -5,6 +5,9 @@
     vnp embed dnabert|esm INPUT -m MODEL -o OUT.npz
     vnp pack tiny DIR | vnp pack convert --classifier X.pth -o DIR
     vnp call OUT [key=value ...]                   new calls, regions, FASTA of a finished run
+    vnp report OUT                                 OUT/report.html: plots and tables of a finished run
+    vnp train MANIFEST.tsv -o DIR [key=value ...]   train a classifier head, under any launcher
+    vnp evaluate OUT LABELS.tsv                    metrics of a prediction run against true labels
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ SUBCOMMANDS = {
     "pack": ("vnp.models.pack", "build the tiny test pack, or convert a published classifier to vnp's format"),
     "predict": ("vnp.predict", "predict viral chunks and sequences (distributed over any number of ranks)"),
     "call": ("vnp.call", "recompute calls, regions, FASTA and summaries of a finished run (no model loaded)"),
+    "report": ("vnp.report", "write OUT/report.html: plots and tables of a finished run (predict writes it too)"),
+    "train": ("vnp.train", "train a VirNucPro classifier head with DDP (features by the same engine)"),
+    "evaluate": ("vnp.evaluate", "metrics of a finished prediction run against true labels"),
 }
 
 

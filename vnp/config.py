@@ -168,10 +168,11 @@ class PredictConfig:
             raise ValueError(f"esm_attention must be sdpa or fair-esm, got {self.esm_attention!r}")
 
 
-def load_config(yaml_path: str | None, overrides: list[str]) -> PredictConfig:
-    """Defaults <- YAML <- `key=value` overrides, validated; InputError names the bad key."""
+def load_config(yaml_path: str | None, overrides: list[str], cls: type = PredictConfig):
+    """Defaults <- YAML <- `key=value` overrides, validated; InputError names the bad key.
+    `cls` is the command's config class (PredictConfig, or TrainConfig for `vnp train`)."""
     try:
-        merged = OmegaConf.structured(PredictConfig)
+        merged = OmegaConf.structured(cls)
         if yaml_path:
             if not Path(yaml_path).is_file():
                 raise InputError(f"{yaml_path}: config file not found")
@@ -186,7 +187,7 @@ def load_config(yaml_path: str | None, overrides: list[str]) -> PredictConfig:
         raise InputError(f"config: {err}") from None
 
 
-def to_yaml(config: PredictConfig) -> str:
+def to_yaml(config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
@@ -199,9 +200,9 @@ def iter_help(cls: type = PredictConfig, prefix: str = "") -> Iterator[tuple[str
         yield prefix + f.name, f.default, f.metadata["help"]
 
 
-def help_text() -> str:
+def help_text(cls: type = PredictConfig) -> str:
     lines = ["configuration keys (key=value on the command line, or in a YAML file given with -c):"]
-    for key, default, text in iter_help():
+    for key, default, text in iter_help(cls):
         shown = str(default).lower() if isinstance(default, bool) else default
         lines.append(f"  {key} (default: {shown})\n      {text}")
     return "\n".join(lines)

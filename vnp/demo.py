@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     code = predict_main([str(example_path()), "-o", str(out), "pack=tiny", "force=true"])
     if code == 0:
         print(f"\nDemo results are in {out}/: prediction_results.txt (per frame), "
-              "prediction_results_highestscore.csv (per chunk), chunks.tsv, contigs.tsv, run.json.\n"
+              "prediction_results_highestscore.csv (per chunk), chunks.tsv, contigs.tsv, run.json, report.html.\n"
               "The tiny pack has RANDOM weights: its labels are meaningless; it exercises the pipeline.\n"
               "For real predictions point vnp at the published models, e.g.\n"
               "  vnp predict input.fa -o out pack=500 classifier=/path/to/500_model.pth\n"
               "(DNABERT-S and ESM2-3B are fetched from their hubs when the network allows, or give local\n"
-              " copies in a pack folder: see README.md).")
+              " copies in a pack folder: see README.md).\n"
+              f"Report (open it in a browser): {(out / 'report.html').resolve()}")
     return code
 
 

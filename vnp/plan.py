@@ -14,13 +14,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from vnp.chunking import chunk_bounds, chunk_starts
 from vnp.errors import InputError, where
-from vnp.seqio import check_readable, iter_records
+from vnp.seqio import Record, check_readable, iter_records
 from vnp.translate import Chunk
 
 SEQUENCES = "sequences.bin"
@@ -51,12 +51,13 @@ def check_inputs(inputs: Sequence[str]) -> list[Path]:
     return paths
 
 
-def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
-    """Validate every input and write the packed sequences, index and IDs (atomically)."""
+def pack_inputs(inputs: Sequence[Path], work_dir: Path, read: Callable[[Path], Iterable[Record]] = iter_records) -> None:
+    """Validate every input and write the packed sequences, index and IDs (atomically).
+    `read` yields an input's records (default: FASTA/FASTQ; training also reads GenBank)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp)
+        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp, read)
     except BaseException:
         for path in tmp.values():
             path.unlink(missing_ok=True)
@@ -72,7 +73,7 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path) -> None:
         os.replace(work_dir / (name + ".tmp"), work_dir / name)
 
 
-def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list[int], list[int], list[int]]:
+def _pack(inputs: Sequence[Path], tmp: dict[str, Path], read) -> tuple[list[int], list[int], list[int], list[int]]:
     """Stream every record into the packed files; (record lengths, ID lengths, records per input,
     N bases per record)."""
     lengths: list[int] = []
@@ -80,18 +81,18 @@ def _pack(inputs: Sequence[Path], tmp: dict[str, Path]) -> tuple[list[int], list
     n_bases: list[int] = []
     per_input: list[int] = []
     first_file: dict[str, Path] = {}
-    with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w") as id_out:
+    with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w", encoding="utf-8") as id_out:
         for path in inputs:
             count = 0
-            for record in iter_records(path):
+            for record in read(path):
                 if record.id in first_file:
                     raise InputError(f"{where(path, record.id, record.line)}: record ID also used in "
                                      f"{first_file[record.id]} (IDs must be unique across inputs)")
                 first_file[record.id] = path
                 seq_out.write(record.seq.encode("ascii"))
-                id_out.write(record.id + "\n")  # IDs are ASCII: characters = bytes
+                id_out.write(record.id + "\n")
                 lengths.append(len(record.seq))
-                id_lengths.append(len(record.id))
+                id_lengths.append(len(record.id.encode("utf-8")))  # offsets into ids.txt are bytes
                 n_bases.append(record.seq.count("N") + record.seq.count("n"))
                 count += 1
             per_input.append(count)
@@ -188,11 +189,11 @@ def _read_ids(plan: ChunkPlan, ids_path: Path, r0: int, r1: int) -> list[str]:
     lo, hi = int(plan.id_offsets[r0]), int(plan.id_offsets[r1])
     with open(ids_path, "rb") as fh:
         fh.seek(lo)
-        return fh.read(hi - lo).decode("ascii").split("\n")[:-1]
+        return fh.read(hi - lo).decode("utf-8").split("\n")[:-1]
 
 
 def iter_ids(work_dir: Path) -> Iterator[str]:
     """Record IDs in input order, streamed (rank 0 needs them only when writing tables)."""
-    with open(work_dir / IDS) as fh:
+    with open(work_dir / IDS, encoding="utf-8") as fh:
         for line in fh:
             yield line.rstrip("\n")

@@ -149,6 +149,7 @@ def _log_to_file(out: Path, rank: int) -> None:
 
 def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:
     from vnp.outputs import input_names, settings_record, write_tables
+    from vnp.report import write_report
 
     remove_handshake_files(state.work)  # every rank read them before the first step
     t0 = time.time()
@@ -161,6 +162,7 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     tmp = state.out / "run.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, state.out / "run.json")
+    write_report(state.out)
     labels = ", ".join(f"{n} {k}" for k, n in sorted(counts.labels.items()))
     vdist.print0(ctx, f"vnp: {counts.sequences} sequences, {counts.chunks} chunks, {counts.frames} frames "
                       f"({labels}); results in {state.out}")

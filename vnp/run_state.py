@@ -215,7 +215,7 @@ def _clear_results(out: Path) -> None:
     shutil.rmtree(out / "embeddings", ignore_errors=True)
     from vnp.outputs import FILES
 
-    for name in (*FILES, "run.json", "config.yaml"):
+    for name in (*FILES, "run.json", "config.yaml", "report.html"):
         (out / name).unlink(missing_ok=True)
 
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from vnp import dist as vdist
-from vnp.config import PredictConfig
+from vnp.config import EngineConfig, PredictConfig
 from vnp.engine import EngineSettings, StopFlag, run_units  # noqa: F401 (StopFlag: predict imports it here)
 from vnp.errors import InputError
 from vnp.chunking import chunk_id
@@ -63,7 +63,7 @@ class Models:
             esm = load_esm(state.pack.esm, layer=state.pack.esm_layer, device=ctx.device, dtype=dtype,
                            attention=config.esm_attention)
             _check_dims(state, dnabert.dim, esm.dim)
-            classifier = state.classifier.to(ctx.device) if ctx.is_main else None
+            classifier = state.classifier.to(ctx.device) if ctx.is_main and state.classifier is not None else None
             models = cls(dnabert, esm, classifier)
         except InputError as err:
             error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)
@@ -94,8 +94,9 @@ class FrameWork:
     """
 
     def __init__(self, state: RunState, config: PredictConfig, models: Models,
-                 select_frames: Callable[[Chunk, list[Frame]], list[Frame]] = keep_every_frame):
-        self.state, self.models, self.select_frames = state, models, select_frames
+                 select_frames: Callable[[Chunk, list[Frame]], list[Frame]] | None = None):
+        self.state, self.models = state, models
+        self.select_frames = select_frames or keep_every_frame
         self.unit_chunks = state.record["unit_chunks"]
         self.dim = state.pack.embedding_dim
         self.rows = 6 * self.unit_chunks
@@ -281,22 +282,26 @@ class Collector:
             self.bar.close()
 
 
-def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop) -> EmbedTimes:
-    """Every unit through the engine; rank 0 classifies and commits; completeness checked."""
+def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop, sink=None,
+              select_frames: Callable[[Chunk, list[Frame]], list[Frame]] | None = None) -> EmbedTimes:
+    """Every unit through the engine. Rank 0 hands the results to `sink` (training's), or by
+    default to the Collector that classifies and commits scores, and then checks completeness.
+    `select_frames` picks the frames to embed (training's CDS rule; predict keeps them all)."""
     times = EmbedTimes()
     t_start = time.time()
-    collector = Collector(state, config, models, ctx.device) if ctx.is_main else None
-    work = FrameWork(state, config, models)
+    collector = Collector(state, config, models, ctx.device) if ctx.is_main and sink is None else None
+    work = FrameWork(state, config, models, select_frames)
     log.info("%d units to do (%d done before)", len(state.remaining), state.resumed_units)
-    stats = run_units(ctx, work, collector, stop, EngineSettings.from_config(config.engine))
+    settings = EngineSettings.from_config(getattr(config, "engine", None) or EngineConfig())  # train: defaults
+    stats = run_units(ctx, work, (collector or sink) if ctx.is_main else None, stop, settings)
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
     mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3)}
     if collector is not None:
         mine["classify_s"] = round(collector.classify_s, 3)
         times.progress = collector.progress.samples
     times.per_rank = vdist.all_gather_object(ctx, mine)
-    if ctx.is_main and not stop.requested:
-        _check_complete(state)
+    if ctx.is_main and not stop.requested and sink is None:
+        _check_complete(state)  # a sink checks its own
     return times
 
 

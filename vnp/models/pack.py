@@ -75,8 +75,9 @@ def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
 
 
 def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = None,
-              chunk_length: int = 0) -> ModelPack:
-    """Resolve a pack by built-in name, folder or YAML file; `classifier` overrides the pack's."""
+              chunk_length: int = 0, require_classifier: bool = True) -> ModelPack:
+    """Resolve a pack by built-in name, folder or YAML file; `classifier` overrides the pack's
+    (training needs only the two language models: `require_classifier=False`)."""
     if spec == "tiny":
         if tiny_dir is None:
             raise InputError("pack=tiny needs a folder to build the tiny models in")
@@ -92,7 +93,7 @@ def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = 
         pack = pack_from_dict(_read_yaml(yaml_path), yaml_path.parent, str(yaml_path))
     if classifier:
         pack.classifier = str(Path(classifier).resolve())
-    if not pack.classifier:
+    if not pack.classifier and require_classifier:
         raise InputError(f"pack {pack.name}: no classifier given; pass classifier=/path/to/{pack.name}_model.pth "
                          "(the published VirNucPro model) or a folder made by `vnp pack convert`")
     return pack

@@ -80,12 +80,13 @@ class EngineSettings:
 @dataclass
 class EngineStats:
     """Seconds this rank spent: in model forwards (busy), waiting on the exchange, waiting for its
-    next prepared unit, estimating costs, and in the whole loop."""
+    next prepared unit, estimating costs, waiting for rank 0's sink, and in the whole loop."""
 
     busy_s: float = 0.0
     wait_s: float = 0.0
     prepare_wait_s: float = 0.0
     cost_s: float = 0.0
+    sink_wait_s: float = 0.0
     loop_s: float = 0.0
     steps: int = 0
     units: int = 0
@@ -96,6 +97,7 @@ class EngineStats:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return {"rank": rank, "busy_s": round(self.busy_s, 3), "wait_s": round(self.wait_s, 3),
                 "prepare_wait_s": round(self.prepare_wait_s, 3), "cost_s": round(self.cost_s, 3),
+                "sink_wait_s": round(self.sink_wait_s, 3),
                 "loop_s": round(self.loop_s, 3), "steps": self.steps, "units": self.units,
                 "peak_rss_mib": round(peak_mib, 1)}
 
@@ -275,7 +277,9 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
             fresh = sorted((r for r in results if r.unit not in delivered), key=lambda r: r.unit)
             delivered.update(r.unit for r in fresh)
             if fresh:
+                t1 = time.perf_counter()
                 consumer.submit(fresh)
+                stats.sink_wait_s += time.perf_counter() - t1
         return stop_any
 
     timer = ComputeTimer(ctx.device)
@@ -309,8 +313,10 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
         raise
     else:
         if consumer is not None:
+            t0 = time.perf_counter()
             consumer.drain()
             sink.close()
+            stats.sink_wait_s += time.perf_counter() - t0
     finally:
         prefetch.close()
         sys.setswitchinterval(switch_interval)

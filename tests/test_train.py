@@ -26,6 +26,7 @@ from tests.test_predict import BIN, ROOT, child_env, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
 from vnp.plan import SEQUENCES, load_plan, pack_inputs, read_chunks
+from vnp.seqio import record_pieces
 from vnp.train import TrainingFrames, TrainingRecords
 from vnp.train import main as train_main
 from vnp.translate import FRAME_NAMES, translate_chunks
@@ -121,7 +122,7 @@ def test_training_frames_match_the_original_rule(tmp_path):
             expected += oracle_frames(chunk_id, piece, proteins)
 
     reader = TrainingRecords({path: "virus"}, tmp_path / "work")
-    pack_inputs([path], tmp_path / "work", read=reader)
+    pack_inputs([path], tmp_path / "work", read=lambda path: record_pieces(reader(path)))
     reader.finish()
     plan = load_plan(tmp_path / "work", size)
     chunks = read_chunks(plan, tmp_path / "work" / SEQUENCES, 0, plan.n_chunks)

@@ -7,14 +7,21 @@ with a message that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf._yaml import get_yaml_loader  # YAML's safe loader, refusing duplicate keys
 from omegaconf.errors import OmegaConfBaseException
 
 from vnp.errors import InputError
+from vnp.paths import regular_file
+
+
+MIN_CHUNK_LENGTH = 3  # the smallest useful chunk holds one codon
 
 
 def _help(text: str, default: Any) -> Any:
@@ -45,8 +52,8 @@ class DistConfig:
     backend: str = _help("auto (nccl on CUDA, gloo on CPU), nccl or gloo", "auto")
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0:
-            raise ValueError(f"dist.timeout_s must be positive, got {self.timeout_s}")
+        if not math.isfinite(self.timeout_s) or self.timeout_s <= 0:  # inf would wait forever
+            raise ValueError(f"dist.timeout_s must be a positive number of seconds, got {self.timeout_s}")
         if self.backend not in ("auto", "nccl", "gloo"):
             raise ValueError(f"dist.backend must be auto, nccl or gloo, got {self.backend!r}")
 
@@ -156,16 +163,58 @@ class PredictConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
-        if self.chunk_length < 0:
-            raise ValueError(f"chunk_length must be positive (or 0 for the pack's), got {self.chunk_length}")
+        if self.chunk_length < 0 or 0 < self.chunk_length < MIN_CHUNK_LENGTH:
+            raise ValueError(f"chunk_length must be at least {MIN_CHUNK_LENGTH} (one codon), or 0 for the pack's, "
+                             f"got {self.chunk_length}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if not 0 <= self.threads <= MAX_THREADS:  # the machine's own bound is checked where it runs
+            raise ValueError(f"threads must be 0 (automatic) or 1..{MAX_THREADS}, got {self.threads}")
         if self.esm_attention not in ("sdpa", "fair-esm"):
             raise ValueError(f"esm_attention must be sdpa or fair-esm, got {self.esm_attention!r}")
+
+
+# A config may be written on one machine and read on another (`vnp call`, `vnp report`), so it
+# bounds `threads` only for sanity; `vnp.dist.set_cpu_threads` refuses more than the rank's cores.
+MAX_THREADS = 1024
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+MAX_YAML_BYTES = 1 << 20
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """A small YAML file holding a mapping, read safely: a regular file of at most 1 MiB, no
+    aliases (an alias bomb expands exponentially), no tags beyond YAML's own (no
+    `!!python/object`), no duplicate keys. Anything else is one line naming the file and line."""
+    path = regular_file(path, what)
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise InputError(f"{path}: {what} is larger than {MAX_YAML_BYTES >> 20} MiB")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        for event in yaml.parse(text):
+            if isinstance(event, yaml.AliasEvent):
+                raise InputError(f"{path}: line {event.start_mark.line + 1}: YAML aliases (*name) are not allowed "
+                                 f"in a {what}")
+        data = yaml.load(text, Loader=get_yaml_loader())
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: {what} is not UTF-8 text (byte {err.start})") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise InputError(f"{path}: {where}invalid YAML in {what} ({err.problem or err.context})") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: invalid YAML in {what} ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a {what} must be a mapping of keys, not a {type(data).__name__}")
+    return data
 
 
 def load_config(yaml_path: str | None, overrides: list[str], cls: type = PredictConfig):
@@ -174,9 +223,7 @@ def load_config(yaml_path: str | None, overrides: list[str], cls: type = Predict
     try:
         merged = OmegaConf.structured(cls)
         if yaml_path:
-            if not Path(yaml_path).is_file():
-                raise InputError(f"{yaml_path}: config file not found")
-            merged = OmegaConf.merge(merged, OmegaConf.load(yaml_path))
+            merged = OmegaConf.merge(merged, OmegaConf.create(read_yaml_mapping(yaml_path, "config file")))
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:

@@ -7,6 +7,7 @@ else from SLURM (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS), else this is a sing
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import os
@@ -14,13 +15,18 @@ import re
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from vnp.config import usable_cores
+from vnp.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -33,16 +39,44 @@ class Env:
 
 
 def detect_env(environ: dict[str, str] | None = None) -> Env:
+    """This process's place in the job, from the launcher's variables (checked: integers, a rank
+    below the world size; a rank without a world size is refused). InputError names the variable."""
     env = os.environ if environ is None else environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        world = int(env["WORLD_SIZE"])
-        return Env(int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), world,
-                   int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        world = int(env["SLURM_NTASKS"])
-        per_node = _slurm_tasks_per_node(env, world)
-        return Env(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), world, per_node, "slurm")
+    if "RANK" in env or "WORLD_SIZE" in env:
+        world = _launcher_int(env, "WORLD_SIZE", minimum=1, pair="RANK")
+        rank = _launcher_int(env, "RANK", pair="WORLD_SIZE")
+        local_world = _launcher_int(env, "LOCAL_WORLD_SIZE", minimum=1, default=world)
+        local_rank = _launcher_int(env, "LOCAL_RANK", default=0)
+        _check_below(rank, world, "RANK", "WORLD_SIZE")
+        _check_below(local_rank, local_world, "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+        return Env(rank, local_rank, world, local_world, "torchrun")
+    if "SLURM_PROCID" in env and ("SLURM_NTASKS" in env or env["SLURM_PROCID"].strip() != "0"):
+        world = _launcher_int(env, "SLURM_NTASKS", minimum=1, pair="SLURM_PROCID")
+        rank = _launcher_int(env, "SLURM_PROCID")
+        local_rank = _launcher_int(env, "SLURM_LOCALID", default=0)
+        _check_below(rank, world, "SLURM_PROCID", "SLURM_NTASKS")
+        return Env(rank, local_rank, world, _slurm_tasks_per_node(env, world), "slurm")
     return Env(0, 0, 1, 1, "single")
+
+
+def _launcher_int(env, name: str, minimum: int = 0, default: int | None = None, pair: str | None = None) -> int:
+    text = env.get(name)
+    if text is None:
+        if default is None:
+            raise InputError(f"launcher variables: {pair} is set without {name}")
+        return default
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise InputError(f"launcher variable {name}={text!r}: not an integer") from None
+    if value < minimum:
+        raise InputError(f"launcher variable {name}={value}: must be at least {minimum}")
+    return value
+
+
+def _check_below(rank: int, world: int, rank_name: str, world_name: str) -> None:
+    if rank >= world:
+        raise InputError(f"launcher variables: {rank_name}={rank} must be below {world_name}={world}")
 
 
 def _slurm_tasks_per_node(env, world: int) -> int:
@@ -219,9 +253,12 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
 
 
 def set_cpu_threads(threads: int, env: Env) -> int:
-    """Threads per rank on purpose: the node's cores shared by its local ranks unless given."""
+    """Threads per rank on purpose: the node's cores shared by its local ranks unless given; more
+    threads than this rank may use is refused (an oversubscribed BLAS crawls, or crashes)."""
+    cores = usable_cores()
+    if threads > cores:
+        raise InputError(f"threads={threads}: this rank may use only {cores} cores here", reported=env.rank != 0)
     if threads <= 0:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = max(1, cores // max(1, env.local_world_size))
     torch.set_num_threads(threads)
     return threads
@@ -237,10 +274,32 @@ def init(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0)
         slurm_rendezvous(os.environ)
     chosen = ("nccl" if dev.type == "cuda" else "gloo") if backend == "auto" else backend
     set_socket_interface(os.environ, chosen, env)
-    dist.init_process_group(chosen, rank=env.rank, world_size=env.world_size,
-                            timeout=timedelta(seconds=timeout_s),
-                            device_id=dev if dev.type == "cuda" else None)
+    with _rendezvous_deadline(env, timeout_s):
+        dist.init_process_group(chosen, rank=env.rank, world_size=env.world_size,
+                                timeout=timedelta(seconds=timeout_s),
+                                device_id=dev if dev.type == "cuda" else None)
     return Context(env, dev, chosen)
+
+
+@contextlib.contextmanager
+def _rendezvous_deadline(env: Env, timeout_s: float) -> Iterator[None]:
+    """Joining the process group waits forever when a program that is not torch's store listens on
+    MASTER_PORT (the store client ignores its timeout there): after `timeout_s` this rank says so
+    and exits, from a watchdog thread, since the waiting call never returns to Python."""
+    def expire() -> None:
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        print(f"vnp: error: rank {env.rank}: no rendezvous with the other ranks at {where} within "
+              f"dist.timeout_s={timeout_s:g} s (is another program listening on MASTER_PORT?)", file=sys.stderr,
+              flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def cleanup() -> None:

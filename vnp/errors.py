@@ -44,3 +44,9 @@ def exit_on_input_error(fn: Callable[..., int | None]) -> Callable[..., int]:
             return InputError.exit_code
 
     return wrapper
+
+
+class Stopped(Exception):
+    """A stop signal (SIGTERM, SIGUSR1) arrived: the run ends with exit code 143, resumable."""
+
+    exit_code = 143

@@ -86,7 +86,7 @@ def _write_frame_table(path: Path, plan: ChunkPlan, work: Path, keys: np.ndarray
     chunk_of = keys // 6
     bounds = np.searchsorted(chunk_of, np.arange(plan.n_chunks + 1))  # frames of chunk c: bounds[c]:bounds[c+1]
     written = 0
-    with open(path, "w") as fh:
+    with open(path, "w", encoding="utf-8") as fh:
         fh.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
         for record, rid in enumerate(iter_ids(work)):
             first = int(plan.first_chunk[record])
@@ -184,7 +184,7 @@ def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarr
     try:
         for name, write in writers.items():
             written[name] = out / (name + ".tmp")
-            with open(written[name], "w") as fh:
+            with open(written[name], "w", encoding="utf-8") as fh:
                 write(fh)
     except BaseException:
         for tmp in written.values():

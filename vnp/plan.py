@@ -10,8 +10,10 @@ Compressed input is thus decompressed once per run, not once per rank.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -20,7 +22,7 @@ import numpy as np
 
 from vnp.chunking import chunk_bounds, chunk_starts
 from vnp.errors import InputError, where
-from vnp.seqio import Record, check_readable, iter_records
+from vnp.seqio import RecordStart, check_readable, compression_of, iter_pieces
 from vnp.translate import Chunk
 
 SEQUENCES = "sequences.bin"
@@ -51,16 +53,30 @@ def check_inputs(inputs: Sequence[str]) -> list[Path]:
     return paths
 
 
-def pack_inputs(inputs: Sequence[Path], work_dir: Path, read: Callable[[Path], Iterable[Record]] = iter_records) -> None:
-    """Validate every input and write the packed sequences, index and IDs (atomically).
-    `read` yields an input's records (default: FASTA/FASTQ; training also reads GenBank)."""
+# Packing stops while this much space is left in the work folder, before the disk fills up.
+MIN_FREE_BYTES = 64 << 20
+SPACE_CHECK_EVERY = 64 << 20  # bytes written between two checks of the free space
+
+
+def pack_inputs(inputs: Sequence[Path], work_dir: Path,
+                read: Callable[[Path], Iterable[RecordStart | bytes]] = iter_pieces) -> None:
+    """Validate every input and write the packed sequences, index and IDs (atomically). `read`
+    streams an input as record starts and letter pieces (default: FASTA/FASTQ; training reads
+    GenBank through `seqio.record_pieces`).
+
+    Temporary files are removed whatever stops the packing (bad input, a full disk, a stop signal).
+    """
     work_dir.mkdir(parents=True, exist_ok=True)
+    _check_space(work_dir, _plain_bytes(inputs), 0)
     tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp, read)
-    except BaseException:
+        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp, work_dir, read)
+    except BaseException as err:
         for path in tmp.values():
             path.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"{work_dir}: the disk is full while packing the inputs; free space there or "
+                             "choose another output folder") from None
         raise
     length_array = np.asarray(lengths, dtype=np.int64)
     offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
@@ -73,27 +89,56 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path, read: Callable[[Path], I
         os.replace(work_dir / (name + ".tmp"), work_dir / name)
 
 
-def _pack(inputs: Sequence[Path], tmp: dict[str, Path], read) -> tuple[list[int], list[int], list[int], list[int]]:
-    """Stream every record into the packed files; (record lengths, ID lengths, records per input,
-    N bases per record)."""
+def _plain_bytes(inputs: Sequence[Path]) -> int:
+    """A lower bound of the packed size: the sizes of the uncompressed inputs (at most one byte
+    per letter is packed, and a compressed input's size is known only once it is read)."""
+    return sum(path.stat().st_size for path in inputs if compression_of(path) is None)
+
+
+def _check_space(work_dir: Path, needed: int, written: int) -> None:
+    """Before packing (`needed`: a lower bound of the packed size) and every so often during it."""
+    free = shutil.disk_usage(work_dir).free
+    if free - needed >= MIN_FREE_BYTES:
+        return
+    if written:
+        problem = (f"only {free >> 20} MiB are left after packing {written >> 20} MiB of the inputs (at least "
+                   f"{MIN_FREE_BYTES >> 20} MiB must stay free)")
+    else:
+        mib = -(-(needed + MIN_FREE_BYTES) >> 20)
+        problem = f"packing the inputs needs at least {mib} MiB free, {free >> 20} MiB are left"
+    raise InputError(f"{work_dir}: {problem}; free space there or choose another output folder")
+
+
+def _pack(inputs: Sequence[Path], tmp: dict[str, Path], work_dir: Path, read) -> tuple[list, list, list, list]:
+    """Stream every record into the packed files, piece by piece; (record lengths, ID lengths in
+    bytes, records per input, N letters per record)."""
     lengths: list[int] = []
     id_lengths: list[int] = []
     n_bases: list[int] = []
     per_input: list[int] = []
     first_file: dict[str, Path] = {}
+    written = next_check = 0
     with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w", encoding="utf-8") as id_out:
         for path in inputs:
             count = 0
-            for record in read(path):
-                if record.id in first_file:
-                    raise InputError(f"{where(path, record.id, record.line)}: record ID also used in "
-                                     f"{first_file[record.id]} (IDs must be unique across inputs)")
-                first_file[record.id] = path
-                seq_out.write(record.seq.encode("ascii"))
-                id_out.write(record.id + "\n")
-                lengths.append(len(record.seq))
-                id_lengths.append(len(record.id.encode("utf-8")))  # offsets into ids.txt are bytes
-                n_bases.append(record.seq.count("N") + record.seq.count("n"))
+            for piece in read(path):
+                if isinstance(piece, bytes):
+                    seq_out.write(piece)
+                    lengths[-1] += len(piece)
+                    n_bases[-1] += piece.count(b"N") + piece.count(b"n")
+                    written += len(piece)
+                    if written >= next_check:
+                        _check_space(work_dir, 0, written)
+                        next_check = written + SPACE_CHECK_EVERY
+                    continue
+                if piece.id in first_file:
+                    raise InputError(f"{where(path, piece.id, piece.line)}: record ID also used in "
+                                     f"{first_file[piece.id]} (IDs must be unique across inputs)")
+                first_file[piece.id] = path
+                id_out.write(piece.id + "\n")
+                id_lengths.append(len(piece.id.encode("utf-8")))  # offsets into ids.txt are bytes
+                lengths.append(0)
+                n_bases.append(0)
                 count += 1
             per_input.append(count)
     return lengths, id_lengths, per_input, n_bases

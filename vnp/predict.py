@@ -25,11 +25,15 @@ from pathlib import Path
 
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
-from vnp.errors import InputError
+from vnp.errors import InputError, Stopped
 from vnp.run_state import (
     RunState,
+    log_path,
+    open_log,
     prepare_run,
     remove_handshake_files,
+    show_alive,
+    silent_ranks,
     wait_until_ready,
 )
 from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
@@ -61,6 +65,17 @@ def relaunch_on_gpus(args: argparse.Namespace) -> int:
     if not ids or not all(g.isdigit() for g in ids):
         print(f"vnp: error: --gpus expects comma-separated GPU ids such as 0,1, got {args.gpus!r}", file=sys.stderr)
         return 2
+    import torch
+
+    try:
+        device = load_config(args.config, split_items(args.items)[1]).device
+    except InputError as err:
+        print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
+    if device != "cpu" and not torch.cuda.is_available():  # torchrun would start CPU ranks without a word
+        print(f"vnp: error: --gpus {args.gpus}: CUDA is not available on this machine "
+              "(device=cpu runs that many CPU ranks)", file=sys.stderr)
+        return 2
     rest = list(args.items)
     rest += ["-o", args.out] if args.out else []
     rest += ["-c", args.config] if args.config else []
@@ -74,7 +89,11 @@ def relaunch_on_gpus(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.gpus:
         return relaunch_on_gpus(args)
-    env = vdist.detect_env()
+    try:
+        env = vdist.detect_env()
+    except InputError as err:  # no rank is known: every process says it
+        print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
     try:
         inputs, overrides = split_items(args.items)
         if not inputs:
@@ -95,22 +114,27 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     started = time.time()
     try:
         ctx = vdist.init(config.device, config.dist.backend, config.dist.timeout_s)
-    except Exception as err:
-        print(f"vnp: error: rank {vdist.detect_env().rank}: cannot start: {err}", file=sys.stderr)
+    except Exception as err:  # c10d messages run over many lines: the first says it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"vnp: error: rank {vdist.detect_env().rank}: cannot start: {first}", file=sys.stderr)
         return 1
     state: RunState | None = None
+    alive = None
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
-        state = prepare_run(ctx, config, inputs, out) if ctx.is_main else wait_until_ready(ctx, config, out)
-        if ctx.is_main:  # the settings are on record from the start, also for a run that fails
-            (out / "config.yaml").write_text(to_yaml(config))
-        _log_to_file(out, ctx.rank)
+        state = (prepare_run(ctx, config, inputs, out, stop) if ctx.is_main
+                 else wait_until_ready(ctx, config, out, stop))
+        open_log(out, ctx.rank)
+        alive = None if ctx.is_main else show_alive(state.work, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
         if ctx.world_size > 1:  # chosen by vnp.dist.set_socket_interface on jobs over several hosts
             log.info("socket interfaces: %s", ", ".join(f"{v}={os.environ.get(v, '(unset)')}"
                                                         for v in vdist.SOCKET_VARIABLES))
         models = Models.load_everywhere(ctx, state, config)
+        if ctx.is_main:
+            state.begin()  # every check passed: only now is an earlier run's progress replaced
+            (out / "config.yaml").write_text(to_yaml(config))  # on record from the start of the work
         times = run_steps(ctx, state, config, models, stop)
         if stop.requested:
             vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "
@@ -123,28 +147,42 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         if not err.reported:
             print(f"vnp: error: {err}", file=sys.stderr)
         return 2
+    except Stopped:
+        vdist.print0(ctx, f"vnp: stopped by signal while preparing the run in {out}; nothing was lost. "
+                          "Run the same command again to start it.")
+        return 143
     except vdist.PeerFailure as err:
         log.error("stopping: %s", err)
+        silent = silent_ranks(out / "work", ctx.world_size) if ctx.is_main and state is not None else []
+        if silent:  # a rank that failed by itself said so; a killed one cannot
+            names = ", ".join(map(str, silent))
+            print(f"vnp: error: rank {names} stopped answering (killed, out of memory, or its node lost?); "
+                  f"progress is committed in {out}: run the same command again to resume", file=sys.stderr)
         return 1
     except Exception as err:  # one line on stderr, the traceback in this rank's log
-        log.error("rank %d failed:\n%s", ctx.rank, traceback.format_exc())
-        log_path = out / "logs" / f"rank{ctx.rank}.log"
         first = str(err).splitlines()[0] if str(err) else ""
-        print(f"vnp: error: rank {ctx.rank} failed: {type(err).__name__}: {first} (log: {log_path})",
+        print(f"vnp: error: rank {ctx.rank} failed: {type(err).__name__}: {first}{_logged(out, ctx.rank)}",
               file=sys.stderr)
         return 1
     finally:
+        if alive is not None:
+            alive.stop(remove=True)  # before leaving the group: rank 0 then knows this rank ended by itself
         vdist.cleanup()
 
 
-def _log_to_file(out: Path, rank: int) -> None:
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "logs" / f"rank{rank}.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s rank%(rank)s %(levelname)s %(message)s".replace(
-        "%(rank)s", str(rank))))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
+def _logged(out: Path, rank: int) -> str:
+    """Write the current traceback to this rank's log (opened now if need be); ' (log: PATH)', or
+    '' when no log can be written (the message never names a log that does not exist)."""
+    path = log_path()
+    if path != (out / "logs" / f"rank{rank}.log").absolute():  # none yet (or another run's, in-process)
+        if not out.is_dir():
+            return ""
+        try:
+            path = open_log(out, rank)
+        except InputError:
+            return ""
+    log.error("rank %d failed:\n%s", rank, traceback.format_exc())
+    return f" (log: {path})"
 
 
 def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:

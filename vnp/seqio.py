@@ -8,17 +8,22 @@ the first whitespace, like Biopython's `record.id`.
 from __future__ import annotations
 
 import bz2
+import codecs
 import gzip
 import itertools
 import lzma
 import os
+import stat
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from vnp.errors import InputError, where
+from vnp.paths import kind_of
 
+UTF8_BOM = b"\xef\xbb\xbf"
 # Magic bytes of the compressed formats we read.
 _MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
 _OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
@@ -66,14 +71,27 @@ def input_stem(path: str | os.PathLike) -> str:
 
 
 def check_readable(path: Path) -> None:
-    """Fail early, with one line, on a path that cannot be an input file."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
+    """Fail early, with one line, on a path that cannot be an input file.
+
+    Only regular files: rank 0 reads an input twice (its digest, then its records), and a pipe,
+    process substitution or device can be read once at most, or blocks forever.
+    """
+    bad = control_character(str(path))
+    if bad is not None:  # the name is shown escaped: printed raw it could rewrite the terminal
+        raise InputError(f"{ascii(str(path))}: the file name contains the control character {bad}")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{path}: is a directory, not a FASTA/FASTQ file")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: is {kind_of(info.st_mode)}, not a regular file; save the input to a file first")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
-    if path.stat().st_size == 0:
+    if info.st_size == 0:
         raise InputError(f"{path}: empty file (no records)")
 
 
@@ -102,6 +120,23 @@ def _blocks(path: Path, size: int = 1 << 22) -> Iterator[bytes]:
         raise InputError(f"{path}: truncated or corrupt {codec} data{where_} ({err})") from None
 
 
+def _unix_line_ends(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """The blocks with Windows (CR LF) and old Mac (CR alone) line ends made LF, so that every
+    reader sees the same lines (a CR-only file would otherwise read as one long header)."""
+    carry = b""
+    for block in blocks:
+        block = carry + block
+        carry = b""
+        if b"\r" not in block:
+            yield block
+            continue
+        if block.endswith(b"\r"):  # its LF, if any, is in the next block
+            block, carry = block[:-1], b"\r"
+        yield block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if carry:
+        yield b"\n"
+
+
 def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator[tuple[int, bytes]]:
     """(line number, line without newline) over a block stream, starting at line `number`."""
     carry = b""
@@ -115,16 +150,25 @@ def _split_lines(first: bytes, blocks: Iterator[bytes], number: int) -> Iterator
         yield number, carry
 
 
-def iter_records(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[Record]:
-    """Stream the records of a FASTA or FASTQ file (format detected from its first letter).
+@dataclass(slots=True)
+class RecordStart:
+    """The start of a record in a piece stream (its letters follow as `bytes` pieces)."""
 
-    `nucleotides=False` (protein input of `vnp embed esm`) accepts any ASCII letters; the caller
-    checks them against its alphabet."""
+    id: str
+    line: int  # 1-based line of the header
+
+
+def iter_pieces(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
+    """Stream a FASTA or FASTQ file (format detected from its first letter) as a RecordStart per
+    record followed by its validated letters in pieces of at most a few MiB: a record of any
+    length is never held whole (`vnp.plan` packs them this way). `nucleotides=False` (protein
+    input of `vnp embed esm`) accepts any ASCII letters; the caller checks them against its
+    alphabet."""
     path = Path(path)
-    blocks = _blocks(path)
+    blocks = _unix_line_ends(_blocks(path))
     data, newlines = b"", 0
-    for block in blocks:  # skip leading blank lines, however many blocks they take
-        data += block
+    for block in blocks:  # skip a UTF-8 byte order mark and leading blank lines, however many blocks
+        data += block.removeprefix(UTF8_BOM) if not newlines and not data else block
         text = data.lstrip()
         newlines += data[: len(data) - len(text)].count(b"\n")
         data = text
@@ -133,29 +177,77 @@ def iter_records(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[
     else:
         raise InputError(f"{path}: no records (only blank lines)")
     first_line = 1 + newlines
-    if b"\x00" in data[:4096] or not data[:4096].isascii():
+    if not _is_text(data[:4096]):
         raise InputError(f"{where(path, line=first_line)}: binary data, not a FASTA/FASTQ file")
     if data.startswith(b">"):
-        records = _fasta_records(path, data, blocks, first_line, nucleotides)
+        pieces = _fasta_pieces(path, data, blocks, first_line, nucleotides)
     elif data.startswith(b"@"):
-        records = _fastq_records(path, _split_lines(data, blocks, first_line), nucleotides)
+        pieces = _fastq_pieces(path, _split_lines(data, blocks, first_line), nucleotides)
     else:
-        raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {_show(data[:1])})")
+        found = _show(data[:1])
+        raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {found})")
     seen: set[str] = set()
+    for piece in pieces:
+        if isinstance(piece, RecordStart):
+            if piece.id in seen:
+                problem = "duplicate record ID (chunk IDs would be ambiguous)"
+                raise InputError(f"{where(path, piece.id, piece.line)}: {problem}")
+            seen.add(piece.id)
+        yield piece
+
+
+def record_pieces(records: Iterable[Record]) -> Iterator[RecordStart | bytes]:
+    """Whole records as the piece stream `iter_pieces` gives (for readers of other formats)."""
     for record in records:
-        if record.id in seen:
-            raise InputError(f"{where(path, record.id, record.line)}: duplicate record ID (chunk IDs would be ambiguous)")
-        seen.add(record.id)
-        yield record
+        yield RecordStart(record.id, record.line)
+        yield record.seq.encode("ascii")
+
+
+def iter_records(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[Record]:
+    """Stream the records of a FASTA or FASTQ file, each whole (`nucleotides`: see iter_pieces)."""
+    start, letters = None, []
+    for piece in iter_pieces(path, nucleotides):
+        if isinstance(piece, bytes):
+            letters.append(piece)
+            continue
+        if start is not None:
+            yield Record(start.id, b"".join(letters).decode("ascii"), start.line)
+        start, letters = piece, []
+    if start is not None:
+        yield Record(start.id, b"".join(letters).decode("ascii"), start.line)
+
+
+def _is_text(head: bytes) -> bool:
+    """No NUL byte and valid UTF-8 (a character cut at the end of `head` is fine)."""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in head
 
 
 def _record_id(path: Path, header: bytes, line: int) -> str:
-    fields = header[1:].split(None, 1)
+    """The ID of a header line: UTF-8 text up to the first whitespace, without control characters
+    (an ANSI escape in an ID would be written raw into every table)."""
+    try:
+        text = header[1:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        problem = f"binary data in a header (not UTF-8 at column {err.start + 2})"
+        raise InputError(f"{where(path, line=line)}: {problem}") from None
+    fields = text.split(None, 1)
     if not fields:
         raise InputError(f"{where(path, line=line)}: header has no record ID")
-    if not fields[0].isascii() or b"\x00" in fields[0]:
-        raise InputError(f"{where(path, line=line)}: binary data in a header")
-    return fields[0].decode("ascii")
+    bad = control_character(fields[0])
+    if bad is not None:
+        raise InputError(f"{where(path, line=line)}: record ID contains the control character {bad}")
+    return fields[0]
+
+
+def control_character(text: str) -> str | None:
+    """The first control, format or line-separator character of `text` as U+XXXX, else None:
+    such a character written raw into a table or a terminal can rewrite what is shown."""
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    return None if bad is None else f"U+{ord(bad):04X}"
 
 
 def _check_letters(path: Path, rid: str, line_no: int, letters: bytes) -> None:
@@ -174,42 +266,71 @@ def _show(char: bytes) -> str:
     return repr(text) if text.isprintable() and text else f"byte 0x{char.hex()}"
 
 
-def _fasta_texts(first: bytes, blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """Each record's text: '>' + header line + sequence lines (the newline before the next '>' dropped)."""
-    current: list[bytes] = []
+MAX_HEADER_BYTES = 1 << 20
+
+
+def _fasta_pieces(path: Path, first: bytes, blocks: Iterator[bytes], line: int,
+                  nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
+    """FASTA records as pieces, read in large blocks: each block's letters are checked in C calls.
+
+    A block is cut at every record start (a newline followed by '>'); `line` follows the line of
+    the current position, for error messages.
+    """
+    header: list[bytes] | None = None  # the current header line while it is incomplete
+    start = RecordStart("", line)
+    ended_line = True  # the previous block ended a line (the file starts with '>')
     for block in itertools.chain([first], blocks):
-        if block[:1] == b">" and current and current[-1].endswith(b"\n"):
-            current[-1] = current[-1][:-1]  # a record boundary falls exactly between two blocks
-            yield b"".join(current)
-            current = []
-        pieces = block.split(b"\n>")
-        current.append(pieces[0])
-        for piece in pieces[1:]:
-            yield b"".join(current)
-            current = [b">", piece]
-    yield b"".join(current)
+        segments = block.split(b"\n>")
+        starts = [False] + [True] * (len(segments) - 1)
+        if segments[0][:1] == b">" and ended_line:  # a record starts the block
+            segments[0], starts[0] = segments[0][1:], True
+            line -= 1  # its newline was counted with the previous block
+        ended_line = block.endswith(b"\n")
+        for new_record, segment in zip(starts, segments):
+            if new_record:
+                if header is not None:  # the previous record has a header and no letters
+                    yield _header_done(path, start, header)
+                line += 1  # the newline cut off by the split
+                start, header = RecordStart("", line), []
+            if header is not None:
+                end = segment.find(b"\n")
+                header.append(segment if end < 0 else segment[:end])
+                if sum(map(len, header)) > MAX_HEADER_BYTES:
+                    raise InputError(f"{where(path, line=start.line)}: header line longer than 1 MiB")
+                if end < 0:
+                    continue
+                yield _header_done(path, start, header)
+                header, segment, line = None, segment[end + 1:], line + 1
+            if segment:
+                yield _fasta_letters(path, start.id, line, segment, nucleotides)
+                line += segment.count(b"\n")
+    if header is not None:
+        yield _header_done(path, start, header)
 
 
-def _fasta_records(path: Path, first: bytes, blocks: Iterator[bytes], line: int,
-                   nucleotides: bool = True) -> Iterator[Record]:
-    """FASTA records, read in large blocks: a record's letters are joined and checked in C calls."""
-    for text in _fasta_texts(first, blocks):
-        header, _, body = text.partition(b"\n")
-        rid = _record_id(path, header, line)
-        yield Record(rid, _fasta_letters(path, rid, line, body, nucleotides), line)
-        line += text.count(b"\n") + 1
+def _header_done(path: Path, start: RecordStart, header: list[bytes]) -> RecordStart:
+    start.id = _record_id(path, b">" + b"".join(header), start.line)
+    return start
 
 
-def _fasta_letters(path: Path, rid: str, header_line: int, body: bytes, nucleotides: bool = True) -> str:
+def _fasta_letters(path: Path, rid: str, line: int, body: bytes, nucleotides: bool = True) -> bytes:
+    """The letters of a piece of sequence lines starting at `line`, checked."""
     letters = body.translate(None, _STRIPPED_LINES)
     if letters.translate(None, NUCLEOTIDE_LETTERS) if nucleotides else b"\x00" in letters or not letters.isascii():
         # Slow path, only for bad input: find the line to name it.
-        for offset, line in enumerate(body.split(b"\n"), start=1):
-            if b"\x00" in line or not line.isascii():
-                raise InputError(f"{where(path, rid, header_line + offset)}: binary data in a sequence line")
+        for offset, text in enumerate(body.split(b"\n")):
+            if b"\x00" in text or not text.isascii():
+                raise InputError(f"{where(path, rid, line + offset)}: binary data in a sequence line")
             if nucleotides:
-                _check_letters(path, rid, header_line + offset, line.translate(None, _STRIPPED))
-    return letters.decode("ascii")
+                _check_letters(path, rid, line + offset, text.translate(None, _STRIPPED))
+    return letters
+
+
+def _fastq_pieces(path: Path, lines: Iterator[tuple[int, bytes]],
+                  nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
+    for record in _fastq_records(path, lines, nucleotides):
+        yield RecordStart(record.id, record.line)
+        yield record.seq.encode("ascii")
 
 
 def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]], nucleotides: bool = True) -> Iterator[Record]:

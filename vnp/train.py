@@ -52,9 +52,9 @@ from torch import nn
 from vnp import dist as vdist
 from vnp.config import BatchConfig, DistConfig, help_text, load_config
 from vnp.errors import InputError, where
-from vnp.models.pack import ModelPack, fingerprint, load_pack
+from vnp.models.pack import ModelPack, fingerprint, load_pack, model_digests
 from vnp.plan import ChunkPlan, check_inputs, file_sha256, iter_ids, load_plan, pack_inputs
-from vnp.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary
+from vnp.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary, record_pieces
 from vnp.store import part_number, read_checked, write_atomic
 from vnp.translate import FRAME_NAMES, Chunk, Frame
 
@@ -358,7 +358,8 @@ def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str,
                     device: torch.device) -> dict:
     inputs = [{"path": str(e.path.resolve()), "size": e.path.stat().st_size, "sha256": file_sha256(e.path),
                "label": e.label} for e in entries]
-    return {"inputs": inputs, "pack": fingerprint(pack), "chunk_length": chunk_length,
+    digests = model_digests(pack)  # models by content: features of another model are never mixed in
+    return {"inputs": inputs, "models": digests, "pack": fingerprint(pack, digests), "chunk_length": chunk_length,
             "unit_chunks": config.batch.unit_chunks, "precision": precision,
             "esm_attention": config.esm_attention, "device": device.type}
 
@@ -388,7 +389,7 @@ def prepare(ctx, config: TrainConfig, manifest: Path, out: Path) -> dict:
     work = features / "work"
     if old != record or not (work / CDS_TEXT).exists():
         reader = TrainingRecords({e.path: e.label for e in entries}, work)
-        pack_inputs([e.path for e in entries], work, read=reader)
+        pack_inputs([e.path for e in entries], work, read=lambda path: record_pieces(reader(path)))
         reader.finish()
         shutil.rmtree(features / "parts", ignore_errors=True)
         for name in ("features.npy", "keys.npy", "labels.npy"):

@@ -8,6 +8,7 @@ globals is refused before it can run code, with one line that names the file.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import re
 import zipfile
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from vnp.errors import InputError
+from vnp.paths import regular_file
 
 
 @contextlib.contextmanager
@@ -63,8 +65,7 @@ def restricted_load(path: Path, allowed_globals: list, what: str) -> Any:
     `torch.serialization.safe_globals` does. A missing, corrupt or refused file raises InputError
     with one line naming the file; `what` says what the file should be ("ESM checkpoint").
     """
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
+    regular_file(path, what)  # a FIFO or device would block the read forever
     is_zip = zipfile.is_zipfile(path)
     with _allowing(allowed_globals):
         try:
@@ -73,12 +74,39 @@ def restricted_load(path: Path, allowed_globals: list, what: str) -> Any:
                 if unsafe:
                     raise InputError(f"{path}: refusing to load: it references {unsafe[0]}, which could run code")
             # mmap: a multi-GB checkpoint is paged in, not copied, while the model is built.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
         except pickle.UnpicklingError as err:
             refused, reason = _unpickler_reason(err)
             if refused:
                 raise InputError(f"{path}: refusing to load: {reason}") from None
             raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
-        except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            reason = first_line(err)
+        except InputError:
+            raise
+        except Exception as err:  # garbage makes the unpickler fail in many ways (IndexError, KeyError ...)
+            reason = f"{type(err).__name__}: {first_line(err)}"
             raise InputError(f"{path}: not a readable {what}, truncated or corrupt? ({reason})") from None
+    check_tensor_sizes(_named_tensors(loaded), path)
+    return loaded
+
+
+def check_tensor_sizes(tensors: Iterator[tuple[str, torch.Tensor]], path: Path) -> None:
+    """A tensor cannot hold more bytes than its file: views with stride 0 claim any shape for a few
+    bytes, and whatever is built from that shape would allocate it (a memory bomb)."""
+    file_size = os.stat(path).st_size
+    for name, tensor in tensors:
+        claimed = tensor.numel() * tensor.element_size()
+        if claimed > file_size:
+            raise InputError(f"{path}: {name} claims shape {tuple(tensor.shape)} ({claimed} bytes), more than "
+                             f"the file's {file_size} bytes hold")
+
+
+def _named_tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors in nested dicts, lists and tuples, with dotted names."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix or "tensor", obj
+    elif depth < 8 and isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _named_tensors(value, f"{prefix}.{key}" if prefix else str(key), depth + 1)
+    elif depth < 8 and isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _named_tensors(value, f"{prefix}[{index}]", depth + 1)

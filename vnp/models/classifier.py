@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vnp.errors import InputError
-from vnp.models.checkpoints import first_line, restricted_load
+from vnp.models.checkpoints import check_tensor_sizes, first_line, restricted_load
+from vnp.paths import regular_file
 
 WEIGHTS_NAME = "classifier.safetensors"
 CONFIG_NAME = "classifier.json"
@@ -115,12 +116,21 @@ def load_classifier(path: str | Path, input_dim: int | None = None) -> MLPClassi
     """
     path = Path(path)
     if path.is_dir() or path.suffix == ".safetensors":
-        model = _load_safetensors(path)
+        model = _load_safetensors(path, input_dim)
     else:
-        model = _load_legacy(path)
+        model = _load_legacy(path, input_dim)
     if input_dim is not None and model.dims[0] != input_dim:
         raise InputError(f"{path}: classifier expects {model.dims[0]} features, not {input_dim}")
     return model
+
+
+def classifier_files(path: Path) -> list[str]:
+    """The files a classifier is read from, by name, relative to the folder that holds them."""
+    if path.is_dir():
+        return [WEIGHTS_NAME, CONFIG_NAME]
+    if path.suffix == ".safetensors":
+        return [path.name, path.with_suffix(".json").name]
+    return [path.name]
 
 
 def save_classifier(model: MLPClassifier, out_dir: str | Path, provenance: dict | None = None) -> Path:
@@ -141,7 +151,7 @@ def save_classifier(model: MLPClassifier, out_dir: str | Path, provenance: dict 
     return out_dir
 
 
-def _load_legacy(path: Path) -> MLPClassifier:
+def _load_legacy(path: Path, input_dim: int | None) -> MLPClassifier:
     obj = restricted_load(path, LEGACY_GLOBALS, "classifier checkpoint")
     if isinstance(obj, nn.Module):
         state = _plain_state(obj)
@@ -149,7 +159,7 @@ def _load_legacy(path: Path) -> MLPClassifier:
         state = dict(obj)
     else:
         raise InputError(f"{path}: expected a pickled MLPClassifier or its state dict, got {type(obj).__name__}")
-    return _from_state(state, path)
+    return _from_state(state, path, input_dim)
 
 
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -171,31 +181,57 @@ def _as_mapping(value: Any) -> Mapping:
     return value if isinstance(value, Mapping) else {}
 
 
-def _load_safetensors(path: Path) -> MLPClassifier:
+def _load_safetensors(path: Path, input_dim: int | None) -> MLPClassifier:
     weights, config_path = (
         (path / WEIGHTS_NAME, path / CONFIG_NAME) if path.is_dir() else (path, path.with_suffix(".json"))
     )
     for needed in (weights, config_path):
-        if not needed.is_file():
-            raise InputError(f"{needed}: classifier file not found")
-    try:
-        config = json.loads(config_path.read_text())
-        dims = {key: int(config[key]) for key in ("input_dim", "hidden_dim", "num_class")}
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{config_path}: not a valid classifier config ({first_line(err)})") from None
+        regular_file(needed, "classifier file")
+    dims = _read_dims(config_path)
     try:
         state = load_file(str(weights))
     except Exception as err:  # safetensors raises its own SafetensorError for corrupt files
         raise InputError(f"{weights}: not a readable safetensors file ({first_line(err)})") from None
-    model = _from_state(state, weights)
+    model = _from_state(state, weights, input_dim)
     if model.dims != (dims["input_dim"], dims["hidden_dim"], dims["num_class"]):
         said = tuple(dims.values())
         raise InputError(f"{weights}: weights have dims {model.dims}, but {config_path.name} says {said}")
     return model
 
 
-def _from_state(state: Mapping[str, torch.Tensor], path: Path) -> MLPClassifier:
-    """A fresh MLPClassifier holding `state`, shapes checked; eval mode, float32, CPU."""
+def _read_dims(config_path: Path) -> dict[str, int]:
+    """input_dim, hidden_dim and num_class from classifier.json: positive integers, strict JSON."""
+    def refuse_constant(name: str):
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"), parse_constant=refuse_constant)
+        if not isinstance(config, dict):
+            raise ValueError(f"expected a JSON object, got {type(config).__name__}")
+        dims = {key: config[key] for key in ("input_dim", "hidden_dim", "num_class")}
+    except KeyError as err:
+        raise InputError(f"{config_path}: not a valid classifier config (missing key {err})") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InputError(f"{config_path}: not a valid classifier config ({first_line(err)})") from None
+    for key, value in dims.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{config_path}: {key} must be a positive integer, got {value!r}")
+    return dims
+
+
+def _check_sizes(state: Mapping[str, torch.Tensor], path: Path, input_dim: int | None) -> None:
+    """Refuse what would allocate far more than the file holds, before anything is allocated: a
+    tensor cannot hold more bytes than its file (stride-0 views claim any size for a few bytes),
+    and the input width must be the pack's."""
+    check_tensor_sizes(iter(state.items()), path)
+    weight = state.get("hidden_layer.weight")
+    if input_dim is not None and weight is not None and weight.ndim == 2 and weight.shape[1] != input_dim:
+        raise InputError(f"{path}: classifier expects {weight.shape[1]} features, not {input_dim}")
+
+
+def _from_state(state: Mapping[str, torch.Tensor], path: Path, input_dim: int | None = None) -> MLPClassifier:
+    """A fresh MLPClassifier holding `state`, sizes and shapes checked first; eval mode, float32, CPU."""
+    _check_sizes(state, path, input_dim)
     try:
         hidden_dim, input_dim = state["hidden_layer.weight"].shape
         num_class = state["output_layer.weight"].shape[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 
 from vnp.errors import InputError
 from vnp.models.batches import PreparedBatches, pinned
+from vnp.paths import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
 CONFIG_FILE = "config.json"
@@ -432,12 +434,26 @@ def load_dnabert(name_or_path: str, device: str | torch.device = "cpu",
     config = read_config(folder / CONFIG_FILE)
     tokenizer = read_tokenizer(folder / TOKENIZER_FILE)
     checkpoint = find_checkpoint(folder)
+    check_fits(config, checkpoint)
     model = DnabertModel(config)
     try:
         model.load_checkpoint(read_state_dict(checkpoint))
     except ValueError as err:
         raise InputError(f"{checkpoint}: {err}") from err
     return DnabertEmbedder(model, tokenizer, device=device, dtype=dtype)
+
+
+def check_fits(config: DnabertConfig, checkpoint: Path) -> None:
+    """Refuse a config.json that describes a model far larger than its checkpoint holds, before the
+    model is built: a few edited numbers would otherwise allocate any amount of memory."""
+    h, i = config.hidden_size, config.intermediate_size
+    parameters = (config.vocab_size + config.type_vocab_size) * h + config.num_hidden_layers * (4 * h * h + 3 * h * i)
+    alibi = config.num_attention_heads * config.alibi_starting_size ** 2  # a buffer, not in the file
+    needed = 4 * (parameters + alibi)
+    size = os.stat(checkpoint).st_size
+    if needed > 4 * size + (256 << 20):
+        raise InputError(f"{checkpoint.parent / CONFIG_FILE}: describes a model of {needed >> 20} MiB, far more "
+                         f"than its checkpoint's {size >> 20} MiB hold")
 
 
 def resolve_model_folder(name_or_path: str) -> Path:
@@ -491,11 +507,16 @@ def read_tokenizer(path: Path) -> Tokenizer:
 
 
 def find_checkpoint(folder: Path) -> Path:
-    """The first checkpoint file present in the folder."""
+    """The first checkpoint file present in the folder (a regular file: a FIFO would block)."""
     for name in CHECKPOINT_FILES:
-        if (folder / name).is_file():
-            return folder / name
+        if (folder / name).exists():
+            return regular_file(folder / name, "DNABERT checkpoint")
     raise InputError(f"{folder}: no checkpoint (expected {' or '.join(CHECKPOINT_FILES)})")
+
+
+def model_files(folder: Path) -> list[str]:
+    """The files `load_dnabert` reads from a model folder, and nothing else in it."""
+    return [CONFIG_FILE, TOKENIZER_FILE, find_checkpoint(folder).name]
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -23,7 +23,9 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vnp.config import MIN_CHUNK_LENGTH, read_yaml_mapping
 from vnp.errors import InputError, exit_on_input_error
+from vnp.models.identity import file_digest, folder_digest, hub_snapshot_commit
 
 # Built-in packs are package data (read with importlib.resources), so any install has them.
 BUILTIN = {"500": "pack_500.yaml", "300": "pack_300.yaml"}
@@ -43,19 +45,25 @@ class ModelPack:
     dnabert_dim: int
     esm_dim: int
 
+    def __post_init__(self) -> None:
+        if self.chunk_length < MIN_CHUNK_LENGTH:
+            raise ValueError(f"chunk_length must be at least {MIN_CHUNK_LENGTH} (one codon), got {self.chunk_length}")
+        for key in ("dnabert_dim", "esm_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)}")
+        if self.esm_layer is not None and self.esm_layer < 0:
+            raise ValueError(f"esm_layer must be >= 0 (or null for the last layer), got {self.esm_layer}")
+        for key in ("dnabert", "esm"):
+            if not str(getattr(self, key)).strip():
+                raise ValueError(f"{key} must name a model, got an empty value")
+
     @property
     def embedding_dim(self) -> int:
         return self.dnabert_dim + self.esm_dim
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except (OmegaConfBaseException, OSError) as err:
-        raise InputError(f"{path}: cannot read model pack ({err})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a model pack must be a mapping of keys")
-    return data
+    return read_yaml_mapping(path, "model pack")
 
 
 def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
@@ -70,8 +78,14 @@ def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
         value = values[key]
         if value and (base / str(value)).exists():
             values[key] = str((base / str(value)).resolve())
-    values["name"] = str(values["name"])
-    return ModelPack(**values)
+    try:  # the configuration's typed checks: `chunk_length: abc` names the key
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelPack), values))
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        reason = str(err).splitlines()[0]
+        raise InputError(f"{origin}: model pack {'key ' + repr(key) + ': ' if key else ''}{reason}") from None
+    except ValueError as err:
+        raise InputError(f"{origin}: model pack {err}") from None
 
 
 def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = None,
@@ -88,7 +102,7 @@ def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = 
     else:
         path = Path(spec)
         yaml_path = path / "pack.yaml" if path.is_dir() else path
-        if not yaml_path.is_file():
+        if not yaml_path.exists():
             raise InputError(f"pack={spec}: not a built-in pack (500, 300, tiny), a pack folder or a YAML file")
         pack = pack_from_dict(_read_yaml(yaml_path), yaml_path.parent, str(yaml_path))
     if classifier:
@@ -99,22 +113,39 @@ def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = 
     return pack
 
 
-def fingerprint(pack: ModelPack) -> str:
-    """A digest naming the models by content: the settings, hub ids or names as given, and for
-    local files their names, sizes and first MiB (so a pack folder can move without changing it)."""
+def model_digests(pack: ModelPack) -> dict[str, str]:
+    """Each model named by its content: `sha256:<hex>` of every byte of its local files, or
+    `git:<commit>` of a Hugging Face hub snapshot. Every file is checked to be a regular file
+    before it is read, and only the files a model needs are read (never a whole folder tree)."""
+    from vnp.models.dnabert import model_files, resolve_model_folder
+    from vnp.models.esm import resolve_checkpoint
+
+    folder = resolve_model_folder(pack.dnabert)
+    commit = hub_snapshot_commit(folder)
+    if commit and not Path(pack.dnabert).expanduser().exists():  # a hub id, resolved to a snapshot
+        dnabert = f"git:{commit}"
+    else:
+        dnabert = "sha256:" + folder_digest(folder, model_files(folder), "DNABERT model file")
+    esm = "sha256:" + file_digest(resolve_checkpoint(pack.esm), "ESM checkpoint")
+    return {"dnabert": dnabert, "esm": esm, "classifier": _classifier_digest(pack.classifier)}
+
+
+def _classifier_digest(classifier: str | None) -> str | None:
+    """None for a pack without a classifier (`vnp train` embeds before there is one)."""
+    from vnp.models.classifier import classifier_files
+
+    if not classifier:
+        return None
+    path = Path(str(classifier))
+    names = classifier_files(path)
+    return "sha256:" + folder_digest(path if path.is_dir() else path.parent, names, "classifier file")
+
+
+def fingerprint(pack: ModelPack, digests: dict[str, str]) -> str:
+    """One digest naming the pack: its settings and its models' content digests (not their paths,
+    so a pack folder can move without changing it)."""
     settings = {k: v for k, v in asdict(pack).items() if k not in ("dnabert", "esm", "classifier")}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for value in (pack.dnabert, pack.esm, pack.classifier):
-        path = Path(str(value))
-        if not path.exists():
-            digest.update(str(value).encode())  # a hub id or model name
-            continue
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{file.stat().st_size}".encode())
-            with open(file, "rb") as fh:
-                digest.update(fh.read(1 << 20))
-    return digest.hexdigest()
+    return hashlib.sha256(json.dumps([settings, digests], sort_keys=True).encode()).hexdigest()
 
 
 def build_tiny_pack(out_dir: str | Path, chunk_length: int = 500, seed: int = 0) -> ModelPack:

@@ -166,16 +166,17 @@ def test_gzip_input_and_bf16(pack, inputs, tmp_path, capsys):
     assert np.abs(vectors - full).max() < 0.2
 
 
+# The project's reader (vnp.seqio) reads embed's input: the same messages as `vnp predict`.
 BAD_INPUTS = {
     "missing": (None, "no such file"),
     "empty": ("", "empty file"),
-    "blank": ("\n\n", "no FASTA records"),
-    "text": ("ACGT\nACGT\n", "no FASTA records"),
-    "duplicate": (">r1\nACGT\n>r2 x\nAC\n>r1 again\nGG\n", "record 'r1': duplicate record ID"),
-    "no_id": (">r1\nACGT\n>\nACGT\n", "record 2: header has no ID"),
-    "empty_seq": (">r1\n>r2\nACGT\n", "record 'r1': empty sequence"),
-    "not_dna": (">r1\nACGT\n>r2\nACGJ\n", "record 'r2': invalid character 'J'"),
-    "binary": (b">r1\nAC\xff\xfeGT\n", "not a text FASTA file"),
+    "blank": ("\n\n", "no records (only blank lines)"),
+    "text": ("ACGT\nACGT\n", "line 1: not a FASTA/FASTQ file"),
+    "duplicate": (">r1\nACGT\n>r2 x\nAC\n>r1 again\nGG\n", "record 'r1' (line 5): duplicate record ID"),
+    "no_id": (">r1\nACGT\n>\nACGT\n", "line 3: header has no record ID"),
+    "empty_seq": (">r1\n>r2\nACGT\n", "record 'r1' (line 1): empty sequence"),
+    "not_dna": (">r1\nACGT\n>r2\nACGJ\n", "record 'r2' (line 4): invalid character 'J' at column 4"),
+    "binary": (b">r1\nAC\xff\xfeGT\n", "binary data"),
 }
 
 

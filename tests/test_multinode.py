@@ -124,7 +124,9 @@ def test_this_hosts_network_as_the_kernel_sees_it():
 
 NODE_ADDRESSES = ("10.77.0.1", "10.77.0.2")
 NODE_NAMES = ("vnpnode0", "vnpnode1")  # resolvable only inside the namespaces (their own /etc/hosts)
-ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=30"]
+# Frequent commits (the engine commits every 64 steps by default): the node-lost test waits for parts.
+ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "engine.commit_every_steps=2",
+        "dist.timeout_s=30"]
 
 
 @dataclass

@@ -213,6 +213,30 @@ def test_save_embeddings(tmp_path, mixed):
     assert np.abs(probs - written).max() < 1e-6
 
 
+def test_run_json_reports_engine_timings_and_progress(single_run):
+    record = json.loads((single_run / "run.json").read_text())
+    (rank0,) = record["timings_s"]["per_rank"]
+    assert {"rank", "busy_s", "wait_s", "loop_s", "peak_rss_mib"} <= set(rank0)
+    assert 0 < rank0["busy_s"] <= rank0["loop_s"] and rank0["wait_s"] >= 0
+    progress = record["progress"]
+    assert 0 < len(progress) <= 1000
+    assert progress[-1]["chunks"] == record["counts"]["chunks"] and progress[-1]["frames"] == record["counts"]["frames"]
+    assert all(a["t_s"] <= b["t_s"] and a["frames"] <= b["frames"] for a, b in zip(progress, progress[1:]))
+
+
+@pytest.mark.slow
+def test_torchrun_save_embeddings_in_cost_order(mixed, tmp_path):
+    """Two ranks deal units by cost, so embeddings parts arrive out of input order: same IDs and rows."""
+    from vnp.outputs import load_embeddings
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    predict_ok(1, mixed, one, [*COMMON, "save_embeddings=true"])
+    predict_ok(2, mixed, two, [*COMMON, "save_embeddings=true"])
+    (ids1, vectors1), (ids2, vectors2) = load_embeddings(one), load_embeddings(two)
+    assert list(ids1) == list(ids2) and np.array_equal(vectors1, vectors2)
+    assert tables(one) == tables(two)
+
+
 def test_config_is_written_when_the_run_starts(tmp_path, mixed, monkeypatch, capsys):
     import vnp.predict
 

@@ -28,7 +28,9 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.slow
-ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"]
+# Frequent commits, so that runs of a few seconds leave several parts to kill and resume between.
+ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "engine.commit_every_steps=8",
+        "dist.timeout_s=60"]
 
 
 @pytest.fixture(scope="module")
@@ -165,15 +167,15 @@ FAILING = """
 import sys
 import vnp.steps as steps
 
-original = steps.embed_unit
+original = steps.FrameWork.compute
 
-def failing(unit, *args, **kwargs):
+def failing(self, unit, prepared):
     import torch.distributed as dist
     if dist.is_initialized() and dist.get_rank() == 1 and unit >= 6:
         raise RuntimeError("injected failure")
-    return original(unit, *args, **kwargs)
+    return original(self, unit, prepared)
 
-steps.embed_unit = failing
+steps.FrameWork.compute = failing
 from vnp.predict import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -59,6 +59,25 @@ class DistConfig:
 
 
 @dataclass
+class EngineConfig:
+    balance: bool = _help("deal work units to the ranks in estimated-cost order (a translate pre-pass) so each "
+                          "step costs about the same on every rank; false: input order", True)
+    prefetch: int = _help("work units prepared ahead on a helper thread while the device computes (0: none)", 1)
+    window: int = _help("steps whose exchange may be in flight before a rank waits (1: wait every step)", 4)
+    commit_every_s: float = _help("rank 0 commits progress at least this often (seconds), in the background", 30.0)
+    commit_every_steps: int = _help("rank 0 also commits at least every this many steps (O(100) parts for "
+                                    "10,000 steps)", 64)
+
+    def __post_init__(self) -> None:
+        for name in ("prefetch", "window", "commit_every_steps"):
+            low = 0 if name == "prefetch" else 1
+            if getattr(self, name) < low:
+                raise ValueError(f"engine.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.commit_every_s <= 0:
+            raise ValueError(f"engine.commit_every_s must be positive, got {self.commit_every_s}")
+
+
+@dataclass
 class FilterConfig:
     min_length: int = _help("sequences shorter than this (bp) are not translated or embedded; contigs.tsv lists "
                             "them as filtered. Part of the run record", 0)
@@ -141,6 +160,7 @@ class PredictConfig:
     call: CallConfig = field(default_factory=CallConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         if self.chunk_length < 0 or 0 < self.chunk_length < MIN_CHUNK_LENGTH:

@@ -9,37 +9,36 @@ MODEL is a DNABERT-S folder or hub id (`zhihan1996/DNABERT-S`), or an ESM2 `.pt`
 (float32, one row per record); `numpy.load(path, allow_pickle=False)` reads it. It is written to a
 temporary name and renamed, so a failed run leaves no partial file.
 
-Runs under the same launchers as `vnp predict` (torchrun, accelerate, srun) and shards the same
-way: work units of `--batch-records` consecutive records are dealt to the ranks by a
-DistributedSampler, embedded there, gathered to rank 0 step by step and written in input order as
-they arrive, so no rank holds all the embeddings. Rank 0 first checks every record (IDs, letters)
-before any model time is spent; each rank then streams the file once, embedding only its units.
+Runs under the same launchers as `vnp predict` (torchrun, accelerate, srun), on the same engine
+(vnp/engine.py): work units of `--batch-records` consecutive records are dealt to the ranks by a
+DistributedSampler in input order, prepared on a helper thread, embedded, sent to rank 0 with
+asynchronous fixed-shape collectives and written in input order as they arrive, so no rank holds
+all the embeddings. Input goes through the project's reader (vnp/seqio.py: FASTA or FASTQ, plain or
+compressed, the same checks and messages as `vnp predict`); rank 0 first checks every record before
+any model time is spent; each rank then streams the file once, embedding only its units.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
-import lzma
 import os
 import re
 import sys
 import time
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
-from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from vnp import dist as vdist
+from vnp.engine import EngineSettings, StopFlag, run_units
 from vnp.errors import InputError, where
-from vnp.gather import NO_UNIT, UnitResult, gather_step
+from vnp.gather import Computed, UnitResult
 from vnp.models import token_budget
-from vnp.seqio import NUCLEOTIDE_LETTERS, open_binary
+from vnp.seqio import iter_records, open_binary
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH_RECORDS = 4096  # records per slice: tokenised, sorted by length and batched together
@@ -55,54 +54,34 @@ class Embedder(Protocol):
 
     def embed(self, seqs: Sequence[str], max_tokens: int) -> np.ndarray: ...
 
+    def prepare(self, seqs: Sequence[str], max_tokens: int): ...  # CPU half (a helper thread)
+
+    def run(self, prepared) -> torch.Tensor: ...  # device half: (N, dim) float32 on the device
+
 
 # ----------------------------------------------------------------------------- reading
 
 
-def read_fasta(path: Path) -> Iterator[tuple[str, str]]:
-    """(title, sequence) of each record, streamed (plain, gzip, bz2 or xz)."""
-    try:
-        with io.TextIOWrapper(open_binary(path), encoding="utf-8") as text:
-            yield from SimpleFastaParser(text)
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not a text FASTA file (byte {err.object[err.start]:#04x} is not UTF-8)") from None
-    except (EOFError, OSError, zlib.error, lzma.LZMAError) as err:  # truncated or corrupt compressed data
-        raise InputError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
-
-
 def checked_records(path: Path, check: SequenceCheck) -> Iterator[tuple[str, str]]:
-    """(ID, sequence) of each record, in file order; the ID is the title up to the first space.
+    """(ID, sequence) of each record, in file order, read by the project's reader (vnp.seqio:
+    FASTA or FASTQ, plain or compressed, the same validation and messages as `vnp predict`).
 
-    Raises InputError, naming the file and record, on a missing/empty file, a file without
-    records, a header without ID, a duplicate ID, an empty sequence, or what `check` refuses.
+    Raises InputError, naming the file and record, on what the reader refuses (missing or empty
+    file, no records, header without ID, duplicate ID, binary data, letters that are not
+    nucleotides for `nucleotide_check`), on an empty sequence, or on what `check` refuses.
     """
-    seen: set[str] = set()
-    number = 0
-    for number, (title, seq) in enumerate(read_fasta(path), start=1):
-        fields = title.split(None, 1)
-        if not fields:
-            raise InputError(f"{path}: record {number}: header has no ID")
-        rid = fields[0]
-        if rid in seen:
-            raise InputError(f"{where(path, rid)}: duplicate record ID")
-        if not seq:
-            raise InputError(f"{where(path, rid)}: empty sequence")
-        seen.add(rid)
-        yield rid, check(path, rid, seq)
-    if number == 0:
-        raise InputError(f"{path}: no FASTA records (expected lines starting with '>')")
-
-
-_NOT_NUCLEOTIDE = str.maketrans("", "", NUCLEOTIDE_LETTERS.decode("ascii"))
+    for record in iter_records(path, nucleotides=getattr(check, "nucleotides", False)):
+        if not record.seq:
+            raise InputError(f"{where(path, record.id, record.line)}: empty sequence")
+        yield record.id, check(path, record.id, record.seq)
 
 
 def nucleotide_check(path: Path, rid: str, seq: str) -> str:
-    """Upper-cased sequence; refuses letters that are not IUPAC nucleotide codes."""
-    bad = seq.translate(_NOT_NUCLEOTIDE)
-    if bad:
-        raise InputError(f"{where(path, rid)}: invalid character {bad[0]!r} at position {seq.index(bad[0]) + 1} "
-                         "(expected nucleotide letters: ACGTU, IUPAC ambiguity codes or N)")
+    """Upper-cased sequence (the reader has checked its IUPAC nucleotide letters)."""
     return seq.upper()
+
+
+nucleotide_check.nucleotides = True  # the reader checks the letters
 
 
 def protein_check(alphabet) -> SequenceCheck:
@@ -296,51 +275,74 @@ def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def my_units(path: Path, check: SequenceCheck, units: list[int], size: int) -> Iterator[tuple[int, list[str]]]:
-    """(unit, its sequences) for this rank's units, ascending, in one pass over the file."""
-    wanted = iter(sorted(set(units)))
-    unit = next(wanted, None)
-    piece: list[str] = []
-    for index, (_, seq) in enumerate(checked_records(path, check)):
-        if unit is None:
-            return
-        if index // size == unit:
-            piece.append(seq)
-        if index == (unit + 1) * size - 1:
-            yield unit, piece
-            unit, piece = next(wanted, None), []
-    if unit is not None:
-        yield unit, piece  # the last, shorter unit
+class RecordWork:
+    """The engine's work for `vnp embed`: units of `size` consecutive records, in input order.
+
+    `prepare` is called for ascending units (input-order dealing), so one forward pass over the
+    file serves every unit of this rank.
+    """
+
+    def __init__(self, path: Path, check: SequenceCheck, embedder, max_tokens: int, count: int, size: int):
+        self.path, self.check, self.embedder, self.max_tokens = path, check, embedder, max_tokens
+        self.count, self.size = count, size
+        self.dim = embedder.dim
+        self.rows = size
+        self.records: Iterator[tuple[int, tuple[str, str]]] | None = None
+
+    def units(self) -> range:
+        return range(-(-self.count // self.size))
+
+    def costs(self, units) -> None:
+        return None  # input order: the .npz is written as the rows arrive
+
+    def _sequences(self, unit: int) -> list[str]:
+        if self.records is None:
+            self.records = enumerate(checked_records(self.path, self.check))
+        first, last = unit * self.size, min((unit + 1) * self.size, self.count)
+        seqs = []
+        for index, (_, seq) in self.records:
+            if index >= first:
+                seqs.append(seq)
+            if index == last - 1:
+                break
+        if len(seqs) != last - first:
+            raise RuntimeError(f"{self.path}: unit {unit} has {len(seqs)} records, expected {last - first}")
+        return seqs
+
+    def prepare(self, unit: int):
+        seqs = self._sequences(unit)
+        return len(seqs), self.embedder.prepare(seqs, self.max_tokens)
+
+    def compute(self, unit: int, prepared) -> Computed:
+        rows, batches = prepared
+        keys = np.arange(unit * self.size, unit * self.size + rows, dtype=np.int64)
+        return Computed(unit, keys, self.embedder.run(batches))
+
+
+class NpzSink:
+    """Rank 0's sink for `vnp embed`: rows written into the .npz in input order as units arrive."""
+
+    def __init__(self, writer: NpzRowWriter):
+        self.writer, self.next_unit = writer, 0
+
+    def consume(self, results: list[UnitResult]) -> None:
+        for result in results:
+            if result.unit != self.next_unit:
+                raise RuntimeError(f"unit {result.unit} arrived before unit {self.next_unit}")
+            self.writer.write(result.embeddings)
+            self.next_unit += 1
+
+    def close(self) -> None:
+        pass
 
 
 def _run_units(ctx, path: Path, check, embedder: Embedder, max_tokens: int, count: int, size: int,
                writer: NpzRowWriter | None) -> None:
-    """Units of `size` records dealt by a DistributedSampler; rows gathered to rank 0 in order."""
-    n_units = -(-count // size)
-    slots = vdist.shard(n_units, ctx)
-    mine = my_units(path, check, [u for u in slots if u is not None], size)
-    dim = embedder.dim
-    exchange = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
-    next_unit = 0
-    for unit in slots:
-        if unit is None:
-            result = UnitResult(NO_UNIT, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-        else:
-            got, seqs = next(mine)
-            assert got == unit, (got, unit)
-            rows = np.arange(unit * size, unit * size + len(seqs), dtype=np.int64)
-            result = UnitResult(unit, rows, embedder.embed(seqs, max_tokens=max_tokens))
-        try:
-            results, _ = gather_step(result, dim, exchange, ctx.world_size, ctx.rank)
-        except RuntimeError as err:
-            raise vdist.PeerFailure(str(err)) from None
-        for arrived in sorted((r for r in results if r.unit >= next_unit), key=lambda r: r.unit):
-            if arrived.unit != next_unit:
-                raise RuntimeError(f"unit {arrived.unit} arrived before unit {next_unit}")
-            writer.write(arrived.embeddings)
-            next_unit += 1
-    if ctx.is_main and next_unit != n_units:
-        raise RuntimeError(f"{n_units - next_unit} units of records were not embedded")
+    """Units of `size` records through the engine in input order; rows streamed into the .npz."""
+    work = RecordWork(path, check, embedder, max_tokens, count, size)
+    sink = NpzSink(writer) if writer is not None else None
+    stop = StopFlag()  # embed is not resumable: a signal ends it as before
+    run_units(ctx, work, sink, stop, EngineSettings(balance=False))
 
 
 def main(argv: list[str] | None = None) -> int:

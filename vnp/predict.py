@@ -195,7 +195,7 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     counts = write_tables(state.out, state.plan, keys, scores, config, input_names(state.record["inputs"]))
     times.stages["write_tables_s"] = round(time.time() - t0, 3)
     times.stages["total_s"] = round(time.time() - started, 3)
-    record = state.run_json(ctx, config, counts, times)
+    record = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
     record["calls"] = settings_record(config, "vnp predict")
     tmp = state.out / "run.json.tmp"
     tmp.write_text(json.dumps(record, indent=2) + "\n")

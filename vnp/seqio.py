@@ -158,10 +158,12 @@ class RecordStart:
     line: int  # 1-based line of the header
 
 
-def iter_pieces(path: str | os.PathLike) -> Iterator[RecordStart | bytes]:
+def iter_pieces(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
     """Stream a FASTA or FASTQ file (format detected from its first letter) as a RecordStart per
     record followed by its validated letters in pieces of at most a few MiB: a record of any
-    length is never held whole (`vnp.plan` packs them this way)."""
+    length is never held whole (`vnp.plan` packs them this way). `nucleotides=False` (protein
+    input of `vnp embed esm`) accepts any ASCII letters; the caller checks them against its
+    alphabet."""
     path = Path(path)
     blocks = _unix_line_ends(_blocks(path))
     data, newlines = b"", 0
@@ -178,9 +180,9 @@ def iter_pieces(path: str | os.PathLike) -> Iterator[RecordStart | bytes]:
     if not _is_text(data[:4096]):
         raise InputError(f"{where(path, line=first_line)}: binary data, not a FASTA/FASTQ file")
     if data.startswith(b">"):
-        pieces = _fasta_pieces(path, data, blocks, first_line)
+        pieces = _fasta_pieces(path, data, blocks, first_line, nucleotides)
     elif data.startswith(b"@"):
-        pieces = _fastq_pieces(path, _split_lines(data, blocks, first_line))
+        pieces = _fastq_pieces(path, _split_lines(data, blocks, first_line), nucleotides)
     else:
         found = _show(data[:1])
         raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {found})")
@@ -201,10 +203,10 @@ def record_pieces(records: Iterable[Record]) -> Iterator[RecordStart | bytes]:
         yield record.seq.encode("ascii")
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[Record]:
-    """Stream the records of a FASTA or FASTQ file, each whole."""
+def iter_records(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[Record]:
+    """Stream the records of a FASTA or FASTQ file, each whole (`nucleotides`: see iter_pieces)."""
     start, letters = None, []
-    for piece in iter_pieces(path):
+    for piece in iter_pieces(path, nucleotides):
         if isinstance(piece, bytes):
             letters.append(piece)
             continue
@@ -267,7 +269,8 @@ def _show(char: bytes) -> str:
 MAX_HEADER_BYTES = 1 << 20
 
 
-def _fasta_pieces(path: Path, first: bytes, blocks: Iterator[bytes], line: int) -> Iterator[RecordStart | bytes]:
+def _fasta_pieces(path: Path, first: bytes, blocks: Iterator[bytes], line: int,
+                  nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
     """FASTA records as pieces, read in large blocks: each block's letters are checked in C calls.
 
     A block is cut at every record start (a newline followed by '>'); `line` follows the line of
@@ -299,7 +302,7 @@ def _fasta_pieces(path: Path, first: bytes, blocks: Iterator[bytes], line: int) 
                 yield _header_done(path, start, header)
                 header, segment, line = None, segment[end + 1:], line + 1
             if segment:
-                yield _fasta_letters(path, start.id, line, segment)
+                yield _fasta_letters(path, start.id, line, segment, nucleotides)
                 line += segment.count(b"\n")
     if header is not None:
         yield _header_done(path, start, header)
@@ -310,25 +313,27 @@ def _header_done(path: Path, start: RecordStart, header: list[bytes]) -> RecordS
     return start
 
 
-def _fasta_letters(path: Path, rid: str, line: int, body: bytes) -> bytes:
+def _fasta_letters(path: Path, rid: str, line: int, body: bytes, nucleotides: bool = True) -> bytes:
     """The letters of a piece of sequence lines starting at `line`, checked."""
     letters = body.translate(None, _STRIPPED_LINES)
-    if letters.translate(None, NUCLEOTIDE_LETTERS):
+    if letters.translate(None, NUCLEOTIDE_LETTERS) if nucleotides else b"\x00" in letters or not letters.isascii():
         # Slow path, only for bad input: find the line to name it.
         for offset, text in enumerate(body.split(b"\n")):
             if b"\x00" in text or not text.isascii():
                 raise InputError(f"{where(path, rid, line + offset)}: binary data in a sequence line")
-            _check_letters(path, rid, line + offset, text.translate(None, _STRIPPED))
+            if nucleotides:
+                _check_letters(path, rid, line + offset, text.translate(None, _STRIPPED))
     return letters
 
 
-def _fastq_pieces(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[RecordStart | bytes]:
-    for record in _fastq_records(path, lines):
+def _fastq_pieces(path: Path, lines: Iterator[tuple[int, bytes]],
+                  nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
+    for record in _fastq_records(path, lines, nucleotides):
         yield RecordStart(record.id, record.line)
         yield record.seq.encode("ascii")
 
 
-def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:
+def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]], nucleotides: bool = True) -> Iterator[Record]:
     """Four-line FASTQ records (@id, sequence, +, quality), blank lines between records allowed."""
     pending: tuple[int, bytes] | None = None
     while True:
@@ -347,7 +352,8 @@ def _fastq_records(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[R
             raise InputError(f"{where(path, rid, plus_line)}: expected the '+' separator line (multi-line FASTQ is not supported)")
         qual_line, qual = _next_line(lines, path, rid, "quality")
         seq = seq.translate(None, _STRIPPED)
-        _check_letters(path, rid, seq_line, seq)
+        if nucleotides:
+            _check_letters(path, rid, seq_line, seq)
         qual = qual.rstrip(b"\r")
         if len(qual) != len(seq):
             raise InputError(

@@ -1,66 +1,47 @@
-"""The step loop: every rank embeds its work units; rank 0 classifies, commits and reports progress.
+"""Predict's work for the unit engine: every rank embeds its work units; rank 0 classifies,
+commits and reports progress.
 
-A work unit is a block of `batch.unit_chunks` consecutive chunks. Units are dealt to ranks by a
-DistributedSampler (no shuffle). Because a unit's frames are batched only with each other, every
-frame's embedding is computed the same way whatever the world size, and so are the tables.
+A work unit is a block of `batch.unit_chunks` consecutive chunks. The engine (vnp/engine.py) deals
+units to ranks by a DistributedSampler in estimated-cost order. Because a unit's frames are batched
+only with each other, every frame's embedding is computed the same way whatever the world size or
+order, and so are the tables.
 """
 
 from __future__ import annotations
 
 import logging
-import resource
-import signal
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from vnp import dist as vdist
-from vnp.config import PredictConfig
+from vnp.config import EngineConfig, PredictConfig
+from vnp.engine import EngineSettings, StopFlag, run_units  # noqa: F401 (StopFlag: predict imports it here)
 from vnp.errors import InputError
 from vnp.chunking import chunk_id
-from vnp.gather import NO_UNIT, UnitResult, gather_step
+from vnp.gather import Computed, UnitResult
 from vnp.models import token_budget
-from vnp.plan import SEQUENCES, iter_ids, read_chunks
+from vnp.plan import IDS, SEQUENCES, read_chunks
 from vnp.run_state import RunState
-from vnp.store import part_number, write_atomic
-from vnp.translate import FRAME_NAMES, translate_chunks
+from vnp.store import PartWriter, part_number, write_atomic
+from vnp.translate import FRAME_NAMES, Chunk, Frame, translate_chunks
 
 log = logging.getLogger("vnp")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class StopFlag:
-    """Set by SIGTERM or SIGUSR1 (SLURM preemption, `--signal=USR1@120`): stop after this step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    @classmethod
-    def install(cls) -> "StopFlag":
-        flag = cls()
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, flag._handle)
-        return flag
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-
 @dataclass
 class EmbedTimes:
-    """Seconds this rank spent per stage; rank 0 adds the other ranks' at the end."""
+    """Run-level timings (stages), every rank's loop timings, and rank 0's progress samples."""
 
-    translate: float = 0.0
-    dnabert: float = 0.0
-    esm: float = 0.0
-    exchange: float = 0.0
-    classify: float = 0.0
     stages: dict = field(default_factory=dict)
     per_rank: list = field(default_factory=list)
+    progress: list = field(default_factory=list)
 
 
 @dataclass
@@ -100,68 +81,141 @@ def _check_dims(state: RunState, dnabert_dim: int, esm_dim: int) -> None:
                          f"the pack says {state.pack.dnabert_dim}+{state.pack.esm_dim}")
 
 
-def embed_unit(unit: int, state: RunState, config: PredictConfig, models: Models, times: EmbedTimes,
-               select_frames=None) -> UnitResult:
-    """Read, translate and embed the frames of one work unit; `select_frames(chunk, frames)`, when
-    given, narrows each chunk's stop-free frames (training's CDS rule)."""
-    c0, c1 = state.plan.unit_range(unit, state.record["unit_chunks"])
-    t0 = time.perf_counter()
-    chunks = read_chunks(state.plan, state.work / SEQUENCES, c0, c1)
-    per_chunk = translate_chunks(chunks)
-    if select_frames is not None:
-        per_chunk = [select_frames(chunk, kept) for chunk, kept in zip(chunks, per_chunk)]
-    frames = [(chunk.index, f) for chunk, kept in zip(chunks, per_chunk) for f in kept]
-    t1 = time.perf_counter()
-    times.translate += t1 - t0
-    dim = state.pack.embedding_dim
-    if not frames:
-        return UnitResult(unit, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-    keys = np.asarray([c * 6 + f.index for c, f in frames], dtype=np.int64)
-    device = models.dnabert.device.type
-    nucleotide = models.dnabert.embed([f.nucleotide for _, f in frames],
-                                      max_tokens=token_budget("dnabert", device, config.batch.dnabert_tokens))
-    t2 = time.perf_counter()
-    protein = models.esm.embed([f.protein for _, f in frames],
-                               max_tokens=token_budget("esm", device, config.batch.esm_tokens))
-    t3 = time.perf_counter()
-    times.dnabert += t2 - t1
-    times.esm += t3 - t2
-    return UnitResult(unit, keys, np.concatenate([nucleotide, protein], axis=1).astype(np.float32))
+def keep_every_frame(chunk: Chunk, frames: list[Frame]) -> list[Frame]:
+    """The default frame selection: every stop-free frame, as the original's prediction mode."""
+    return frames
 
 
-class IdCursor:
-    """Frame IDs for keys that arrive in ascending order, reading ids.txt forward only."""
+class FrameWork:
+    """The engine's work for predict (and training): units of chunks -> frames -> embeddings.
+
+    `select_frames(chunk, frames) -> frames` picks the frames to embed after translation (training
+    passes its own rule); prediction keeps every stop-free frame.
+    """
+
+    def __init__(self, state: RunState, config: PredictConfig, models: Models,
+                 select_frames: Callable[[Chunk, list[Frame]], list[Frame]] | None = None):
+        self.state, self.models = state, models
+        self.select_frames = select_frames or keep_every_frame
+        self.unit_chunks = state.record["unit_chunks"]
+        self.dim = state.pack.embedding_dim
+        self.rows = 6 * self.unit_chunks
+        device = models.dnabert.device.type
+        self.dnabert_tokens = token_budget("dnabert", device, config.batch.dnabert_tokens)
+        self.esm_tokens = token_budget("esm", device, config.batch.esm_tokens)
+        self.translate_s = 0.0  # on the helper thread
+
+    def units(self) -> list[int]:
+        return self.state.remaining
+
+    def frames(self, unit: int) -> list[tuple[int, Frame]]:
+        """(global chunk, frame) of the unit's selected frames, in chunk and frame order."""
+        c0, c1 = self.state.plan.unit_range(unit, self.unit_chunks)
+        chunks = read_chunks(self.state.plan, self.state.work / SEQUENCES, c0, c1)
+        return [(chunk.index, f) for chunk, kept in zip(chunks, translate_chunks(chunks))
+                for f in self.select_frames(chunk, kept)]
+
+    def costs(self, units) -> np.ndarray:
+        """Padded ESM tokens of each unit's batches (ESM2-3B dominates: DNABERT-S is ~25x cheaper
+        a frame), batched as `EsmEmbedder.prepare` will batch them."""
+        from vnp.models.esm import MAX_RESIDUES, padded_tokens
+
+        return np.asarray([padded_tokens([min(len(f.protein), MAX_RESIDUES) + 2 for _, f in self.frames(u)],
+                                         self.esm_tokens) for u in units], dtype=np.float64)
+
+    def prepare(self, unit: int):
+        """Read, translate and tokenize one unit (helper thread)."""
+        t0 = time.perf_counter()
+        frames = self.frames(unit)
+        keys = np.asarray([c * 6 + f.index for c, f in frames], dtype=np.int64)
+        prepared = None
+        if frames:
+            prepared = (self.models.dnabert.prepare([f.nucleotide for _, f in frames], self.dnabert_tokens),
+                        self.models.esm.prepare([f.protein for _, f in frames], self.esm_tokens))
+        self.translate_s += time.perf_counter() - t0
+        return keys, prepared
+
+    def compute(self, unit: int, prepared) -> Computed:
+        keys, batches = prepared
+        if batches is None:
+            return Computed(unit, keys, torch.zeros((0, self.dim), dtype=torch.float32))
+        nucleotide = self.models.dnabert.run(batches[0])
+        protein = self.models.esm.run(batches[1])
+        return Computed(unit, keys, torch.cat([nucleotide, protein], dim=1))
+
+
+class IdLookup:
+    """Frame IDs for any frame keys: record IDs read at their offsets in ids.txt (the plan's
+    `id_offsets`), since balanced dealing delivers units out of input order."""
 
     def __init__(self, state: RunState):
         self.plan = state.plan
-        self.ids = iter_ids(state.work)
-        self.record, self.current = -1, ""
+        self.path = state.work / IDS
 
     def frame_ids(self, keys: np.ndarray) -> list[str]:
         chunks = keys // 6
         records = self.plan.record_of(chunks)
+        offsets = self.plan.id_offsets
+        names: dict[int, str] = {}
         out = []
-        for key, chunk, record in zip(keys.tolist(), chunks.tolist(), records.tolist()):
-            while self.record < record:
-                self.current, self.record = next(self.ids), self.record + 1
-            number = chunk - int(self.plan.first_chunk[record]) + 1
-            out.append(chunk_id(self.current, number) + FRAME_NAMES[key % 6])
+        with open(self.path, "rb") as fh:
+            for key, chunk, record in zip(keys.tolist(), chunks.tolist(), records.tolist()):
+                if record not in names:
+                    fh.seek(int(offsets[record]))
+                    names[record] = fh.read(int(offsets[record + 1]) - int(offsets[record]) - 1).decode("ascii")
+                number = chunk - int(self.plan.first_chunk[record]) + 1
+                out.append(chunk_id(names[record], number) + FRAME_NAMES[key % 6])
         return out
 
 
+class Progress:
+    """At most ~MAX samples {t_s, chunks, frames} of rank 0's progress: one every `every` seconds,
+    halving the samples and doubling the spacing whenever they would exceed MAX."""
+
+    MAX = 1000
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.every, self.last = 1.0, -1e9
+        self.samples: list[dict] = []
+
+    def sample(self, chunks: int, frames: int, force: bool = False) -> None:
+        t = time.time() - self.started
+        if not force and t - self.last < self.every:
+            return
+        self.last = t
+        self.samples.append({"t_s": round(t, 3), "chunks": chunks, "frames": frames})
+        if len(self.samples) > self.MAX:
+            self.samples = self.samples[::2]
+            self.every *= 2
+
+
 class Collector:
-    """Rank 0: classify each arriving unit, commit its scores (and embeddings), show progress."""
+    """Rank 0's sink for predict: classify each arriving unit, keep its scores (and embeddings),
+    commit by time and size in the background, show progress. (Training brings its own sink and
+    `select_frames` to the same engine: `run_units(ctx, FrameWork(state, config, models,
+    select_frames), sink, stop, EngineSettings.from_config(config.engine))`.)"""
 
     def __init__(self, state: RunState, config: PredictConfig, models: Models, device: torch.device):
         self.state, self.models, self.device = state, models, device
-        self.seen: set[int] = set()
+        self.commit_every_s = config.engine.commit_every_s
+        self.commit_every_steps = config.engine.commit_every_steps
         self.embeddings_dir = state.out / "embeddings" if config.save_embeddings else None
         if self.embeddings_dir is not None:
             self.embeddings_dir.mkdir(parents=True, exist_ok=True)
             self._drop_orphan_embeddings()
-            self.id_cursor = IdCursor(state)
+            self.id_lookup = IdLookup(state)
+        else:  # embeddings parts are paired with score parts by number: compact only without them
+            replaced = state.store.compact()
+            if replaced:
+                log.info("compacted %d progress parts into one", replaced)
+        self.writer = PartWriter()
+        self.pending_embeddings: list[UnitResult] = []
+        self.steps_since_commit, self.last_commit = 0, time.time()
         self.frames = 0
         self.chunks = 0
+        self.classify_s = 0.0
+        self.progress = Progress()
         self.started = time.time()
         total = sum(self._unit_chunks(u) for u in state.remaining)
         self.bar = tqdm(total=total, unit="chunk", desc="vnp predict", disable=not config.progress,
@@ -177,95 +231,74 @@ class Collector:
             if path.suffix != ".npz" or part_number(path) not in committed:
                 path.unlink()
 
-    def consume(self, results: list[UnitResult], times: EmbedTimes) -> None:
-        """Classify and commit one step's units (in unit order), dropping padding and duplicates."""
+    def consume(self, results: list[UnitResult]) -> None:
+        """Classify and keep one step's fresh units; commit when enough time or steps passed."""
         from vnp.models.classifier import score
 
         t0 = time.perf_counter()
-        fresh = sorted((r for r in results if r.unit != NO_UNIT and r.unit not in self.seen), key=lambda r: r.unit)
-        embeddings = []
-        for result in fresh:
-            self.seen.add(result.unit)
+        for result in results:
             probs = np.zeros((0, 2), np.float32)
             if len(result.keys):
                 with torch.inference_mode():
                     probs = score(self.models.classifier, torch.from_numpy(result.embeddings).to(self.device)).cpu().numpy()
             self.state.store.add(result.unit, result.keys, probs)
             if self.embeddings_dir is not None:
-                embeddings.append(result)
+                self.pending_embeddings.append(result)
             self.frames += len(result.keys)
             self.chunks += self._unit_chunks(result.unit)
             self.bar.update(self._unit_chunks(result.unit))
-        if fresh:
-            self._commit(embeddings)
+        self.steps_since_commit += 1
+        if self.steps_since_commit >= self.commit_every_steps or time.time() - self.last_commit >= self.commit_every_s:
+            self.commit()
         elapsed = max(time.time() - self.started, 1e-9)
         self.bar.set_postfix(frames=self.frames, frames_per_s=f"{self.frames / elapsed:.1f}", refresh=False)
-        times.classify += time.perf_counter() - t0
+        self.progress.sample(self.chunks, self.frames)
+        self.classify_s += time.perf_counter() - t0
 
-    def _commit(self, embeddings: list[UnitResult]) -> None:
-        number = self.state.store.next_part
-        if self.embeddings_dir is not None:  # written first: the score part is the commit point
-            keys = np.concatenate([r.keys for r in embeddings]) if embeddings else np.zeros(0, np.int64)
-            dim = self.state.pack.embedding_dim
-            vectors = np.concatenate([r.embeddings for r in embeddings]) if embeddings else np.zeros((0, dim), np.float32)
-            write_atomic(self.embeddings_dir, number,
-                         {"ids": np.asarray(self.id_cursor.frame_ids(keys), dtype=str), "keys": keys,
-                          "embeddings": vectors})
-        self.state.store.commit()
+    def commit(self) -> None:
+        """Hand the kept units to the background writer as one part (embeddings part first: the
+        score part is the commit point)."""
+        self.steps_since_commit, self.last_commit = 0, time.time()
+        if not self.state.store.pending_units:
+            return
+        if self.embeddings_dir is not None:
+            embeddings, self.pending_embeddings = self.pending_embeddings, []
+            self.writer.submit(self._write_embeddings, self.state.store.next_part, embeddings)
+        self.state.store.commit(self.writer)
+
+    def _write_embeddings(self, number: int, embeddings: list[UnitResult]) -> None:
+        keys = np.concatenate([r.keys for r in embeddings])
+        vectors = np.concatenate([r.embeddings for r in embeddings])
+        write_atomic(self.embeddings_dir, number, {"ids": np.asarray(self.id_lookup.frame_ids(keys), dtype=str),
+                                                   "keys": keys, "embeddings": vectors})
 
     def close(self) -> None:
-        self.bar.close()
+        """Commit what is left and wait for every write (also when the loop failed)."""
+        try:
+            self.commit()
+            self.writer.close()
+        finally:
+            self.progress.sample(self.chunks, self.frames, force=True)
+            self.bar.close()
 
 
-def fresh_results(results: list[UnitResult], seen: set[int]) -> list[UnitResult]:
-    """A step's results without padding or units already consumed, in unit order (marked seen)."""
-    fresh = sorted((r for r in results if r.unit != NO_UNIT and r.unit not in seen), key=lambda r: r.unit)
-    seen.update(r.unit for r in fresh)
-    return fresh
-
-
-def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop,
-              sink=None, select_frames=None) -> EmbedTimes:
-    """The same sequence of collectives on every rank, one gather per step, until done or stopped.
-
-    Rank 0 hands each step's results to `sink` (`consume(results)` with fresh units in unit order,
-    then `close()`), or by default to the Collector that classifies and commits scores.
-    `select_frames` is passed to `embed_unit`."""
+def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop, sink=None,
+              select_frames: Callable[[Chunk, list[Frame]], list[Frame]] | None = None) -> EmbedTimes:
+    """Every unit through the engine. Rank 0 hands the results to `sink` (training's), or by
+    default to the Collector that classifies and commits scores, and then checks completeness.
+    `select_frames` picks the frames to embed (training's CDS rule; predict keeps them all)."""
     times = EmbedTimes()
     t_start = time.time()
-    remaining = state.remaining
-    slots = vdist.shard(len(remaining), ctx)
-    collector = (Collector(state, config, models, ctx.device) if sink is None else sink) if ctx.is_main else None
-    seen: set[int] = set()
-    exchange_device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
-    dim = state.pack.embedding_dim
-    log.info("%d units to do (%d done before), %d steps on this rank", len(remaining), state.resumed_units, len(slots))
-    try:
-        for step, slot in enumerate(slots):
-            unit = NO_UNIT if slot is None else remaining[slot]
-            result = embed_unit(unit, state, config, models, times, select_frames) if unit != NO_UNIT else \
-                UnitResult(NO_UNIT, np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-            t0 = time.perf_counter()
-            try:
-                results, stop_all = gather_step(result, dim, exchange_device, ctx.world_size, ctx.rank, stop.requested)
-            except RuntimeError as err:
-                raise vdist.PeerFailure(f"step {step}: collective failed ({str(err).splitlines()[0]})") from None
-            times.exchange += time.perf_counter() - t0
-            if sink is not None and collector is not None:
-                sink.consume(fresh_results(results, seen))
-            elif collector is not None:
-                collector.consume(results, times)
-            if stop_all:
-                log.info("stop requested: leaving after step %d", step)
-                stop.requested = True
-                break
-    finally:
-        if collector is not None:
-            collector.close()
+    collector = Collector(state, config, models, ctx.device) if ctx.is_main and sink is None else None
+    work = FrameWork(state, config, models, select_frames)
+    log.info("%d units to do (%d done before)", len(state.remaining), state.resumed_units)
+    settings = EngineSettings.from_config(getattr(config, "engine", None) or EngineConfig())  # train: defaults
+    stats = run_units(ctx, work, (collector or sink) if ctx.is_main else None, stop, settings)
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    mine = {"rank": ctx.rank, "peak_rss_mib": round(peak_mib, 1), "translate_s": round(times.translate, 3), "dnabert_s": round(times.dnabert, 3),
-            "esm_s": round(times.esm, 3), "exchange_s": round(times.exchange, 3), "classify_s": round(times.classify, 3)}
+    mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3)}
+    if collector is not None:
+        mine["classify_s"] = round(collector.classify_s, 3)
+        times.progress = collector.progress.samples
     times.per_rank = vdist.all_gather_object(ctx, mine)
     if ctx.is_main and not stop.requested and sink is None:
         _check_complete(state)  # a sink checks its own

@@ -4,6 +4,9 @@ Rank 0 keeps, per frame, its global key (chunk * 6 + frame) and its two scores, 
 parts: each part is written to a temporary file, fsynced, then renamed, and carries a checksum of
 its bytes in its name. On resume a part that is truncated, corrupt or fails its checksum is deleted
 and its units are computed again; a part is never trusted without its checksum.
+
+Parts are written by one background thread (`PartWriter`), in the order they were committed, so
+that rank 0 does not wait on fsyncs between steps; a resume compacts many parts into one.
 """
 
 from __future__ import annotations
@@ -11,11 +14,44 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 PART_GLOB = "part-*-*.npz"
+COMPACT_ABOVE = 16  # a resume finding more parts than this rewrites them as one
+
+
+class PartWriter:
+    """Runs writes on one background thread, in submission order; a failed write is raised by the
+    next `submit` or by `flush`."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vnp-commit")
+        self.futures: list[Future] = []
+
+    def submit(self, write: Callable, *args) -> None:
+        self._raise_failures()
+        self.futures.append(self.pool.submit(write, *args))
+
+    def _raise_failures(self) -> None:
+        done = [f for f in self.futures if f.done()]
+        self.futures = [f for f in self.futures if not f.done()]
+        for future in done:
+            future.result()
+
+    def flush(self) -> None:
+        futures, self.futures = self.futures, []
+        for future in futures:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def part_number(path: Path) -> int:
@@ -73,11 +109,15 @@ class ScoreStore:
     def load_committed(self) -> set[int]:
         """Read every committed part; delete untrustworthy ones. Returns the finished units."""
         done: set[int] = set()
-        for path in sorted(self.parts_dir.glob(PART_GLOB)):
+        # Newest first: a compacted part wins over the old parts it replaced, should a crash have
+        # left some of them behind.
+        for path in sorted(self.parts_dir.glob(PART_GLOB), reverse=True):
             self.next_part = max(self.next_part, part_number(path) + 1)
             arrays = read_checked(path)
-            if arrays is None or done & set(arrays["units"].tolist()):
-                self.rejected.append(path)
+            units = set() if arrays is None else set(arrays["units"].tolist())
+            if arrays is None or done & units:
+                if arrays is None or not units <= done:  # not merely superseded by a compacted part
+                    self.rejected.append(path)
                 path.unlink()
                 continue
             done.update(arrays["units"].tolist())
@@ -94,8 +134,13 @@ class ScoreStore:
         key_list.append(keys.astype(np.int64))
         score_list.append(scores.astype(np.float32))
 
-    def commit(self) -> int | None:
-        """Write the pending units as one part; returns its number (None when nothing pending)."""
+    @property
+    def pending_units(self) -> int:
+        return len(self._pending[0])
+
+    def commit(self, writer: PartWriter | None = None) -> int | None:
+        """Write the pending units as one part (through `writer` in the background, else now);
+        returns its number (None when nothing pending)."""
         units, key_list, score_list = self._pending
         if not units:
             return None
@@ -103,13 +148,32 @@ class ScoreStore:
                   "keys": np.concatenate(key_list) if key_list else np.zeros(0, np.int64),
                   "scores": np.concatenate(score_list).reshape(-1, 2) if score_list else np.zeros((0, 2), np.float32)}
         number = self.next_part
-        write_atomic(self.parts_dir, number, arrays)
+        if writer is None:
+            write_atomic(self.parts_dir, number, arrays)
+        else:
+            writer.submit(write_atomic, self.parts_dir, number, arrays)
         self.units.append(arrays["units"])
         self.keys.append(arrays["keys"])
         self.scores.append(arrays["scores"])
         self._pending = ([], [], [])
         self.next_part += 1
         return number
+
+    def compact(self) -> int:
+        """Rewrite the committed parts as one when there are more than COMPACT_ABOVE; returns how
+        many were replaced. The new part is written (atomically) before the old ones go: a crash
+        in between leaves both, and the next load drops the newer, overlapping one."""
+        old = sorted(self.parts_dir.glob(PART_GLOB))
+        if len(old) <= COMPACT_ABOVE or not self.units:
+            return 0
+        arrays = {"units": np.concatenate(self.units), "keys": np.concatenate(self.keys),
+                  "scores": np.concatenate(self.scores).reshape(-1, 2)}
+        write_atomic(self.parts_dir, self.next_part, arrays)
+        self.next_part += 1
+        for path in old:
+            path.unlink()
+        self.units, self.keys, self.scores = [arrays["units"]], [arrays["keys"]], [arrays["scores"]]
+        return len(old)
 
     def finished_units(self) -> set[int]:
         return set(np.concatenate(self.units).tolist()) if self.units else set()

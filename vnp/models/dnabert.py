@@ -31,6 +31,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vnp.errors import InputError
+from vnp.models.batches import PreparedBatches, pinned
 from vnp.paths import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
@@ -398,18 +399,25 @@ class DnabertEmbedder:
 
         Equals the original ``model(tokenizer(seq))[0].mean(1)``, one unpadded sequence per call.
         """
-        ids = tokenize(self.tokenizer, seqs)
-        out = np.zeros((len(seqs), self.dim), dtype=np.float32)
-        for batch in token_batches([len(x) for x in ids], max_tokens):
-            out[batch] = self._embed_batch([ids[i] for i in batch])
-        return out
+        return self.run(self.prepare(seqs, max_tokens)).cpu().numpy()
 
-    def _embed_batch(self, ids: list[list[int]]) -> np.ndarray:
-        """One padded forward pass: token id lists -> (b, H) float32."""
-        input_ids, mask = pad_batch(ids, self.pad_id)
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        hidden = self.model(input_ids, mask)                                      # (b, T, H)
-        return masked_mean(hidden, mask).cpu().numpy()
+    def prepare(self, seqs: list[str], max_tokens: int = 16384) -> PreparedBatches:
+        """The CPU half of `embed` (tokenize, batch, pad; pinned for a GPU): safe on a helper thread."""
+        ids = tokenize(self.tokenizer, seqs)
+        batches = []
+        for batch in token_batches([len(x) for x in ids], max_tokens):
+            input_ids, mask = pad_batch([ids[i] for i in batch], self.pad_id)
+            batches.append(pinned(self.device, torch.tensor(batch), input_ids, mask))
+        return PreparedBatches(len(seqs), batches)
+
+    @torch.inference_mode()
+    def run(self, prepared: PreparedBatches) -> torch.Tensor:
+        """The device half of `embed`: (N, H) float32 on the device, no host synchronisation."""
+        out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
+        for rows, input_ids, mask in prepared.batches:
+            input_ids, mask = (t.to(self.device, non_blocking=True) for t in (input_ids, mask))
+            out[rows.to(self.device, non_blocking=True)] = masked_mean(self.model(input_ids, mask), mask)
+        return out
 
 
 # ----------------------------------------------------------------------------- loading

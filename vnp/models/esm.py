@@ -25,6 +25,7 @@ from esm.multihead_attention import MultiheadAttention
 
 from vnp.errors import InputError
 from vnp.models.checkpoints import restricted_load
+from vnp.models.batches import PreparedBatches, pinned
 
 Attention = Literal["sdpa", "fair-esm"]
 
@@ -82,14 +83,30 @@ class EsmEmbedder:
         `truncation_seq_length=1022` does; VirNucPro's proteins (<= 500 bp chunks, <= 166 aa) never
         reach that, so this matches the original's `t[i, 1 : len(seq) + 1].mean(0)`.
         """
+        return self.run(self.prepare(proteins, max_tokens)).cpu().numpy()
+
+    def prepare(self, proteins: Sequence[str], max_tokens: int = 4096) -> PreparedBatches:
+        """The CPU half of `embed` (encode, batch, pad, pad masks; pinned for a GPU)."""
         encoded = [self.encode(p) for p in proteins]
         for i, ids in enumerate(encoded):
             if len(ids) == 0:
                 raise ValueError(f"protein {i} is empty")
-        out = np.empty((len(encoded), self.dim), dtype=np.float32)
+        batches = []
         for batch in token_batches([len(ids) + 2 for ids in encoded], max_tokens):
             tokens, residues = self._batch_tokens([encoded[i] for i in batch])
-            out[batch] = self._mean_residues(tokens, residues).numpy()
+            padding = tokens.eq(self.alphabet.padding_idx)
+            has_padding = torch.tensor(bool(padding.any()))  # decided here, not by a device sync
+            batches.append(pinned(self.device, torch.tensor(batch), tokens, residues, padding, has_padding))
+        return PreparedBatches(len(encoded), batches)
+
+    @torch.inference_mode()
+    def run(self, prepared: PreparedBatches) -> torch.Tensor:
+        """The device half of `embed`: (N, D) float32 on the device, no host synchronisation."""
+        out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
+        for rows, tokens, residues, padding, has_padding in prepared.batches:
+            tokens, residues, padding = (t.to(self.device, non_blocking=True) for t in (tokens, residues, padding))
+            reps = self.representations(tokens, padding if bool(has_padding) else None)
+            out[rows.to(self.device, non_blocking=True)] = _mean_residues(reps, residues)
         return out
 
     def _batch_tokens(self, encoded: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,22 +119,20 @@ class EsmEmbedder:
             tokens[row, len(ids) + 1] = self.alphabet.eos_idx
         return tokens, residues
 
-    def _mean_residues(self, tokens: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
-        """(B, D) float32 on CPU: the layer's representation averaged over positions 1..len."""
-        reps = self.representations(tokens)  # (B, T, D)
-        positions = torch.arange(tokens.shape[1], device=reps.device)
-        lengths = residues.to(reps.device)
-        keep = (positions >= 1) & (positions <= lengths[:, None])  # (B, T)
-        summed = (reps.float() * keep[..., None]).sum(dim=1)
-        return (summed / lengths[:, None]).cpu()
-
-    def representations(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) representation at `self.layer` for a (B, T) token batch."""
-        padding = tokens.eq(self.alphabet.padding_idx)
-        tokens = tokens.to(self.device)
+    def representations(self, tokens: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) representation at `self.layer` for a (B, T) token batch on the device;
+        `padding` is its pad mask, or None when it has no padding."""
         if self.attention == "fair-esm":
             return self.model(tokens, repr_layers=[self.layer])["representations"][self.layer]
-        return forward_sdpa(self.model, tokens, self.layer, padding.to(self.device) if padding.any() else None)
+        return forward_sdpa(self.model, tokens, self.layer, padding)
+
+
+def _mean_residues(reps: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
+    """(B, D) float32: the layer's representation (B, T, D) averaged over positions 1..len."""
+    positions = torch.arange(reps.shape[1], device=reps.device)
+    keep = (positions >= 1) & (positions <= residues[:, None])  # (B, T)
+    summed = (reps.float() * keep[..., None]).sum(dim=1)
+    return summed / residues[:, None]
 
 
 def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -138,6 +153,11 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     if batch:
         batches.append(batch)
     return batches
+
+
+def padded_tokens(lengths: Sequence[int], max_tokens: int) -> int:
+    """Tokens (rows x longest, padding included) of the batches `token_batches` makes."""
+    return sum(len(batch) * max(lengths[i] for i in batch) for batch in token_batches(lengths, max_tokens))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,17 +220,31 @@ def _self_attention(
     """fair-esm MultiheadAttention (rotary, no bias_kv) on (B, T, D) input through sdpa."""
     batch, length, dim = x.shape
     heads = attn.num_heads
-
-    def split_heads(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, H, T, D/H)
-        return t.view(batch, length, heads, dim // heads).transpose(1, 2)
-
-    q = split_heads(attn.q_proj(x) * attn.scaling)  # fair-esm scales q before the rotation
-    k = split_heads(attn.k_proj(x))
-    v = split_heads(attn.v_proj(x))
+    # One projection for q, k and v (weights fused at load), viewed as (B, T, 3, H, D/H): no copies.
+    qkv = F.linear(x, *fused_qkv(attn)).view(batch, length, 3, heads, dim // heads)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, T, D/H) views
+    q = q * attn.scaling  # fair-esm scales q before the rotation
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=1.0)  # q already scaled
     return attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+
+
+def fused_qkv(attn: MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3D, D) weight and (3D,) bias of q, k and v projections, concatenated once per module
+    (q_proj, k_proj and v_proj then become views into them, so no memory is doubled)."""
+    fused = getattr(attn, "_vnp_qkv", None)
+    if fused is None or fused[0].device != attn.q_proj.weight.device or fused[0].dtype != attn.q_proj.weight.dtype:
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        with torch.no_grad():
+            weight = torch.cat([p.weight for p in projections])
+            bias = torch.cat([p.bias for p in projections])
+        dim = attn.q_proj.weight.shape[0]
+        for i, proj in enumerate(projections):
+            proj.weight = torch.nn.Parameter(weight[i * dim:(i + 1) * dim], requires_grad=False)
+            proj.bias = torch.nn.Parameter(bias[i * dim:(i + 1) * dim], requires_grad=False)
+        attn._vnp_qkv = fused = (weight, bias)
+    return fused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +284,9 @@ def load_esm(
     if not 0 <= layer <= model.num_layers:
         raise InputError(f"{path}: esm layer {layer} is out of range 0..{model.num_layers}")
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if attention == "sdpa":
+        for block in model.layers:
+            fused_qkv(block.self_attn)
     return EsmEmbedder(model, alphabet, layer, attention)
 
 

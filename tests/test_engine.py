@@ -1,0 +1,208 @@
+"""The unit engine's parts: dealing order, the loop's stop rule and delivery, background commits,
+compaction of progress parts, frame IDs in any order, progress samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from vnp import dist as vdist
+from vnp.engine import EngineSettings, StopFlag, run_units, snake
+from vnp.gather import Computed
+from vnp.plan import iter_ids, load_plan, pack_inputs
+from vnp.steps import IdLookup, Progress
+from vnp.store import COMPACT_ABOVE, PART_GLOB, PartWriter, ScoreStore
+from vnp.translate import FRAME_NAMES
+
+SINGLE = vdist.Context(vdist.Env(0, 0, 1, 1, "single"), torch.device("cpu"), None)
+
+
+class CountingWork:
+    """Unit u has u % 3 frames with embedding rows filled with u; asks to stop at `stop_at`."""
+
+    dim, rows = 4, 2
+
+    def __init__(self, n: int, stop: StopFlag | None = None, stop_at: int = -1):
+        self.n, self.stop, self.stop_at = n, stop, stop_at
+        self.prepared: list[int] = []
+
+    def units(self):
+        return list(range(self.n))
+
+    def costs(self, units):
+        return np.asarray([u % 3 for u in units], dtype=np.float64)
+
+    def prepare(self, unit):
+        self.prepared.append(unit)
+        return unit % 3
+
+    def compute(self, unit, frames):
+        if unit == self.stop_at:
+            self.stop.requested = True
+        keys = np.arange(frames, dtype=np.int64) + 6 * unit
+        return Computed(unit, keys, torch.full((frames, self.dim), float(unit)))
+
+
+class ListSink:
+    def __init__(self):
+        self.calls: list[list[int]] = []
+        self.rows: dict[int, np.ndarray] = {}
+        self.closed = False
+
+    def consume(self, results):
+        self.calls.append([r.unit for r in results])
+        for r in results:
+            self.rows[r.unit] = r.embeddings
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("prefetch, window", [(0, 1), (1, 4), (2, 3)])
+def test_every_unit_delivered_once_in_order(prefetch, window):
+    work, sink = CountingWork(11), ListSink()
+    stats = run_units(SINGLE, work, sink, StopFlag(), EngineSettings(prefetch=prefetch, window=window))
+    assert [u for call in sink.calls for u in call] == list(range(11))
+    assert work.prepared == list(range(11))  # each unit prepared once
+    assert all(np.array_equal(sink.rows[u], np.full((u % 3, 4), float(u), np.float32)) for u in range(11))
+    assert stats.steps == 11 and not stats.stopped and stats.per_rank[0]["rank"] == 0
+    assert sink.closed
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_stop_leaves_after_the_step_that_completes_it(window):
+    """A stop asked for in step s is seen when step s completes, right after step s + window - 1
+    was posted (the same step on every rank); everything posted is still delivered."""
+    stop = StopFlag()
+    work, sink = CountingWork(20, stop, stop_at=5), ListSink()
+    stats = run_units(SINGLE, work, sink, stop, EngineSettings(window=window))
+    assert stats.stopped and stop.requested
+    assert stats.steps == 5 + window
+    assert [u for call in sink.calls for u in call] == list(range(5 + window))
+
+
+def test_snake_deals_largest_units_evenly():
+    order = list(range(8))  # cost descending
+    assert snake(order, 2) == [0, 1, 3, 2, 4, 5, 7, 6]
+    dealt = snake(list(range(16)), 4)
+    per_rank = [sum(dealt[r::4]) for r in range(4)]  # rank r gets positions r, r + 4, ...
+    assert max(per_rank) - min(per_rank) == 0
+
+
+def test_part_writer_raises_a_failed_write():
+    writer = PartWriter()
+    done = []
+    writer.submit(done.append, 1)
+    writer.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        writer.close()
+    assert done == [1]
+
+
+def fill_store(folder: Path, parts: int) -> ScoreStore:
+    store = ScoreStore(folder)
+    for unit in range(parts):
+        store.add(unit, np.asarray([6 * unit, 6 * unit + 3], np.int64), np.full((2, 2), unit, np.float32))
+        store.commit()
+    return store
+
+
+def test_resume_compacts_parts_and_survives_a_crash_in_between(tmp_path):
+    parts = tmp_path / "parts"
+    fill_store(parts, COMPACT_ABOVE + 4)
+    store = ScoreStore(parts)
+    assert store.load_committed() == set(range(COMPACT_ABOVE + 4))
+    before = store.sorted_scores()
+    old = sorted(parts.glob(PART_GLOB))
+    saved = {path: path.read_bytes() for path in old}
+    assert store.compact() == len(old)
+    assert len(list(parts.glob(PART_GLOB))) == 1
+    for path, data in list(saved.items())[:5]:  # a crash after the compacted part, before every delete
+        path.write_bytes(data)
+    again = ScoreStore(parts)
+    assert again.load_committed() == set(range(COMPACT_ABOVE + 4))
+    assert again.rejected == []  # superseded parts are dropped, not counted as corrupt
+    assert len(list(parts.glob(PART_GLOB))) == 1
+    for got, want in zip(again.sorted_scores(), before):
+        assert np.array_equal(got, want)
+    small = ScoreStore(tmp_path / "few")
+    fill_store(tmp_path / "few", 3)
+    small.load_committed()
+    assert small.compact() == 0
+
+
+def test_background_commit_is_whole_after_close(tmp_path):
+    store = ScoreStore(tmp_path)
+    writer = PartWriter()
+    store.add(0, np.asarray([1], np.int64), np.zeros((1, 2), np.float32))
+    assert store.commit(writer) == 0
+    writer.close()
+    assert ScoreStore(tmp_path).load_committed() == {0}
+
+
+def test_frame_ids_in_any_order(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">a\n" + "A" * 1200 + "\n>b\nACGT\n>c\n" + "C" * 600 + "\n")
+    work = tmp_path / "work"
+    pack_inputs([fasta], work)
+    plan = load_plan(work, 500)
+    lookup = IdLookup(SimpleNamespace(plan=plan, work=work))
+    keys = np.asarray([6 * 5 + 5, 0, 6 * 2 + 3, 6 * 3 + 1], np.int64)  # chunks: c2, a1, a3, b1
+    ids = list(iter_ids(work))
+    assert ids == ["a", "b", "c"]
+    assert lookup.frame_ids(keys) == ["c_chunk_2R3", "a_chunk_1F1", "a_chunk_3R1", "b_chunk_1F2"]
+    assert FRAME_NAMES[5] == "R3"
+
+
+def test_progress_samples_stay_bounded():
+    progress = Progress()
+    progress.MAX = 10
+    for i in range(100):
+        progress.sample(i, 2 * i, force=True)
+    assert len(progress.samples) <= 10
+    assert progress.samples[0]["chunks"] == 0 and progress.samples[-1]["chunks"] <= 99
+    assert json.dumps(progress.samples)
+
+
+def test_a_failing_sink_or_unit_is_raised_not_swallowed():
+    class FailingSink(ListSink):
+        def consume(self, results):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        run_units(SINGLE, CountingWork(9), FailingSink(), StopFlag(), EngineSettings())
+
+    class FailingWork(CountingWork):
+        def compute(self, unit, frames):
+            if unit == 6:
+                raise RuntimeError("unit 6 broke")
+            return super().compute(unit, frames)
+
+    sink = ListSink()
+    with pytest.raises(RuntimeError, match="unit 6 broke"):
+        run_units(SINGLE, FailingWork(9), sink, StopFlag(), EngineSettings(window=2))
+    assert [u for call in sink.calls for u in call] == list(range(5))  # what completed was delivered
+    assert sink.closed  # and committed
+
+
+def test_helper_threads_compute_with_the_ranks_thread_count():
+    """OpenMP's thread count is per thread; the sink classifies on a helper thread, and another
+    count there would change the scores' last digits between launchers."""
+    seen = []
+
+    class ThreadsSink(ListSink):
+        def consume(self, results):
+            seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run_units(SINGLE, CountingWork(3), ThreadsSink(), StopFlag(), EngineSettings())
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}

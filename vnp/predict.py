@@ -36,7 +36,8 @@ from vnp.run_state import (
     silent_ranks,
     wait_until_ready,
 )
-from vnp.steps import EmbedTimes, Models, StopFlag, run_steps
+from vnp.engine import StopFlag
+from vnp.steps import EmbedTimes, Models, run_steps
 
 log = logging.getLogger("vnp")
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from vnp import dist as vdist
 from vnp.config import EngineConfig, PredictConfig
-from vnp.engine import EngineSettings, StopFlag, run_units  # noqa: F401 (StopFlag: predict imports it here)
+from vnp.engine import EngineSettings, run_units
 from vnp.errors import InputError
 from vnp.chunking import chunk_id
 from vnp.gather import Computed, UnitResult

@@ -809,7 +809,7 @@ def run(args: argparse.Namespace) -> int:
 def train(config: TrainConfig, manifest: Path, out: Path) -> int:
     """One rank's whole job: features (engine), head (DDP), outputs (rank 0)."""
     from vnp.run_state import RunState
-    from vnp.steps import StopFlag
+    from vnp.engine import StopFlag
 
     stop = StopFlag.install()
     try:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import random
 import shutil
@@ -52,8 +51,9 @@ from torch import nn
 from vnp import dist as vdist
 from vnp.config import BatchConfig, DistConfig, help_text, load_config
 from vnp.errors import InputError, where
-from vnp.models.pack import ModelPack, fingerprint, load_pack, model_digests
-from vnp.plan import ChunkPlan, check_inputs, file_sha256, iter_ids, load_plan, pack_inputs
+from vnp.models.pack import ModelPack, load_pack
+from vnp.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
+from vnp.run_folder import RunFolder, input_entries, new_run_record
 from vnp.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary, record_pieces
 from vnp.store import part_number, read_checked, write_atomic
 from vnp.translate import FRAME_NAMES, Chunk, Frame
@@ -193,6 +193,7 @@ def genbank_records(path: Path) -> Iterator[tuple[Record, list[str]]]:
 CDS_TEXT = "cds.bin"  # per record: its CDS translations joined by newlines, records back to back
 CDS_INDEX = "cds_index.npy"  # per record: offset and length in cds.bin; length -1 = keep every frame
 RECORD_LABELS = "record_labels.npy"
+FEATURE_RECORD = "record.json"  # DIR/features/record.json: the run record of the cached features
 
 
 class TrainingRecords:
@@ -356,20 +357,19 @@ def consolidate(features: Path, n_units: int, labels_of_record: np.ndarray, firs
 
 def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str, config: TrainConfig,
                     device: torch.device) -> dict:
-    inputs = [{"path": str(e.path.resolve()), "size": e.path.stat().st_size, "sha256": file_sha256(e.path),
-               "label": e.label} for e in entries]
-    digests = model_digests(pack)  # models by content: features of another model are never mixed in
-    return {"inputs": inputs, "models": digests, "pack": fingerprint(pack, digests), "chunk_length": chunk_length,
-            "unit_chunks": config.batch.unit_chunks, "precision": precision,
-            "esm_attention": config.esm_attention, "device": device.type}
+    """The run record of DIR's features: predict's, each input with its label (features of other
+    inputs, models or settings are never mixed in)."""
+    inputs = [{**entry, "label": e.label} for entry, e in zip(input_entries([e.path for e in entries]), entries)]
+    return new_run_record(inputs, pack, chunk_length, precision, config, device)
 
 
-def prepare(ctx, config: TrainConfig, manifest: Path, out: Path) -> dict:
+def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     """Rank 0: checks, the input pack and CDS table (once), and what feature units are left."""
-    from vnp.run_state import _check_out, _lock_out, resolved_precision
+    from vnp.run_state import RunSpec, resolved_precision
 
-    _check_out(out)
-    _lock_out(out)
+    out = folder.root
+    folder.check_usable()
+    folder.lock()
     entries = read_manifest(manifest)
     pack = load_pack(config.pack, tiny_dir=out / "tiny_pack", chunk_length=config.chunk_length,
                      require_classifier=False)
@@ -377,8 +377,8 @@ def prepare(ctx, config: TrainConfig, manifest: Path, out: Path) -> dict:
     precision = resolved_precision(config, ctx.device)
     features = out / FEATURES
     record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
-    record_path = features / "record.json"
-    old = json.loads(record_path.read_text()) if record_path.exists() else None
+    record_path = features / FEATURE_RECORD
+    old = folder.read_json(record_path) if record_path.exists() else None
     if old is not None and old != record:
         if not config.force:
             changed = sorted(k for k in record if old.get(k) != record[k])
@@ -394,20 +394,13 @@ def prepare(ctx, config: TrainConfig, manifest: Path, out: Path) -> dict:
         shutil.rmtree(features / "parts", ignore_errors=True)
         for name in ("features.npy", "keys.npy", "labels.npy"):
             (features / name).unlink(missing_ok=True)
-        _write_json(record_path, record)
+        folder.write_json(record_path, record, indent=None)
     (features / "parts").mkdir(parents=True, exist_ok=True)
     plan = load_plan(work, chunk_length)
     n_units = plan.n_units(config.batch.unit_chunks)
     done = set(range(n_units)) if (features / "features.npy").exists() else committed_units(features / "parts")
-    return {"pack": asdict(pack), "chunk_length": chunk_length, "precision": precision,
-            "remaining": [u for u in range(n_units) if u not in done], "resumed_units": len(done),
-            "features": record}
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)
+    return RunSpec(pack, chunk_length, precision, config.batch.unit_chunks,
+                   tuple(u for u in range(n_units) if u not in done), record, resumed_units=len(done))
 
 
 def shared(ctx, produce):
@@ -708,10 +701,10 @@ def frame_ids(work: Path, chunk_length: int, keys: np.ndarray) -> list[str]:
             for k, c, r in zip(keys.tolist(), chunks.tolist(), records.tolist())]
 
 
-def write_outputs(out: Path, info: dict, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
+def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
     from vnp.models.classifier import MLPClassifier, save_classifier
 
-    pack = ModelPack(**info["pack"])
+    pack = spec.pack
     features = out / FEATURES
     keys = np.load(features / "keys.npy")
     labels = np.load(features / "labels.npy")
@@ -721,15 +714,15 @@ def write_outputs(out: Path, info: dict, config: TrainConfig, trainer: Trainer, 
     model.load_state_dict(state["best"])
     save_classifier(model.eval(), out / "classifier",
                     provenance={"trained_by": "vnp train", "best_epoch": state["best_epoch"],
-                                "chunk_length": info["chunk_length"]})
-    _write_pack_yaml(out, pack, info["chunk_length"])
+                                "chunk_length": spec.chunk_length})
+    _write_pack_yaml(out, pack, spec.chunk_length)
     metrics = {"epochs": state["history"], "best_epoch": state["best_epoch"],
                "stopped_early": state["epoch"] < config.train.max_epochs,
                "frames": {"train": int(len(split.train)), "val": int(len(split.val)),
                           "virus": int((labels == 1).sum()), "others": int((labels == 0).sum())},
-               "settings": asdict(config.train), "world_size": world_size, "chunk_length": info["chunk_length"],
-               "held_out": frame_ids(features / "work", info["chunk_length"], keys[split.val])}
-    _write_json(out / "metrics.json", metrics)
+               "settings": asdict(config.train), "world_size": world_size, "chunk_length": spec.chunk_length,
+               "held_out": frame_ids(features / "work", spec.chunk_length, keys[split.val])}
+    RunFolder.write_json(out / "metrics.json", metrics, indent=None)
     plot_learning_curve(state["history"], out / "learning_curve.png")
 
 
@@ -811,6 +804,8 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
     from vnp.run_state import RunState
     from vnp.steps import StopFlag
 
+    folder = RunFolder(out)  # rank 0 holds DIR's lock from its checks to the end of this function
+
     stop = StopFlag.install()
     try:
         ctx = vdist.init(config.device, config.dist.backend, config.dist.timeout_s)
@@ -823,15 +818,13 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
         if config.train.batch % ctx.world_size:
             raise InputError(f"train.batch={config.train.batch} cannot be split evenly over {ctx.world_size} ranks",
                              reported=not ctx.is_main)  # every rank finds it; rank 0 says it
-        info = shared(ctx, lambda: prepare(ctx, config, manifest, out))
+        spec = shared(ctx, lambda: prepare(ctx, config, manifest, folder))
         features = out / FEATURES
         work = features / "work"
         if not (features / "features.npy").exists():
-            pack = ModelPack(**info["pack"])
-            plan = load_plan(work, info["chunk_length"])
-            state = RunState(features, pack, info["chunk_length"], plan, info["remaining"], info["precision"],
-                             record={"unit_chunks": config.batch.unit_chunks}, resumed_units=info["resumed_units"])
-            sink = FeatureSink(features / "parts", len(info["remaining"]), config.progress) if ctx.is_main else None
+            plan = load_plan(work, spec.chunk_length)
+            state = RunState(RunFolder(features), spec, plan)
+            sink = FeatureSink(features / "parts", len(spec.remaining), config.progress) if ctx.is_main else None
             compute_features(ctx, state, config, stop, TrainingFrames(work, plan), sink)
             if stop.requested:
                 vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "
@@ -841,7 +834,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
                 consolidate(features, plan.n_units(config.batch.unit_chunks), np.load(work / RECORD_LABELS),
                             plan.first_chunk)
         shared(ctx, lambda: check_classes(manifest, features, config.train))
-        settings = {"train": asdict(config.train), "features": info["features"]}
+        settings = {"train": asdict(config.train), "features": spec.run_record}
         trainer = train_head(ctx, config, out, settings, stop)
         state = trainer.state
         if stop.requested:
@@ -849,7 +842,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
                               "Run the same command again to resume.")
             return 143
         if ctx.is_main:
-            write_outputs(out, info, config, trainer, ctx.world_size)
+            write_outputs(out, spec, config, trainer, ctx.world_size)
             last = state["history"][-1] if state["history"] else {}
             print(f"vnp: trained {state['epoch']} epochs (best {state['best_epoch']}, validation accuracy "
                   f"{last.get('accuracy', float('nan')):.3f}); classifier and pack.yaml in {out}", file=sys.stderr)
@@ -874,6 +867,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
         return 1
     finally:
         vdist.cleanup()
+        folder.close()
 
 
 def check_classes(manifest: Path, features: Path, params: TrainParams) -> None:

@@ -376,31 +376,32 @@ def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     chunk_length = config.chunk_length or pack.chunk_length
     precision = resolved_precision(config, ctx.device)
     features = out / FEATURES
-    record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
-    record_path = features / FEATURE_RECORD
-    old = folder.read_json(record_path) if record_path.exists() else None
-    if old is not None and old != record:
+    run_record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
+    run_record_path = features / FEATURE_RECORD
+    old = folder.read_json(run_record_path) if run_record_path.exists() else None
+    if old is not None and old != run_record:
         if not config.force:
-            changed = sorted(k for k in record if old.get(k) != record[k])
+            changed = sorted(k for k in run_record if old.get(k) != run_record[k])
             raise InputError(f"{out}: holds features of other {', '.join(changed)}; rerun with force=true to "
                              "start afresh there, or choose another output folder")
         shutil.rmtree(features)
         (out / "work" / "checkpoint.pt").unlink(missing_ok=True)
     work = features / "work"
-    if old != record or not (work / CDS_TEXT).exists():
+    if old != run_record or not (work / CDS_TEXT).exists():
         reader = TrainingRecords({e.path: e.label for e in entries}, work)
         pack_inputs([e.path for e in entries], work, read=lambda path: record_pieces(reader(path)))
         reader.finish()
         shutil.rmtree(features / "parts", ignore_errors=True)
         for name in ("features.npy", "keys.npy", "labels.npy"):
             (features / name).unlink(missing_ok=True)
-        folder.write_json(record_path, record, indent=None)
+        folder.write_json(run_record_path, run_record, indent=None)
     (features / "parts").mkdir(parents=True, exist_ok=True)
     plan = load_plan(work, chunk_length)
-    n_units = plan.n_units(config.batch.unit_chunks)
+    unit_chunks = run_record["unit_chunks"]  # the unit size, read once, then from the spec
+    n_units = plan.n_units(unit_chunks)
     done = set(range(n_units)) if (features / "features.npy").exists() else committed_units(features / "parts")
-    return RunSpec(pack, chunk_length, precision, config.batch.unit_chunks,
-                   tuple(u for u in range(n_units) if u not in done), record, resumed_units=len(done))
+    return RunSpec(pack, chunk_length, precision, unit_chunks,
+                   tuple(u for u in range(n_units) if u not in done), run_record, resumed_units=len(done))
 
 
 def shared(ctx, produce):
@@ -831,7 +832,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
                                   "Run the same command again to resume.")
                 return 143
             if ctx.is_main:
-                consolidate(features, plan.n_units(config.batch.unit_chunks), np.load(work / RECORD_LABELS),
+                consolidate(features, plan.n_units(spec.unit_chunks), np.load(work / RECORD_LABELS),
                             plan.first_chunk)
         shared(ctx, lambda: check_classes(manifest, features, config.train))
         settings = {"train": asdict(config.train), "features": spec.run_record}

@@ -60,6 +60,15 @@ class RunFolder:
         """This rank's log file."""
         return self.logs / f"rank{rank}.log"
 
+    def train_log(self, rank: int) -> Path:
+        """`vnp train`: the traceback of this rank's unexpected failure."""
+        return self.logs / f"train-rank{rank}.log"
+
+    @property
+    def checkpoint(self) -> Path:
+        """`vnp train`: the classifier head's training state after the last finished epoch."""
+        return self.work / "checkpoint.pt"
+
     @property
     def run_record_path(self) -> Path:
         return self.work / RUN_RECORD

@@ -385,8 +385,8 @@ def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
             raise InputError(f"{out}: holds features of other {', '.join(changed)}; rerun with force=true to "
                              "start afresh there, or choose another output folder")
         shutil.rmtree(features)
-        (out / "work" / "checkpoint.pt").unlink(missing_ok=True)
-    work = features / "work"
+        folder.checkpoint.unlink(missing_ok=True)
+    work = RunFolder(features).work
     if old != run_record or not (work / CDS_TEXT).exists():
         reader = TrainingRecords({e.path: e.label for e in entries}, work)
         pack_inputs([e.path for e in entries], work, read=lambda path: record_pieces(reader(path)))
@@ -667,7 +667,7 @@ def train_head(ctx, config: TrainConfig, out: Path, settings: dict, stop) -> Tra
     from tqdm import tqdm
 
     trainer = new_trainer(ctx, config.train, out / FEATURES, settings)
-    checkpoint = out / "work" / "checkpoint.pt"
+    checkpoint = RunFolder(out).checkpoint
     trainer.resume(checkpoint)
     left = 0 if trainer.state["finished"] else config.train.max_epochs - trainer.state["epoch"]
     bar = tqdm(total=left * trainer.steps, unit="batch", desc="vnp train", dynamic_ncols=True, mininterval=1.0,
@@ -722,7 +722,7 @@ def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_
                "frames": {"train": int(len(split.train)), "val": int(len(split.val)),
                           "virus": int((labels == 1).sum()), "others": int((labels == 0).sum())},
                "settings": asdict(config.train), "world_size": world_size, "chunk_length": spec.chunk_length,
-               "held_out": frame_ids(features / "work", spec.chunk_length, keys[split.val])}
+               "held_out": frame_ids(RunFolder(features).work, spec.chunk_length, keys[split.val])}
     RunFolder.write_json(out / "metrics.json", metrics, indent=None)
     plot_learning_curve(state["history"], out / "learning_curve.png")
 
@@ -821,10 +821,11 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
                              reported=not ctx.is_main)  # every rank finds it; rank 0 says it
         spec = shared(ctx, lambda: prepare(ctx, config, manifest, folder))
         features = out / FEATURES
-        work = features / "work"
+        feature_folder = RunFolder(features)  # DIR/features: a run folder of its own (its parts are not in work)
+        work = feature_folder.work
         if not (features / "features.npy").exists():
             plan = load_plan(work, spec.chunk_length)
-            state = RunState(RunFolder(features), spec, plan)
+            state = RunState(feature_folder, spec, plan)
             sink = FeatureSink(features / "parts", len(spec.remaining), config.progress) if ctx.is_main else None
             compute_features(ctx, state, config, stop, TrainingFrames(work, plan), sink)
             if stop.requested:
@@ -857,7 +858,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
             print(f"vnp: error: rank {ctx.rank}: {err}", file=sys.stderr)
         return 1
     except Exception as err:
-        log_path = out / "logs" / f"train-rank{ctx.rank}.log"
+        log_path = folder.train_log(ctx.rank)
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_text(traceback.format_exc())

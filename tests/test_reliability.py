@@ -677,14 +677,16 @@ SLOW_PACKING = """
 import sys, time
 import vnp.plan as plan
 
-original = plan.iter_pieces
+original = plan._pack
 
-def slow_pieces(path):
-    for piece in original(path):
-        time.sleep(0.5)  # a long packing pass
-        yield piece
+def slow_pack(inputs, tmp, work_dir, read):
+    def slow_pieces(path):
+        for piece in read(path):
+            time.sleep(0.5)  # a long packing pass
+            yield piece
+    return original(inputs, tmp, work_dir, slow_pieces)
 
-plan.iter_pieces = slow_pieces
+plan._pack = slow_pack  # (pack_inputs binds its reader as a default: patching plan.iter_pieces is too late)
 from vnp.predict import main
 sys.exit(main(sys.argv[1:]))
 """

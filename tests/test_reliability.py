@@ -416,6 +416,7 @@ def test_gpus_without_cuda_is_refused(tmp_path, capsys):
 
 def test_out_logs_a_file_or_lock_a_folder_is_one_line(tmp_path):
     from vnp import run_state
+    from vnp.run_folder import RunFolder
 
     out = tmp_path / "out"
     (out / "work").mkdir(parents=True)
@@ -424,7 +425,7 @@ def test_out_logs_a_file_or_lock_a_folder_is_one_line(tmp_path):
         run_state.open_log(out, 0)
     (out / "work" / ".lock").mkdir()
     with pytest.raises(InputError, match=r"work/.lock: cannot open the lock file \(Is a directory\)"):
-        run_state._lock_out(out)
+        RunFolder(out).lock()
 
 
 FAILING_PACKING = """
@@ -660,7 +661,7 @@ def test_a_full_disk_while_packing_is_one_line(tmp_path, monkeypatch):
 
 
 def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
-    from vnp import run_state
+    from vnp.run_folder import RunFolder
 
     out = tmp_path / "out"
     (out / "work" / "parts").mkdir(parents=True)
@@ -668,7 +669,7 @@ def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
     for path in leftovers:
         path.write_bytes(b"x" * 1000)
     (out / "work" / "sequences.bin").write_bytes(b"ACGT")
-    run_state.remove_leftovers(out)
+    RunFolder(out).remove_leftovers()
     assert not any(path.exists() for path in leftovers) and (out / "work" / "sequences.bin").exists()
 
 
@@ -676,14 +677,16 @@ SLOW_PACKING = """
 import sys, time
 import vnp.plan as plan
 
-original = plan.iter_pieces
+original = plan._pack
 
-def slow_pieces(path):
-    for piece in original(path):
-        time.sleep(0.5)  # a long packing pass
-        yield piece
+def slow_pack(inputs, tmp, work_dir, read):
+    def slow_pieces(path):
+        for piece in read(path):
+            time.sleep(0.5)  # a long packing pass
+            yield piece
+    return original(inputs, tmp, work_dir, slow_pieces)
 
-plan.iter_pieces = slow_pieces
+plan._pack = slow_pack  # (pack_inputs binds its reader as a default: patching plan.iter_pieces is too late)
 from vnp.predict import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -14,18 +14,14 @@ and "counts") record the settings used. An unfinished run is refused.
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
-import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 from vnp.config import PredictConfig, iter_help, load_config, to_yaml
 from vnp.errors import InputError, exit_on_input_error
+from vnp.run_folder import RunFolder
 
 CHANGEABLE = ("call.", "regions.", "tables.")
 
@@ -50,32 +46,20 @@ def _check_overrides(items: list[str]) -> None:
                              "(give them as key=value; other keys need vnp predict)")
 
 
-@contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """The lock `vnp predict` holds on OUT (vnp.run_state): no call while a run is using OUT."""
-    with open(out / "work" / ".lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(f"{out}: a vnp run is using this output folder") from None
-        yield  # closing the file releases the lock
-
-
-def _finished_run(out: Path):
+def _finished_run(folder: RunFolder):
     """The run record, plan and committed scores of a finished run in OUT."""
     from vnp.plan import load_plan
     from vnp.store import ScoreStore
 
-    work = out / "work"
-    record = json.loads((work / "record.json").read_text())
-    plan = load_plan(work, record["chunk_length"], record.get("filters"))
-    store = ScoreStore(work / "parts")
+    run_record = folder.read_run_record()
+    plan = load_plan(folder.work, run_record["chunk_length"], run_record.get("filters"))
+    store = ScoreStore(folder.parts)
     done = store.load_committed()
-    units = plan.n_units(record["unit_chunks"])
-    if not (out / "run.json").is_file() or done != set(range(units)):
-        raise InputError(f"{out}: the run is unfinished ({len(done & set(range(units)))} of {units} work units "
+    units = plan.n_units(run_record["unit_chunks"])
+    if not folder.run_json.is_file() or done != set(range(units)):
+        raise InputError(f"{folder.root}: the run is unfinished ({len(done & set(range(units)))} of {units} work units "
                          "committed); finish it with the same vnp predict command first")
-    return record, plan, store
+    return run_record, plan, store
 
 
 def call(out: Path, overrides: list[str]) -> dict:
@@ -87,26 +71,22 @@ def call(out: Path, overrides: list[str]) -> dict:
     if not out.is_dir():
         raise InputError(f"{out}: no such output folder")
     started = time.time()
-    if not (out / "work" / "record.json").is_file():
+    folder = RunFolder(out)
+    if not folder.run_record_path.is_file():
         raise InputError(f"{out}: not a vnp output folder (no work/record.json); run vnp predict first")
-    with _locked(out):
-        record, plan, store = _finished_run(out)
-        config = load_config(str(out / "config.yaml"), overrides)
+    with folder:
+        folder.lock(busy="a vnp run is using this output folder")  # no call while a run is using OUT
+        run_record, plan, store = _finished_run(folder)
+        config = load_config(str(folder.config_yaml), overrides)
         keys, scores = store.sorted_scores()
-        counts = write_results(out, plan, keys, scores, config, input_names(record["inputs"]))
-        _write_atomic(out / "config.yaml", to_yaml(config))
-        run = json.loads((out / "run.json").read_text())
+        counts = write_results(out, plan, keys, scores, config, input_names(run_record["inputs"]))
+        folder.write_text(folder.config_yaml, to_yaml(config))
+        run = folder.read_json(folder.run_json)
         run["counts"] = asdict(counts)
         run["calls"] = {**settings_record(config, "vnp call"), "call_s": round(time.time() - started, 3)}
-        _write_atomic(out / "run.json", json.dumps(run, indent=2) + "\n")
+        folder.write_json(folder.run_json, run)
         write_report(out)
     return run
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @exit_on_input_error

@@ -33,6 +33,7 @@ from vnp.chunking import chunk_id
 from vnp.filters import reason
 from vnp.plan import SEQUENCES, ChunkPlan, iter_ids
 from vnp.regions import Regions, find_regions, region_scores, territories, viterbi
+from vnp.run_folder import RunFolder
 from vnp.translate import FRAME_NAMES
 
 FRAME_TABLE = "prediction_results.txt"
@@ -77,7 +78,7 @@ def input_names(inputs: list[dict]) -> list[str]:
 def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config,
                  inputs: list[str], work: Path | None = None) -> TableCounts:
     """`vnp predict`: the per-frame table, then every other result file; `keys` sorted ascending."""
-    work = work or out / "work"
+    work = work or RunFolder(out).work
     _replace_all(out, {FRAME_TABLE: _write_frame_table(out / (FRAME_TABLE + ".tmp"), plan, work, keys, scores)})
     return write_results(out, plan, keys, scores, config, inputs, work)
 
@@ -166,7 +167,7 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
 def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
                   work: Path | None = None) -> TableCounts:
     """Every result file but the per-frame table (`vnp predict` and `vnp call`)."""
-    work = work or out / "work"
+    work = work or RunFolder(out).work
     results = compute_results(plan, keys, scores, config, inputs, work)
     writers = {
         "prediction_results_highestscore.csv":
@@ -393,7 +394,7 @@ def load_embeddings(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     (float32 [N, 3328]); they are plain .npz files readable with numpy.load(allow_pickle=False).
     """
     ids, keys, vectors = [], [], []
-    for path in sorted((Path(out) / "embeddings").glob("part-*.npz")):
+    for path in sorted(RunFolder(out).embeddings.glob("part-*.npz")):
         with np.load(path, allow_pickle=False) as data:
             ids.append(data["ids"])
             keys.append(data["keys"])

@@ -15,7 +15,6 @@ arrive, commits scores to OUT/work/parts (for resume) and writes the tables at t
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -25,18 +24,10 @@ from pathlib import Path
 
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
-from vnp.errors import InputError, Stopped
-from vnp.run_state import (
-    RunState,
-    log_path,
-    open_log,
-    prepare_run,
-    remove_handshake_files,
-    show_alive,
-    silent_ranks,
-    wait_until_ready,
-)
 from vnp.engine import StopFlag
+from vnp.errors import InputError, Stopped
+from vnp.run_folder import RunFolder
+from vnp.run_state import RunState, log_path, open_log, prepare_run, show_alive, silent_ranks, wait_until_ready
 from vnp.steps import EmbedTimes, Models, run_steps
 
 log = logging.getLogger("vnp")
@@ -119,14 +110,15 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"vnp: error: rank {vdist.detect_env().rank}: cannot start: {first}", file=sys.stderr)
         return 1
+    folder = RunFolder(out)  # holds OUT's lock from rank 0's checks to the end of this function
     state: RunState | None = None
     alive = None
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
-        state = (prepare_run(ctx, config, inputs, out, stop) if ctx.is_main
-                 else wait_until_ready(ctx, config, out, stop))
+        state = (prepare_run(ctx, config, inputs, folder, stop) if ctx.is_main
+                 else wait_until_ready(ctx, config, folder, stop))
         open_log(out, ctx.rank)
-        alive = None if ctx.is_main else show_alive(state.work, ctx.rank)
+        alive = None if ctx.is_main else show_alive(folder, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
         if ctx.world_size > 1:  # chosen by vnp.dist.set_socket_interface on jobs over several hosts
@@ -135,7 +127,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         models = Models.load_everywhere(ctx, state, config)
         if ctx.is_main:
             state.begin()  # every check passed: only now is an earlier run's progress replaced
-            (out / "config.yaml").write_text(to_yaml(config))  # on record from the start of the work
+            folder.write_text(folder.config_yaml, to_yaml(config))  # on record from the start of the work
         times = run_steps(ctx, state, config, models, stop)
         if stop.requested:
             vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "
@@ -154,7 +146,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         return 143
     except vdist.PeerFailure as err:
         log.error("stopping: %s", err)
-        silent = silent_ranks(out / "work", ctx.world_size) if ctx.is_main and state is not None else []
+        silent = silent_ranks(folder, ctx.world_size) if ctx.is_main and state is not None else []
         if silent:  # a rank that failed by itself said so; a killed one cannot
             names = ", ".join(map(str, silent))
             print(f"vnp: error: rank {names} stopped answering (killed, out of memory, or its node lost?); "
@@ -169,13 +161,14 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         if alive is not None:
             alive.stop(remove=True)  # before leaving the group: rank 0 then knows this rank ended by itself
         vdist.cleanup()
+        folder.close()
 
 
 def _logged(out: Path, rank: int) -> str:
     """Write the current traceback to this rank's log (opened now if need be); ' (log: PATH)', or
     '' when no log can be written (the message never names a log that does not exist)."""
     path = log_path()
-    if path != (out / "logs" / f"rank{rank}.log").absolute():  # none yet (or another run's, in-process)
+    if path != RunFolder(out).log(rank).absolute():  # none yet (or another run's, in-process)
         if not out.is_dir():
             return ""
         try:
@@ -190,21 +183,20 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     from vnp.outputs import input_names, settings_record, write_tables
     from vnp.report import write_report
 
-    remove_handshake_files(state.work)  # every rank read them before the first step
+    folder = state.folder
+    folder.remove_handshake_files()  # every rank read them before the first step
     t0 = time.time()
     keys, scores = state.store.sorted_scores()
-    counts = write_tables(state.out, state.plan, keys, scores, config, input_names(state.record["inputs"]))
+    counts = write_tables(folder.root, state.plan, keys, scores, config, input_names(state.run_record["inputs"]))
     times.stages["write_tables_s"] = round(time.time() - t0, 3)
     times.stages["total_s"] = round(time.time() - started, 3)
-    record = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
-    record["calls"] = settings_record(config, "vnp predict")
-    tmp = state.out / "run.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, state.out / "run.json")
-    write_report(state.out)
+    run_json = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
+    run_json["calls"] = settings_record(config, "vnp predict")
+    folder.write_json(folder.run_json, run_json)
+    write_report(folder.root)
     labels = ", ".join(f"{n} {k}" for k, n in sorted(counts.labels.items()))
     vdist.print0(ctx, f"vnp: {counts.sequences} sequences, {counts.chunks} chunks, {counts.frames} frames "
-                      f"({labels}); results in {state.out}")
+                      f"({labels}); results in {folder.root}")
 
 
 def main(argv: list[str] | None = None) -> int:

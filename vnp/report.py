@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from vnp.errors import InputError
+from vnp.run_folder import RunFolder
 
 TOP_N = 10
 BATCH_ROWS = 200_000
@@ -629,14 +630,15 @@ class Report:
 
 
 def load(out: Path, top: int = TOP_N) -> Report:
-    if not (out / "run.json").is_file():
+    folder = RunFolder(out)
+    if not folder.run_json.is_file():
         raise InputError(f"{out}: no run.json (not the output folder of a finished vnp run)")
     try:
-        run = json.loads((out / "run.json").read_text())
+        run = json.loads(folder.run_json.read_text())
     except json.JSONDecodeError as err:
-        raise InputError(f"{out / 'run.json'}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        raise InputError(f"{folder.run_json}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(run, dict):
-        raise InputError(f"{out / 'run.json'}: not a vnp run record (a JSON object)")
+        raise InputError(f"{folder.run_json}: not a vnp run record (a JSON object)")
     contigs = read_contigs(out / "contigs.tsv", top) if (out / "contigs.tsv").is_file() else None
     track_rows = {}  # sequence -> its rows in chunks.tsv, for the top sequences with scored chunks
     if contigs is not None:
@@ -647,7 +649,7 @@ def load(out: Path, top: int = TOP_N) -> Report:
     chunks = read_chunks(out / "chunks.tsv", track_rows) if (out / "chunks.tsv").is_file() else None
     regions = read_regions(out / "regions.tsv", track_ids, top) if (out / "regions.tsv").is_file() else None
     summary = read_summary(out / "summary.tsv") if (out / "summary.tsv").is_file() else None
-    changed = settings_changed(out / "config.yaml") if (out / "config.yaml").is_file() else None
+    changed = settings_changed(folder.config_yaml) if folder.config_yaml.is_file() else None
     return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run))
 
 
@@ -656,8 +658,8 @@ def write_report(out: Path, top: int = TOP_N) -> Path:
     out = Path(out)
     report = load(out, top)
     page = render(report)
-    path = out / "report.html"
-    tmp = out / "report.html.tmp"
+    path = RunFolder(out).report_html
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path

@@ -1,19 +1,18 @@
 """Setting up a run in OUT: checks, the run record that guards OUT, input packing, resume.
 
-Rank 0 does the work; the other ranks learn the outcome in two stages: a quick broadcast after the
-cheap checks (OUT usable, inputs present, model pack resolved), then a ready file in OUT/work once
-the inputs are validated and packed, which may take long: they wait on the file, not on a
-collective, while rank 0 touches a heartbeat, so a large input cannot trip `dist.timeout_s`.
+Rank 0 prepares; what it finds is one frozen `RunSpec` (models, chunk length, precision, work-unit
+size, the units left), built once and handed to the other ranks once. They learn the outcome in two
+stages: a quick broadcast after the cheap checks (OUT usable, inputs present, model pack resolved),
+then a ready file in OUT/work once the inputs are validated and packed, which may take long: they
+wait on the file, not on a collective, while rank 0 touches a heartbeat, so a large input cannot
+trip `dist.timeout_s`. Every path in OUT comes from `vnp.run_folder.RunFolder`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -29,31 +28,56 @@ from vnp import __version__
 from vnp import dist as vdist
 from vnp.config import PredictConfig
 from vnp.errors import InputError, Stopped
-from vnp.models.pack import ModelPack, fingerprint, load_pack, model_digests
-from vnp.plan import ChunkPlan, check_inputs, file_sha256, load_plan, pack_inputs
+from vnp.models.pack import ModelPack, load_pack
+from vnp.plan import ChunkPlan, check_inputs, load_plan, pack_inputs
+from vnp.run_folder import RunFolder, input_entries, new_run_record
 from vnp.store import ScoreStore
 
 log = logging.getLogger("vnp")
 
-RECORD = "record.json"
 HEARTBEAT_EVERY_S = 2.0
 STOP_WAIT_S = 30.0  # a rank asked to stop waits this long for rank 0 to stop preparing too
 
 
-@dataclass
-class RunState:
-    out: Path
+@dataclass(frozen=True)
+class RunSpec:
+    """What rank 0's preparation found, the same on every rank: built once, sent once, never
+    changed (the run record and input summaries are plain JSON data; leave them as they are)."""
+
     pack: ModelPack
     chunk_length: int
+    precision: str  # resolved: fp32, bf16 or fp16
+    unit_chunks: int  # chunks per work unit, the one place the unit size is read from
+    remaining: tuple[int, ...]  # work units still to do, ascending
+    run_record: dict  # what OUT/work/record.json holds for this run (unit_chunks included)
+    inputs: tuple[dict, ...] = ()  # per input: the run record's entry and its number of records
+    resumed_units: int = 0
+    rejected_parts: int = 0  # progress parts that failed their check and are redone
+
+    def to_ready(self) -> dict:
+        """The ready file's content (the remaining units travel in their own .npy file)."""
+        return {"ok": True, "pack": asdict(self.pack), "chunk_length": self.chunk_length,
+                "precision": self.precision, "unit_chunks": self.unit_chunks, "run_record": self.run_record,
+                "inputs": list(self.inputs), "resumed_units": self.resumed_units,
+                "rejected_parts": self.rejected_parts}
+
+    @classmethod
+    def from_ready(cls, info: dict, remaining) -> "RunSpec":
+        return cls(ModelPack(**info["pack"]), info["chunk_length"], info["precision"], info["unit_chunks"],
+                   tuple(remaining), info["run_record"], tuple(info["inputs"]), info["resumed_units"],
+                   info["rejected_parts"])
+
+
+@dataclass
+class RunState:
+    """One rank's run: the folder, the frozen description, the chunk plan, and what changes while
+    it runs (rank 0's score store, its timings, whether an earlier run's progress is replaced)."""
+
+    folder: RunFolder
+    spec: RunSpec
     plan: ChunkPlan
-    remaining: list[int]  # work units still to do, ascending
-    precision: str
     store: ScoreStore | None = None  # rank 0 only
     classifier: object | None = None  # rank 0 only: loaded (and checked) while preparing
-    record: dict = field(default_factory=dict)
-    inputs: list[dict] = field(default_factory=list)
-    resumed_units: int = 0
-    rejected_parts: int = 0
     stages: dict = field(default_factory=dict)
     afresh: bool = False  # rank 0: an earlier run's progress is to be replaced once the models load
 
@@ -61,23 +85,37 @@ class RunState:
         """Rank 0, once every rank has loaded its models: only now remove the progress of the run
         being replaced and record this one (its tables stay until the new ones replace them)."""
         if self.afresh:
-            _clear_progress(self.out)
-            _write_json(self.work / RECORD, self.record)
-            self.store = ScoreStore(self.work / "parts")
+            self.folder.clear_progress()
+            self.folder.write_run_record(self.run_record)
+            self.store = ScoreStore(self.folder.parts)
             self.afresh = False
 
+    # The engine reads these names (state.record["unit_chunks"] included).
+    out = property(lambda self: self.folder.root)
+    work = property(lambda self: self.folder.work)
+    pack = property(lambda self: self.spec.pack)
+    chunk_length = property(lambda self: self.spec.chunk_length)
+    precision = property(lambda self: self.spec.precision)
+    unit_chunks = property(lambda self: self.spec.unit_chunks)
+    run_record = property(lambda self: self.spec.run_record)
+    record = run_record  # the engine's older name for the run record
+    inputs = property(lambda self: list(self.spec.inputs))
+    resumed_units = property(lambda self: self.spec.resumed_units)
+    rejected_parts = property(lambda self: self.spec.rejected_parts)
+
     @property
-    def work(self) -> Path:
-        return self.out / "work"
+    def remaining(self) -> list[int]:
+        return list(self.spec.remaining)
 
     @property
     def n_units(self) -> int:
-        return self.plan.n_units(self.record["unit_chunks"])
+        return self.plan.n_units(self.unit_chunks)
 
     def run_json(self, ctx: vdist.Context, config: PredictConfig, counts, times) -> dict:
         return {
             "vnp": __version__, "torch": torch.__version__,
-            "models": {**asdict(self.pack), "fingerprint": self.record["pack"], "digests": self.record["models"]},
+            "models": {**asdict(self.pack), "fingerprint": self.run_record["pack"],
+                       "digests": self.run_record["models"]},
             "inputs": self.inputs,
             "counts": asdict(counts),
             "chunk_length": self.chunk_length,
@@ -95,43 +133,9 @@ def resolved_precision(config: PredictConfig, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" else "fp32"
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: output folder is an existing file")
-    try:
-        (out / "work").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        problem = "output folder is not writable" if out.is_dir() else "cannot create output folder"
-        raise InputError(f"{out}: {problem} ({err.strerror})") from None
-    probe = out / "work" / f".write-test-{os.getpid()}"
-    try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError:
-        raise InputError(f"{out}: output folder is not writable") from None
-
-
-_LOCKS: list = []  # open lock files, held for the life of the process
-
-
-def _lock_out(out: Path) -> None:
-    """One run at a time per output folder (a second one would mix its progress with ours)."""
-    lock = out / "work" / ".lock"
-    try:
-        handle = open(lock, "a+")
-    except OSError as err:
-        raise InputError(f"{lock}: cannot open the lock file ({err.strerror})") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise InputError(f"{out}: another vnp run is using this output folder") from None
-    _LOCKS.append(handle)
-
-
 def open_log(out: Path, rank: int) -> Path:
     """This rank's log file, OUT/logs/rankN.log (opened once; later calls return its path)."""
-    path = out / "logs" / f"rank{rank}.log"
+    path = RunFolder(out).log(rank)
     if any(getattr(h, "baseFilename", None) == str(path.absolute()) for h in log.handlers):
         return path
     if path.parent.exists() and not path.parent.is_dir():
@@ -154,13 +158,13 @@ def log_path() -> Path | None:
     return Path(names[0]) if names else None
 
 
-def _quick_checks(ctx, config: PredictConfig, inputs: list[str], out: Path):
-    _check_out(out)
-    _lock_out(out)
-    open_log(out, ctx.rank)  # from here on, an unexpected error has its traceback in the log
-    remove_leftovers(out)
+def _quick_checks(ctx, config: PredictConfig, inputs: list[str], folder: RunFolder):
+    folder.check_usable()
+    folder.lock()
+    open_log(folder.root, ctx.rank)  # from here on, an unexpected error has its traceback in the log
+    folder.remove_leftovers()
     paths = check_inputs(inputs)
-    pack = load_pack(config.pack, config.classifier or None, tiny_dir=out / "work" / "tiny_pack",
+    pack = load_pack(config.pack, config.classifier or None, tiny_dir=folder.tiny_pack,
                      chunk_length=config.chunk_length)
     from vnp.models.classifier import load_classifier
 
@@ -168,8 +172,10 @@ def _quick_checks(ctx, config: PredictConfig, inputs: list[str], out: Path):
     return paths, pack, classifier
 
 
-def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], out: Path, stop=None) -> RunState:
-    """Rank 0: check, guard OUT with the run record, pack inputs, find what is left to do.
+def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], folder: RunFolder,
+                stop=None) -> RunState:
+    """Rank 0: check, guard OUT with the run record, pack inputs, find what is left to do; the
+    run's description goes to the other ranks through the ready file.
 
     `stop` (a StopFlag) is honoured at once: a stop signal raises Stopped wherever rank 0 is.
     """
@@ -179,42 +185,39 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], ou
         try:
             if stop is not None and stop.requested:  # a signal before this point
                 raise Stopped("stopped by a signal")
-            paths, pack, classifier = _quick_checks(ctx, config, inputs, out)
+            paths, pack, classifier = _quick_checks(ctx, config, inputs, folder)
         except BaseException as err:  # every rank learns it, whatever it is
             vdist.broadcast_object(ctx, {"nonce": nonce, **_failure(err)})
             raise
         vdist.broadcast_object(ctx, {"nonce": nonce, "error": None})
-        ready = out / "work" / f"ready-{nonce}.json"
-        remove_handshake_files(out / "work")
-        beating = _Heartbeat(out / "work" / f"heartbeat-{nonce}", stop_requests=out / "work" / f"stop-{nonce}")
+        folder.remove_handshake_files()
+        beating = _Heartbeat(folder.heartbeat(nonce), stop_requests=folder.stop_request(nonce))
         try:
-            state = _prepare_work(ctx, config, paths, pack, out)
+            state = _prepare_work(ctx, config, paths, pack, folder)
         except BaseException as err:
-            _write_json(ready, {"ok": False, **_failure(err)})
+            folder.write_json(folder.ready(nonce), {"ok": False, **_failure(err)})
             raise
         finally:
             beating.stop()
     state.classifier = classifier
     state.stages["prepare_s"] = round(time.time() - t0, 3)
-    np.save(out / "work" / f"remaining-{nonce}.npy", np.asarray(state.remaining, dtype=np.int64))
-    _write_json(ready, {"ok": True, "pack": asdict(pack), "chunk_length": state.chunk_length,
-                        "record": state.record, "precision": state.precision})
+    np.save(folder.remaining(nonce), np.asarray(state.spec.remaining, dtype=np.int64))
+    folder.write_json(folder.ready(nonce), state.spec.to_ready())
     return state
 
 
-def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path, stop=None) -> RunState:
+def wait_until_ready(ctx: vdist.Context, config: PredictConfig, folder: RunFolder, stop=None) -> RunState:
     """Ranks > 0: wait for rank 0's checks, then for its ready file (heartbeat-guarded); a stop
     signal to this rank ends the wait (exit code 143)."""
     status = vdist.broadcast_object(ctx)
     _raise_failure(status)
     nonce = status["nonce"]
-    ready = out / "work" / f"ready-{nonce}.json"
-    heartbeat = out / "work" / f"heartbeat-{nonce}"
+    ready, heartbeat = folder.ready(nonce), folder.heartbeat(nonce)
     last_sign = time.time()
     asked = None
     while not ready.exists():
         if stop is not None and stop.requested and asked is None:  # rank 0 stops and tells every rank
-            (out / "work" / f"stop-{nonce}").touch()
+            folder.stop_request(nonce).touch()
             asked = time.time()
         if asked is not None and time.time() - asked > STOP_WAIT_S:
             raise Stopped(f"stopped by a signal; rank 0 did not stop preparing within {STOP_WAIT_S:.0f} s")
@@ -223,13 +226,12 @@ def wait_until_ready(ctx: vdist.Context, config: PredictConfig, out: Path, stop=
         if time.time() - last_sign > config.dist.timeout_s:
             raise vdist.PeerFailure(f"rank 0 gave no sign of life for {config.dist.timeout_s:.0f} s while preparing")
         time.sleep(0.2)
-    info = json.loads(ready.read_text())
+    info = folder.read_json(ready)
     if not info["ok"]:
         _raise_failure({**info, "error": info["error"] or "rank 0 failed while preparing the inputs"})
-    plan = load_plan(out / "work", info["chunk_length"], info["record"]["filters"])
-    remaining = np.load(out / "work" / f"remaining-{nonce}.npy").tolist()
-    return RunState(out, ModelPack(**info["pack"]), info["chunk_length"], plan, remaining, info["precision"],
-                    record=info["record"])
+    spec = RunSpec.from_ready(info, np.load(folder.remaining(nonce)).tolist())
+    plan = load_plan(folder.work, spec.chunk_length, spec.run_record["filters"])
+    return RunState(folder, spec, plan)
 
 
 def _failure(err: BaseException) -> dict:
@@ -271,71 +273,6 @@ def _stop_at_once(stop) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def remove_leftovers(out: Path) -> None:
-    """Temporary files of a run killed while writing (kill -9, a node lost): they can be large
-    (a packed input) and are never resumed from. Called with OUT locked."""
-    for path in [*out.glob("*.tmp"), *(out / "work").glob("*.tmp"), *(out / "work").glob("alive-rank*")]:
-        if path.is_file():
-            path.unlink(missing_ok=True)
-
-
-def remove_handshake_files(work: Path) -> None:
-    """The ready, remaining and heartbeat files of earlier runs (or of this one, once all ranks
-    have read them)."""
-    for pattern in ("ready-*.json", "remaining-*.npy", "heartbeat-*", "stop-*"):
-        for path in work.glob(pattern):
-            path.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-# Record keys that change results; a different value means a different run.
-RESULT_KEYS = ("inputs", "models", "pack", "chunk_length", "unit_chunks", "precision", "esm_attention", "device",
-               "save_embeddings", "filters")
-
-
-def _run_record(config: PredictConfig, paths, pack: ModelPack, chunk_length: int, precision: str,
-                device: torch.device) -> dict:
-    inputs = [{"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
-              for path in paths]
-    digests = model_digests(pack)
-    return {"inputs": inputs, "models": digests, "pack": fingerprint(pack, digests), "chunk_length": chunk_length,
-            "unit_chunks": config.batch.unit_chunks, "precision": precision,
-            "esm_attention": config.esm_attention, "device": device.type,
-            "save_embeddings": config.save_embeddings, "filters": asdict(config.filter)}
-
-
-def _differences(old: dict, new: dict) -> list[str]:
-    names = []
-    for key in RESULT_KEYS:
-        if old.get(key) != new.get(key) and not (key == "pack" and "models" in names):
-            names.append("inputs (file contents or paths)" if key == "inputs" else key)
-    return names
-
-
-def _changed_model(old: dict, new: dict, pack: ModelPack) -> str | None:
-    """One line naming the first model whose content differs from the run recorded in OUT."""
-    before = old.get("models")
-    if not isinstance(before, dict):
-        return None
-    for role in ("classifier", "esm", "dnabert"):
-        if before.get(role) != new["models"][role]:
-            return (f"the {role} model {getattr(pack, role)} is not the one the run there used "
-                    f"(it was {before.get(role)}, it is now {new['models'][role]})")
-    return None
-
-
-def _clear_progress(out: Path) -> None:
-    """Remove a previous run's progress (committed scores and embeddings, which the new run would
-    otherwise mix with its own). Its tables, run.json and config.yaml stay until replaced."""
-    shutil.rmtree(out / "work" / "parts", ignore_errors=True)
-    shutil.rmtree(out / "embeddings", ignore_errors=True)
-
-
 class _Heartbeat:
     """A file touched every few seconds: rank 0's while it prepares (the other ranks watch it), and
     each other rank's while it runs (rank 0 looks at them when a collective fails)."""
@@ -362,19 +299,15 @@ class _Heartbeat:
             self.path.unlink(missing_ok=True)
 
 
-def alive_file(work: Path, rank: int) -> Path:
-    return work / f"alive-rank{rank}"
-
-
-def show_alive(work: Path, rank: int) -> _Heartbeat:
+def show_alive(folder: RunFolder, rank: int) -> _Heartbeat:
     """Ranks > 0, from the end of preparation to their exit (removed then, whatever the exit)."""
-    return _Heartbeat(alive_file(work, rank))
+    return _Heartbeat(folder.alive(rank))
 
 
-def silent_ranks(work: Path, world_size: int) -> list[int]:
+def silent_ranks(folder: RunFolder, world_size: int) -> list[int]:
     """Ranks whose alive file is still there but no longer touched: killed (OOM killer, kill -9)
     or their node lost. A rank that ended by itself removed its file and reported its own error."""
-    files = {rank: alive_file(work, rank) for rank in range(1, world_size)}
+    files = {rank: folder.alive(rank) for rank in range(1, world_size)}
 
     def touched() -> dict[int, int]:
         return {rank: path.stat().st_mtime_ns for rank, path in files.items() if path.exists()}
@@ -396,37 +329,32 @@ def _fetch_models(pack: ModelPack) -> None:
     resolve_checkpoint(pack.esm)
 
 
-def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, out: Path) -> RunState:
-    work = out / "work"
+def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, folder: RunFolder) -> RunState:
     _fetch_models(pack)
     chunk_length = config.chunk_length or pack.chunk_length
     precision = resolved_precision(config, ctx.device)
-    record = _run_record(config, paths, pack, chunk_length, precision, ctx.device)
-    old = json.loads((work / RECORD).read_text()) if (work / RECORD).exists() else None
-    same = old is not None and not _differences(old, record)
-    if old is not None and not same and not config.force:
-        changed = _changed_model(old, record, pack)
-        problem = changed or f"holds a run with different {', '.join(_differences(old, record))}"
-        raise InputError(f"{out}: {problem}; rerun with force=true to start afresh there, "
-                         "or choose another output folder")
-    fresh = not (same and (work / "index.npz").exists()) or config.force
+    run_record = new_run_record(input_entries(paths), pack, chunk_length, precision, config, ctx.device,
+                                save_embeddings=config.save_embeddings, filters=asdict(config.filter))
+    same = folder.holds_same_run(run_record, pack, config.force)
+    fresh = not (same and folder.index.exists()) or config.force
     if fresh:
         # The old progress can no longer be resumed (the index is about to change), even if this
         # run fails before it starts; the old results themselves stay until replaced.
-        (work / RECORD).unlink(missing_ok=True)
-        pack_inputs(paths, work)  # validates; replaces the old index only on success
+        folder.forget_run_record()
+        pack_inputs(paths, folder.work)  # validates; replaces the old index only on success
     afresh = fresh or not config.resume
-    summaries = _input_summaries(record, work)
-    plan = load_plan(work, chunk_length, record["filters"])
-    store = None if afresh else ScoreStore(work / "parts")
+    plan = load_plan(folder.work, chunk_length, run_record["filters"])
+    store = None if afresh else ScoreStore(folder.parts)
     done = set() if afresh else store.load_committed()
-    remaining = [u for u in range(plan.n_units(config.batch.unit_chunks)) if u not in done]
-    return RunState(out, pack, chunk_length, plan, remaining, precision, store=store, record=record,
-                    inputs=summaries, resumed_units=len(done), rejected_parts=len(store.rejected) if store else 0,
-                    afresh=afresh)
+    unit_chunks = run_record["unit_chunks"]
+    spec = RunSpec(pack, chunk_length, precision, unit_chunks,
+                   tuple(u for u in range(plan.n_units(unit_chunks)) if u not in done), run_record,
+                   tuple(_input_summaries(run_record, folder)), resumed_units=len(done),
+                   rejected_parts=len(store.rejected) if store else 0)
+    return RunState(folder, spec, plan, store=store, afresh=afresh)
 
 
-def _input_summaries(record: dict, work: Path) -> list[dict]:
-    with np.load(work / "index.npz", allow_pickle=False) as data:
+def _input_summaries(run_record: dict, folder: RunFolder) -> list[dict]:
+    with np.load(folder.index, allow_pickle=False) as data:
         per_input = data["records_per_input"].tolist()
-    return [{**entry, "records": n} for entry, n in zip(record["inputs"], per_input)]
+    return [{**entry, "records": n} for entry, n in zip(run_record["inputs"], per_input)]

@@ -200,7 +200,7 @@ class Collector:
         self.state, self.models, self.device = state, models, device
         self.commit_every_s = config.engine.commit_every_s
         self.commit_every_steps = config.engine.commit_every_steps
-        self.embeddings_dir = state.out / "embeddings" if config.save_embeddings else None
+        self.embeddings_dir = state.folder.embeddings if config.save_embeddings else None
         if self.embeddings_dir is not None:
             self.embeddings_dir.mkdir(parents=True, exist_ok=True)
             self._drop_orphan_embeddings()
@@ -226,7 +226,7 @@ class Collector:
         return c1 - c0
 
     def _drop_orphan_embeddings(self) -> None:
-        committed = {part_number(p) for p in (self.state.work / "parts").glob("part-*.npz")}
+        committed = {part_number(p) for p in self.state.folder.parts.glob("part-*.npz")}
         for path in self.embeddings_dir.glob("part-*"):
             if path.suffix != ".npz" or part_number(path) not in committed:
                 path.unlink()

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import random
 import shutil
@@ -52,8 +51,9 @@ from torch import nn
 from vnp import dist as vdist
 from vnp.config import BatchConfig, DistConfig, help_text, load_config
 from vnp.errors import InputError, where
-from vnp.models.pack import ModelPack, fingerprint, load_pack, model_digests
-from vnp.plan import ChunkPlan, check_inputs, file_sha256, iter_ids, load_plan, pack_inputs
+from vnp.models.pack import ModelPack, load_pack
+from vnp.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
+from vnp.run_folder import RunFolder, input_entries, new_run_record
 from vnp.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary, record_pieces
 from vnp.store import part_number, read_checked, write_atomic
 from vnp.translate import FRAME_NAMES, Chunk, Frame
@@ -193,6 +193,7 @@ def genbank_records(path: Path) -> Iterator[tuple[Record, list[str]]]:
 CDS_TEXT = "cds.bin"  # per record: its CDS translations joined by newlines, records back to back
 CDS_INDEX = "cds_index.npy"  # per record: offset and length in cds.bin; length -1 = keep every frame
 RECORD_LABELS = "record_labels.npy"
+FEATURE_RECORD = "record.json"  # DIR/features/record.json: the run record of the cached features
 
 
 class TrainingRecords:
@@ -356,58 +357,51 @@ def consolidate(features: Path, n_units: int, labels_of_record: np.ndarray, firs
 
 def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str, config: TrainConfig,
                     device: torch.device) -> dict:
-    inputs = [{"path": str(e.path.resolve()), "size": e.path.stat().st_size, "sha256": file_sha256(e.path),
-               "label": e.label} for e in entries]
-    digests = model_digests(pack)  # models by content: features of another model are never mixed in
-    return {"inputs": inputs, "models": digests, "pack": fingerprint(pack, digests), "chunk_length": chunk_length,
-            "unit_chunks": config.batch.unit_chunks, "precision": precision,
-            "esm_attention": config.esm_attention, "device": device.type}
+    """The run record of DIR's features: predict's, each input with its label (features of other
+    inputs, models or settings are never mixed in)."""
+    inputs = [{**entry, "label": e.label} for entry, e in zip(input_entries([e.path for e in entries]), entries)]
+    return new_run_record(inputs, pack, chunk_length, precision, config, device)
 
 
-def prepare(ctx, config: TrainConfig, manifest: Path, out: Path) -> dict:
+def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     """Rank 0: checks, the input pack and CDS table (once), and what feature units are left."""
-    from vnp.run_state import _check_out, _lock_out, resolved_precision
+    from vnp.run_state import RunSpec, resolved_precision
 
-    _check_out(out)
-    _lock_out(out)
+    out = folder.root
+    folder.check_usable()
+    folder.lock()
     entries = read_manifest(manifest)
     pack = load_pack(config.pack, tiny_dir=out / "tiny_pack", chunk_length=config.chunk_length,
                      require_classifier=False)
     chunk_length = config.chunk_length or pack.chunk_length
     precision = resolved_precision(config, ctx.device)
     features = out / FEATURES
-    record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
-    record_path = features / "record.json"
-    old = json.loads(record_path.read_text()) if record_path.exists() else None
-    if old is not None and old != record:
+    run_record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
+    run_record_path = features / FEATURE_RECORD
+    old = folder.read_json(run_record_path) if run_record_path.exists() else None
+    if old is not None and old != run_record:
         if not config.force:
-            changed = sorted(k for k in record if old.get(k) != record[k])
+            changed = sorted(k for k in run_record if old.get(k) != run_record[k])
             raise InputError(f"{out}: holds features of other {', '.join(changed)}; rerun with force=true to "
                              "start afresh there, or choose another output folder")
         shutil.rmtree(features)
-        (out / "work" / "checkpoint.pt").unlink(missing_ok=True)
-    work = features / "work"
-    if old != record or not (work / CDS_TEXT).exists():
+        folder.checkpoint.unlink(missing_ok=True)
+    work = RunFolder(features).work
+    if old != run_record or not (work / CDS_TEXT).exists():
         reader = TrainingRecords({e.path: e.label for e in entries}, work)
         pack_inputs([e.path for e in entries], work, read=lambda path: record_pieces(reader(path)))
         reader.finish()
         shutil.rmtree(features / "parts", ignore_errors=True)
         for name in ("features.npy", "keys.npy", "labels.npy"):
             (features / name).unlink(missing_ok=True)
-        _write_json(record_path, record)
+        folder.write_json(run_record_path, run_record, indent=None)
     (features / "parts").mkdir(parents=True, exist_ok=True)
     plan = load_plan(work, chunk_length)
-    n_units = plan.n_units(config.batch.unit_chunks)
+    unit_chunks = run_record["unit_chunks"]  # the unit size, read once, then from the spec
+    n_units = plan.n_units(unit_chunks)
     done = set(range(n_units)) if (features / "features.npy").exists() else committed_units(features / "parts")
-    return {"pack": asdict(pack), "chunk_length": chunk_length, "precision": precision,
-            "remaining": [u for u in range(n_units) if u not in done], "resumed_units": len(done),
-            "features": record}
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)
+    return RunSpec(pack, chunk_length, precision, unit_chunks,
+                   tuple(u for u in range(n_units) if u not in done), run_record, resumed_units=len(done))
 
 
 def shared(ctx, produce):
@@ -673,7 +667,7 @@ def train_head(ctx, config: TrainConfig, out: Path, settings: dict, stop) -> Tra
     from tqdm import tqdm
 
     trainer = new_trainer(ctx, config.train, out / FEATURES, settings)
-    checkpoint = out / "work" / "checkpoint.pt"
+    checkpoint = RunFolder(out).checkpoint
     trainer.resume(checkpoint)
     left = 0 if trainer.state["finished"] else config.train.max_epochs - trainer.state["epoch"]
     bar = tqdm(total=left * trainer.steps, unit="batch", desc="vnp train", dynamic_ncols=True, mininterval=1.0,
@@ -708,10 +702,10 @@ def frame_ids(work: Path, chunk_length: int, keys: np.ndarray) -> list[str]:
             for k, c, r in zip(keys.tolist(), chunks.tolist(), records.tolist())]
 
 
-def write_outputs(out: Path, info: dict, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
+def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
     from vnp.models.classifier import MLPClassifier, save_classifier
 
-    pack = ModelPack(**info["pack"])
+    pack = spec.pack
     features = out / FEATURES
     keys = np.load(features / "keys.npy")
     labels = np.load(features / "labels.npy")
@@ -721,15 +715,15 @@ def write_outputs(out: Path, info: dict, config: TrainConfig, trainer: Trainer, 
     model.load_state_dict(state["best"])
     save_classifier(model.eval(), out / "classifier",
                     provenance={"trained_by": "vnp train", "best_epoch": state["best_epoch"],
-                                "chunk_length": info["chunk_length"]})
-    _write_pack_yaml(out, pack, info["chunk_length"])
+                                "chunk_length": spec.chunk_length})
+    _write_pack_yaml(out, pack, spec.chunk_length)
     metrics = {"epochs": state["history"], "best_epoch": state["best_epoch"],
                "stopped_early": state["epoch"] < config.train.max_epochs,
                "frames": {"train": int(len(split.train)), "val": int(len(split.val)),
                           "virus": int((labels == 1).sum()), "others": int((labels == 0).sum())},
-               "settings": asdict(config.train), "world_size": world_size, "chunk_length": info["chunk_length"],
-               "held_out": frame_ids(features / "work", info["chunk_length"], keys[split.val])}
-    _write_json(out / "metrics.json", metrics)
+               "settings": asdict(config.train), "world_size": world_size, "chunk_length": spec.chunk_length,
+               "held_out": frame_ids(RunFolder(features).work, spec.chunk_length, keys[split.val])}
+    RunFolder.write_json(out / "metrics.json", metrics, indent=None)
     plot_learning_curve(state["history"], out / "learning_curve.png")
 
 
@@ -811,6 +805,8 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
     from vnp.run_state import RunState
     from vnp.engine import StopFlag
 
+    folder = RunFolder(out)  # rank 0 holds DIR's lock from its checks to the end of this function
+
     stop = StopFlag.install()
     try:
         ctx = vdist.init(config.device, config.dist.backend, config.dist.timeout_s)
@@ -823,25 +819,24 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
         if config.train.batch % ctx.world_size:
             raise InputError(f"train.batch={config.train.batch} cannot be split evenly over {ctx.world_size} ranks",
                              reported=not ctx.is_main)  # every rank finds it; rank 0 says it
-        info = shared(ctx, lambda: prepare(ctx, config, manifest, out))
+        spec = shared(ctx, lambda: prepare(ctx, config, manifest, folder))
         features = out / FEATURES
-        work = features / "work"
+        feature_folder = RunFolder(features)  # DIR/features: a run folder of its own (its parts are not in work)
+        work = feature_folder.work
         if not (features / "features.npy").exists():
-            pack = ModelPack(**info["pack"])
-            plan = load_plan(work, info["chunk_length"])
-            state = RunState(features, pack, info["chunk_length"], plan, info["remaining"], info["precision"],
-                             record={"unit_chunks": config.batch.unit_chunks}, resumed_units=info["resumed_units"])
-            sink = FeatureSink(features / "parts", len(info["remaining"]), config.progress) if ctx.is_main else None
+            plan = load_plan(work, spec.chunk_length)
+            state = RunState(feature_folder, spec, plan)
+            sink = FeatureSink(features / "parts", len(spec.remaining), config.progress) if ctx.is_main else None
             compute_features(ctx, state, config, stop, TrainingFrames(work, plan), sink)
             if stop.requested:
                 vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "
                                   "Run the same command again to resume.")
                 return 143
             if ctx.is_main:
-                consolidate(features, plan.n_units(config.batch.unit_chunks), np.load(work / RECORD_LABELS),
+                consolidate(features, plan.n_units(spec.unit_chunks), np.load(work / RECORD_LABELS),
                             plan.first_chunk)
         shared(ctx, lambda: check_classes(manifest, features, config.train))
-        settings = {"train": asdict(config.train), "features": info["features"]}
+        settings = {"train": asdict(config.train), "features": spec.run_record}
         trainer = train_head(ctx, config, out, settings, stop)
         state = trainer.state
         if stop.requested:
@@ -849,7 +844,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
                               "Run the same command again to resume.")
             return 143
         if ctx.is_main:
-            write_outputs(out, info, config, trainer, ctx.world_size)
+            write_outputs(out, spec, config, trainer, ctx.world_size)
             last = state["history"][-1] if state["history"] else {}
             print(f"vnp: trained {state['epoch']} epochs (best {state['best_epoch']}, validation accuracy "
                   f"{last.get('accuracy', float('nan')):.3f}); classifier and pack.yaml in {out}", file=sys.stderr)
@@ -863,7 +858,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
             print(f"vnp: error: rank {ctx.rank}: {err}", file=sys.stderr)
         return 1
     except Exception as err:
-        log_path = out / "logs" / f"train-rank{ctx.rank}.log"
+        log_path = folder.train_log(ctx.rank)
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_path.write_text(traceback.format_exc())
@@ -874,6 +869,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
         return 1
     finally:
         vdist.cleanup()
+        folder.close()
 
 
 def check_classes(manifest: Path, features: Path, params: TrainParams) -> None:

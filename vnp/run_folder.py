@@ -1,0 +1,273 @@
+"""OUT, the output folder of a run: one object names every path in it and owns what guards it.
+
+`RunFolder(out)` is the only place where a path inside OUT is spelled. It checks that OUT is
+usable, holds the lock that keeps a second run out (released by `close()`), reads and writes the
+run record (`work/record.json`: the inputs' checksums and every setting that changes results) and
+compares it with a new one, names the handshake files rank 0 and the other ranks exchange while
+rank 0 prepares, and writes every file atomically (a temporary name, then a rename). Importing
+it does not import torch (`vnp call` and `vnp report` use it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import IO
+
+from vnp.errors import InputError
+from vnp.plan import IDS, INDEX, SEQUENCES, file_sha256
+
+RUN_RECORD = "record.json"
+LOCK = ".lock"
+HANDSHAKE_PATTERNS = ("ready-*.json", "remaining-*.npy", "heartbeat-*", "stop-*")
+
+# Run-record keys that change results; a different value means a different run.
+RESULT_KEYS = ("inputs", "models", "pack", "chunk_length", "unit_chunks", "precision", "esm_attention", "device",
+               "save_embeddings", "filters")
+
+
+class RunFolder:
+    """OUT and everything in it (module docstring); one per run and process."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._lock: IO | None = None  # the open lock file while this process holds OUT
+
+    # --- paths --------------------------------------------------------------------------------
+    @property
+    def work(self) -> Path:
+        """Packed inputs, committed progress, the run record, the handshake files."""
+        return self.root / "work"
+
+    @property
+    def parts(self) -> Path:
+        """Committed scores (`store.ScoreStore`), what a resume starts from."""
+        return self.work / "parts"
+
+    @property
+    def embeddings(self) -> Path:
+        """`save_embeddings=true`: the frames' embeddings, part by part."""
+        return self.root / "embeddings"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def log(self, rank: int) -> Path:
+        """This rank's log file."""
+        return self.logs / f"rank{rank}.log"
+
+    def train_log(self, rank: int) -> Path:
+        """`vnp train`: the traceback of this rank's unexpected failure."""
+        return self.logs / f"train-rank{rank}.log"
+
+    @property
+    def checkpoint(self) -> Path:
+        """`vnp train`: the classifier head's training state after the last finished epoch."""
+        return self.work / "checkpoint.pt"
+
+    @property
+    def run_record_path(self) -> Path:
+        return self.work / RUN_RECORD
+
+    @property
+    def index(self) -> Path:
+        return self.work / INDEX
+
+    @property
+    def sequences(self) -> Path:
+        return self.work / SEQUENCES
+
+    @property
+    def ids(self) -> Path:
+        return self.work / IDS
+
+    @property
+    def tiny_pack(self) -> Path:
+        """Where `pack=tiny` is built (offline, for tests and the demo)."""
+        return self.work / "tiny_pack"
+
+    @property
+    def config_yaml(self) -> Path:
+        """The settings of the run, written when it starts (and by `vnp call`)."""
+        return self.root / "config.yaml"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.work / LOCK
+
+    def ready(self, nonce: str) -> Path:
+        """Rank 0's outcome of preparing: the run description, or its failure."""
+        return self.work / f"ready-{nonce}.json"
+
+    def remaining(self, nonce: str) -> Path:
+        """The work units left, next to the ready file (a list too long for JSON to be quick)."""
+        return self.work / f"remaining-{nonce}.npy"
+
+    def heartbeat(self, nonce: str) -> Path:
+        """Touched by rank 0 while it prepares; the other ranks watch it."""
+        return self.work / f"heartbeat-{nonce}"
+
+    def stop_request(self, nonce: str) -> Path:
+        """Made by a rank > 0 that got a stop signal while rank 0 prepares."""
+        return self.work / f"stop-{nonce}"
+
+    def alive(self, rank: int) -> Path:
+        """Touched by rank > 0 while it runs (rank 0 looks at it when a collective fails)."""
+        return self.work / f"alive-rank{rank}"
+
+    # --- guards -------------------------------------------------------------------------------
+    def check_usable(self) -> None:
+        """OUT is a folder (created if need be) that this process can write in."""
+        out = self.root
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{out}: output folder is an existing file")
+        try:
+            self.work.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            problem = "output folder is not writable" if out.is_dir() else "cannot create output folder"
+            raise InputError(f"{out}: {problem} ({err.strerror})") from None
+        probe = self.work / f".write-test-{os.getpid()}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError:
+            raise InputError(f"{out}: output folder is not writable") from None
+
+    def lock(self, busy: str = "another vnp run is using this output folder") -> None:
+        """One run at a time per output folder (a second one would mix its progress with ours);
+        `busy` says why OUT is refused when another process holds it. Held until `close()`."""
+        try:
+            handle = open(self.lock_path, "a+")
+        except OSError as err:
+            raise InputError(f"{self.lock_path}: cannot open the lock file ({err.strerror})") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise InputError(f"{self.root}: {busy}") from None
+        self._lock = handle
+
+    def close(self) -> None:
+        """Release the lock (closing the file releases it)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the run record -----------------------------------------------------------------------
+    def read_run_record(self) -> dict | None:
+        """The run record of the run OUT holds, if any."""
+        return self.read_json(self.run_record_path) if self.run_record_path.exists() else None
+
+    def write_run_record(self, run_record: dict) -> None:
+        self.write_json(self.run_record_path, run_record)
+
+    def forget_run_record(self) -> None:
+        """The progress in OUT can no longer be resumed (its packed inputs are about to change)."""
+        self.run_record_path.unlink(missing_ok=True)
+
+    def holds_same_run(self, run_record: dict, pack, force: bool) -> bool:
+        """Whether OUT holds the run `run_record` describes; a different one is refused with the
+        first changed model or the changed keys, unless `force` (then it is to be replaced)."""
+        old = self.read_run_record()
+        same = old is not None and not differences(old, run_record)
+        if old is not None and not same and not force:
+            problem = changed_model(old, run_record, pack) or \
+                f"holds a run with different {', '.join(differences(old, run_record))}"
+            raise InputError(f"{self.root}: {problem}; rerun with force=true to start afresh there, "
+                             "or choose another output folder")
+        return same
+
+    # --- clearing -----------------------------------------------------------------------------
+    def clear_progress(self) -> None:
+        """Remove a previous run's progress (committed scores and embeddings, which the new run would
+        otherwise mix with its own). Its tables, run.json and config.yaml stay until replaced."""
+        shutil.rmtree(self.parts, ignore_errors=True)
+        shutil.rmtree(self.embeddings, ignore_errors=True)
+
+    def remove_leftovers(self) -> None:
+        """Temporary files of a run killed while writing (kill -9, a node lost): they can be large
+        (a packed input) and are never resumed from. Called with OUT locked."""
+        for path in [*self.root.glob("*.tmp"), *self.work.glob("*.tmp"), *self.work.glob("alive-rank*")]:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+
+    def remove_handshake_files(self) -> None:
+        """The ready, remaining, heartbeat and stop files of earlier runs (or of this one, once all
+        ranks have read them)."""
+        for pattern in HANDSHAKE_PATTERNS:
+            for path in self.work.glob(pattern):
+                path.unlink(missing_ok=True)
+
+    # --- writing ------------------------------------------------------------------------------
+    @staticmethod
+    def read_json(path: Path):
+        return json.loads(path.read_text())
+
+    @staticmethod
+    def write_json(path: Path, data, indent: int | None = 2) -> None:
+        """`data` as JSON (and a newline), atomically."""
+        RunFolder.write_text(path, json.dumps(data, indent=indent) + "\n")
+
+    @staticmethod
+    def write_text(path: Path, text: str) -> None:
+        """A temporary name next to `path`, then a rename: a reader never sees half a file."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def input_entries(paths) -> list[dict]:
+    """Each input by resolved path, size and content (sha256), for the run record."""
+    return [{"path": str(path.resolve()), "size": path.stat().st_size, "sha256": file_sha256(path)}
+            for path in paths]
+
+
+def new_run_record(inputs: list[dict], pack, chunk_length: int, precision: str, config, device, **more) -> dict:
+    """What makes a run's results what they are: inputs by content, models by content, and the
+    settings that change results (`config.batch.unit_chunks`, `config.esm_attention`), then `more`."""
+    from vnp.models.pack import fingerprint, model_digests  # imports torch: only runs that embed get here
+
+    digests = model_digests(pack)  # models by content: a changed file is another model
+    return {"inputs": inputs, "models": digests, "pack": fingerprint(pack, digests), "chunk_length": chunk_length,
+            "unit_chunks": config.batch.unit_chunks, "precision": precision,
+            "esm_attention": config.esm_attention, "device": device.type, **more}
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """The result keys whose values differ between two run records (the pack fingerprint is not
+    named again when a model already is)."""
+    names = []
+    for key in RESULT_KEYS:
+        if old.get(key) != new.get(key) and not (key == "pack" and "models" in names):
+            names.append("inputs (file contents or paths)" if key == "inputs" else key)
+    return names
+
+
+def changed_model(old: dict, new: dict, pack) -> str | None:
+    """One line naming the first model whose content differs from the run recorded in OUT."""
+    before = old.get("models")
+    if not isinstance(before, dict):
+        return None
+    for role in ("classifier", "esm", "dnabert"):
+        if before.get(role) != new["models"][role]:
+            return (f"the {role} model {getattr(pack, role)} is not the one the run there used "
+                    f"(it was {before.get(role)}, it is now {new['models'][role]})")
+    return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -149,3 +150,8 @@ def wait_for_parts(out: Path, count: int, proc: subprocess.Popen, timeout: float
         assert proc.poll() is None, f"run ended before {count} parts: {proc.stderr.read()}"
         assert time.time() < deadline
         time.sleep(0.02)
+
+
+def rank_pid(out: Path, rank: int) -> int:
+    text = (out / "logs" / f"rank{rank}.log").read_text()
+    return int(re.findall(r"pid (\d+)", text)[-1])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_predict import ROOT, child_env, tables
+from tests.helpers import ROOT, child_env, rank_pid, slurm_job_id, tables, write_long_input
 from vnp.errors import InputError
 from vnp.models import identity
 from vnp.models.classifier import MLPClassifier, load_classifier, save_classifier
@@ -75,7 +75,8 @@ def test_resume_with_a_classifier_changed_beyond_its_first_mib_is_refused(tiny_p
     fasta.write_text("".join(f">s{i}\n" + "ATGGCCAAAGGCTTC" * 60 + "\n" for i in range(40)))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(out), f"pack={tiny_pack}",
-            f"classifier={live}", "progress=false", "threads=1", "batch.unit_chunks=2"]
+            f"classifier={live}", "progress=false", "threads=1", "batch.unit_chunks=2",
+            "engine.commit_every_steps=1"]  # a part early, so the signal lands mid-run
     proc = subprocess.Popen(args, env=child_env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list((out / "work" / "parts").glob("part-*.npz")):
@@ -696,7 +697,6 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("signalled", [0, 1])
 def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path, signalled):
     """Processes started by hand (SLURM variables): SIGTERM to one rank while rank 0 packs the inputs."""
-    from tests.test_predict import slurm_job_id
 
     script = tmp_path / "slow.py"
     script.write_text(SLOW_PACKING)
@@ -728,7 +728,6 @@ def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path, s
 
 def hand_started_ranks(args: list[str], ranks: int = 2, **extra_env) -> list[subprocess.Popen]:
     """`vnp.predict` processes started by hand with SLURM variables (no agent watching them)."""
-    from tests.test_predict import slurm_job_id
 
     job_id = slurm_job_id()
     procs = []
@@ -741,12 +740,11 @@ def hand_started_ranks(args: list[str], ranks: int = 2, **extra_env) -> list[sub
 
 @pytest.mark.slow
 def test_a_killed_rank_is_named_by_rank_0(tiny_pack, tmp_path):
-    from tests.test_resume import rank_pid, write_long_input
-
     fasta = write_long_input(tmp_path / "long.fa", n=200)
     out = tmp_path / "out"
     procs = hand_started_ranks(["-m", "vnp.predict", str(fasta), "-o", str(out), f"pack={tiny_pack}",
-                                "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60"])
+                                "progress=false", "threads=1", "batch.unit_chunks=2", "dist.timeout_s=60",
+                                "engine.commit_every_steps=4"])
     deadline = time.time() + 120
     while not list((out / "work" / "parts").glob("part-*.npz")):
         assert all(p.poll() is None for p in procs) and time.time() < deadline

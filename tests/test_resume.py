@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from tests.helpers import (
     ROOT,
     child_env,
     predict_ok,
+    rank_pid,
     run,
     slurm_job_id,
     tables,
@@ -50,11 +50,6 @@ def start_torchrun(long_input: Path, out: Path, ranks: int = 2, extra: list[str]
                              str(long_input), "-o", str(out), *ARGS, *extra],
                             env=child_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-
-def rank_pid(out: Path, rank: int) -> int:
-    text = (out / "logs" / f"rank{rank}.log").read_text()
-    return int(re.findall(r"pid (\d+)", text)[-1])
 
 
 def kill_every_rank(out: Path, proc: subprocess.Popen, ranks: int) -> None:

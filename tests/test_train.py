@@ -22,7 +22,7 @@ from Bio.SeqFeature import FeatureLocation, SeqFeature
 from Bio.SeqRecord import SeqRecord
 from safetensors.numpy import load_file
 
-from tests.test_predict import BIN, ROOT, child_env, run
+from tests.helpers import BIN, ROOT, child_env, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
 from vnp.plan import SEQUENCES, load_plan, pack_inputs, read_chunks

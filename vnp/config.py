@@ -24,7 +24,7 @@ from vnp.paths import regular_file
 MIN_CHUNK_LENGTH = 3  # the smallest useful chunk holds one codon
 
 
-def _help(text: str, default: Any) -> Any:
+def _help(text: str, default: Any) -> Any:  # a config field with its one-line help
     return field(default=default, metadata={"help": text})
 
 
@@ -141,25 +141,21 @@ class TablesConfig:
 
 
 @dataclass
-class PredictConfig:
+class ModelRunConfig:
+    """The keys of every command that runs the language models through the unit engine
+    (`vnp predict`, `vnp train`): one definition, one validation."""
+
     pack: str = _help("model pack: 500, 300, tiny (built on the fly) or a pack folder / YAML file", "500")
-    classifier: str = _help("the published classifier (300_model.pth / 500_model.pth) or a vnp classifier "
-                            "folder; overrides the pack's", "")
     chunk_length: int = _help("chunk length in bp; 0 takes the pack's (300 or 500 for the published models)", 0)
     device: str = _help("auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu or cuda", "auto")
     precision: str = _help("auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", "auto")
     threads: int = _help("CPU threads per rank; 0 = the cores of this node divided by its local ranks", 0)
     esm_attention: str = _help("sdpa (fast path) or fair-esm (fair-esm's own forward, the reference)", "sdpa")
-    save_embeddings: bool = _help("also store every frame's 3328-d embedding in OUT/embeddings/", False)
-    resume: bool = _help("continue an interrupted run in OUT (a rerun of the same command also resumes)", True)
-    force: bool = _help("start afresh even if OUT holds a run with other inputs or settings", False)
+    force: bool = _help("start afresh even if the output folder holds a run with other inputs, models or "
+                        "settings", False)
     progress: bool = _help("show a progress bar on rank 0", True)
     batch: BatchConfig = field(default_factory=BatchConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    call: CallConfig = field(default_factory=CallConfig)
-    regions: RegionsConfig = field(default_factory=RegionsConfig)
-    tables: TablesConfig = field(default_factory=TablesConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -174,6 +170,18 @@ class PredictConfig:
             raise ValueError(f"threads must be 0 (automatic) or 1..{MAX_THREADS}, got {self.threads}")
         if self.esm_attention not in ("sdpa", "fair-esm"):
             raise ValueError(f"esm_attention must be sdpa or fair-esm, got {self.esm_attention!r}")
+
+
+@dataclass
+class PredictConfig(ModelRunConfig):
+    classifier: str = _help("the published classifier (300_model.pth / 500_model.pth) or a vnp classifier "
+                            "folder; overrides the pack's", "")
+    save_embeddings: bool = _help("also store every frame's 3328-d embedding in OUT/embeddings/", False)
+    resume: bool = _help("continue an interrupted run in OUT (a rerun of the same command also resumes)", True)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    call: CallConfig = field(default_factory=CallConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
 
 
 # A config may be written on one machine and read on another (`vnp call`, `vnp report`), so it

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from vnp import dist as vdist
-from vnp.config import EngineConfig, PredictConfig
+from vnp.config import PredictConfig
 from vnp.engine import EngineSettings, run_units
 from vnp.errors import InputError
 from vnp.chunking import chunk_id
@@ -292,7 +292,7 @@ def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models
     collector = Collector(state, config, models, ctx.device) if ctx.is_main and sink is None else None
     work = FrameWork(state, config, models, select_frames)
     log.info("%d units to do (%d done before)", len(state.remaining), state.resumed_units)
-    settings = EngineSettings.from_config(getattr(config, "engine", None) or EngineConfig())  # train: defaults
+    settings = EngineSettings.from_config(config.engine)
     stats = run_units(ctx, work, (collector or sink) if ctx.is_main else None, stop, settings)
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
     mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3)}

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vnp import dist as vdist
-from vnp.config import BatchConfig, DistConfig, help_text, load_config
+from vnp.config import ModelRunConfig, _help, help_text, load_config
 from vnp.errors import InputError, where
 from vnp.models.pack import ModelPack, load_pack
 from vnp.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
@@ -62,10 +62,6 @@ from vnp.translate import FRAME_NAMES, Chunk, Frame
 LABELS = {"others": 0, "virus": 1}  # column 1 of the classifier's softmax is P(virus), as published
 AMBIGUOUS = frozenset("NRYMKSWHBVD")  # the original's training filter (U is not in it)
 FEATURES = "features"
-
-
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
@@ -96,32 +92,11 @@ class TrainParams:
 
 
 @dataclass
-class TrainConfig:
-    # The feature keys have the meaning they have for `vnp predict` (the engine reads them).
-    pack: str = _help("model pack giving DNABERT-S and ESM2: 500, 300, tiny or a pack folder / YAML file", "500")
-    chunk_length: int = _help("chunk length in bp of the new head; 0 takes the pack's", 0)
-    device: str = _help("auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu or cuda", "auto")
-    precision: str = _help("precision of the language models: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16",
-                           "auto")
-    threads: int = _help("CPU threads per rank; 0 = the cores of this node divided by its local ranks", 0)
-    esm_attention: str = _help("sdpa (fast path) or fair-esm (fair-esm's own forward)", "sdpa")
-    force: bool = _help("start afresh even if DIR holds features of other inputs or settings", False)
-    progress: bool = _help("show progress bars on rank 0", True)
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    train: TrainParams = field(default_factory=TrainParams)
+class TrainConfig(ModelRunConfig):
+    """`vnp train`: the model keys mean what they mean for `vnp predict` (the same engine reads
+    them), plus the head's training settings."""
 
-    def __post_init__(self) -> None:
-        if self.chunk_length < 0:
-            raise ValueError(f"chunk_length must be positive (or 0 for the pack's), got {self.chunk_length}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
-        if self.esm_attention not in ("sdpa", "fair-esm"):
-            raise ValueError(f"esm_attention must be sdpa or fair-esm, got {self.esm_attention!r}")
+    train: TrainParams = field(default_factory=TrainParams)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -404,6 +404,15 @@ def shared(ctx, produce):
 # Stage 2: the head, with DistributedDataParallel
 
 
+def _global_sum(x: torch.Tensor) -> torch.Tensor:
+    """A differentiable all_reduce (its backward sums the gradients of every rank)."""
+    from torch.distributed.nn.functional import all_reduce
+
+    with warnings.catch_warnings():  # deprecated for a private module, yet still the public API
+        warnings.simplefilter("ignore", FutureWarning)
+        return all_reduce(x)
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d over the global batch of all ranks on CPU (gloo), where nn.SyncBatchNorm refuses
     to run under DDP. The statistics go through differentiable all_reduces, so each rank's
@@ -412,16 +421,14 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         count = x.shape[0] * world  # every rank holds the same number of rows
         total = x.sum(0)
-        total = all_reduce(total) if world > 1 else total
+        total = _global_sum(total) if world > 1 else total
         mean = total / count
         centred = x - mean
         squares = (centred * centred).sum(0)
-        squares = all_reduce(squares) if world > 1 else squares
+        squares = _global_sum(squares) if world > 1 else squares
         var = squares / count
         with torch.no_grad():
             m = self.momentum
@@ -823,6 +830,8 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
             last = state["history"][-1] if state["history"] else {}
             print(f"vnp: trained {state['epoch']} epochs (best {state['best_epoch']}, validation accuracy "
                   f"{last.get('accuracy', float('nan')):.3f}); classifier and pack.yaml in {out}", file=sys.stderr)
+        if ctx.world_size > 1:  # leave the group together: a rank tearing gloo down early aborted its peer
+            dist.barrier()
         return 0
     except InputError as err:
         if not err.reported:

@@ -36,10 +36,9 @@ import torch
 from vnp.demo import coding_like
 from vnp.embed import BATCH_RECORDS, embed_records
 from vnp.models import TOKEN_BUDGETS
+from vnp.models.batches import token_batches
 from vnp.models.dnabert import build_tiny_dnabert, load_dnabert
-from vnp.models.dnabert import token_batches as dnabert_batches
 from vnp.models.esm import build_tiny_esm, load_esm
-from vnp.models.esm import token_batches as esm_batches
 from vnp.seqio import Record
 from vnp.translate import Frame, batched_chunks, translate_chunks
 
@@ -229,7 +228,7 @@ def bench_dnabert(seqs: list[str], subset: list[int], folder: Path, peak: float)
     print(f"dnabert: 4 layers x 768, {tokenizer}, {np.mean(lengths):.0f} tokens/frame, max_tokens {budget}")
     report("dnabert", seqs, lengths, subset, lambda s: ours(embedder, s, budget),
            lambda s: dnabert_original(embedder, s), dnabert_flops,
-           padding_share(lengths, dnabert_batches, budget), peak)
+           padding_share(lengths, token_batches, budget), peak)
 
 
 def bench_esm(proteins: list[str], subset: list[int], folder: Path, peak: float) -> None:
@@ -240,7 +239,7 @@ def bench_esm(proteins: list[str], subset: list[int], folder: Path, peak: float)
           f"max_tokens {budget}")
     report("esm", proteins, lengths, subset, lambda s: ours(embedder, s, budget),
            lambda s: esm_original(embedder, s), esm_flops,
-           padding_share(lengths, esm_batches, budget), peak)
+           padding_share(lengths, token_batches, budget), peak)
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from vnp.errors import InputError
+from vnp.models.batches import token_batches
 from vnp.models.dnabert import (
     DnabertConfig,
     DnabertEmbedder,
@@ -26,7 +27,6 @@ from vnp.models.dnabert import (
     build_tiny_dnabert,
     load_dnabert,
     load_tokenizer,
-    token_batches,
 )
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -15,10 +15,9 @@ import torch
 
 from vnp.cli import main as vnp_main
 from vnp.embed import checked_records, embed_records, nucleotide_check
+from vnp.models.batches import token_batches
 from vnp.models.dnabert import load_dnabert
-from vnp.models.dnabert import token_batches as dnabert_batches
 from vnp.models.esm import load_esm
-from vnp.models.esm import token_batches as esm_batches
 from vnp.models.pack import build_tiny_pack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +118,7 @@ def test_dnabert_ids_shapes_and_values(pack, inputs, tmp_path, capsys):
     assert ids == ids_of(NUCLEOTIDES)
     assert vectors.dtype == np.float32 and vectors.shape == (len(NUCLEOTIDES), pack.dnabert_dim)
     embedder = load_dnabert(pack.dnabert)
-    assert padded_batch_among(embedder.token_lengths(list(NUCLEOTIDES.values())), dnabert_batches)
+    assert padded_batch_among(embedder.token_lengths(list(NUCLEOTIDES.values())), token_batches)
     expected = dnabert_one_per_call(embedder, list(NUCLEOTIDES.values()))
     np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
     assert f"{len(NUCLEOTIDES)} records" in err and os.listdir(out.parent) == ["dnabert.npz"]
@@ -137,7 +136,7 @@ def test_esm_ids_shapes_and_values(pack, inputs, tmp_path, capsys, attention, la
     assert ids == ids_of(PROTEINS)
     assert vectors.dtype == np.float32 and vectors.shape == (len(PROTEINS), pack.esm_dim)
     embedder = load_esm(pack.esm, layer=layer, attention="fair-esm")
-    assert padded_batch_among(embedder.token_lengths(list(PROTEINS.values())), esm_batches)
+    assert padded_batch_among(embedder.token_lengths(list(PROTEINS.values())), token_batches)
     expected = esm_one_per_call(embedder, list(PROTEINS.values()))
     np.testing.assert_allclose(vectors, expected, atol=1e-5, rtol=0)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from vnp.errors import InputError
-from vnp.models.esm import MAX_RESIDUES, build_tiny_esm, load_esm, token_batches
+from vnp.models.batches import token_batches
+from vnp.models.esm import MAX_RESIDUES, build_tiny_esm, load_esm
 
 # Mixed lengths so that token batches pad; X (unknown residue) and <mask> (token dropout rescaling).
 PROTEINS = [
@@ -177,7 +178,7 @@ def test_token_batches_respect_budget():
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) == 1 or max(lengths[i] for i in batch) * len(batch) <= 30
-    assert [lengths[i] for batch in batches for i in batch] == sorted(lengths)
+    assert [lengths[i] for batch in batches for i in batch] == sorted(lengths, reverse=True)  # longest first
 
 
 def test_empty_input(reference):

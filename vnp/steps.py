@@ -118,7 +118,8 @@ class FrameWork:
     def costs(self, units) -> np.ndarray:
         """Padded ESM tokens of each unit's batches (ESM2-3B dominates: DNABERT-S is ~25x cheaper
         a frame), batched as `EsmEmbedder.prepare` will batch them."""
-        from vnp.models.esm import MAX_RESIDUES, padded_tokens
+        from vnp.models.batches import padded_tokens
+        from vnp.models.esm import MAX_RESIDUES
 
         return np.asarray([padded_tokens([min(len(f.protein), MAX_RESIDUES) + 2 for _, f in self.frames(u)],
                                          self.esm_tokens) for u in units], dtype=np.float64)

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vnp.errors import InputError
-from vnp.models.batches import PreparedBatches, pinned
+from vnp.models.batches import PreparedBatches, pinned, token_batches
 from vnp.paths import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
@@ -338,21 +338,6 @@ def tokenize(tokenizer: Tokenizer, seqs: list[str]) -> list[list[int]]:
     """Token ids of each upper-cased sequence, with [CLS] ... [SEP] (N and others -> [UNK])."""
     encodings = tokenizer.encode_batch([seq.upper() for seq in seqs])
     return [encoding.ids for encoding in encodings]
-
-
-def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Index batches over length-sorted items so that padded length * batch size <= max_tokens.
-
-    Longest first: the first batch is the most expensive, so memory errors surface at once.
-    An item longer than max_tokens gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches, start = [], 0
-    while start < len(order):
-        size = max(1, max_tokens // max(1, lengths[order[start]]))  # the first is the longest
-        batches.append(order[start:start + size])
-        start += size
-    return batches
 
 
 def pad_batch(ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

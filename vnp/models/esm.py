@@ -25,7 +25,7 @@ from esm.multihead_attention import MultiheadAttention
 
 from vnp.errors import InputError
 from vnp.models.checkpoints import restricted_load
-from vnp.models.batches import PreparedBatches, pinned
+from vnp.models.batches import PreparedBatches, pinned, token_batches
 
 Attention = Literal["sdpa", "fair-esm"]
 
@@ -133,31 +133,6 @@ def _mean_residues(reps: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
     keep = (positions >= 1) & (positions <= residues[:, None])  # (B, T)
     summed = (reps.float() * keep[..., None]).sum(dim=1)
     return summed / residues[:, None]
-
-
-def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Indices grouped into batches of length-sorted items with rows x longest <= max_tokens.
-
-    The greedy rule of fair-esm's `FastaBatchedDataset.get_batch_indices`; `lengths` should
-    already count BOS and EOS so that the budget is the padded batch size.
-    """
-    batches: list[list[int]] = []
-    batch: list[int] = []
-    longest = 0
-    for length, index in sorted((n, i) for i, n in enumerate(lengths)):
-        if batch and max(longest, length) * (len(batch) + 1) > max_tokens:
-            batches.append(batch)
-            batch, longest = [], 0
-        batch.append(index)
-        longest = max(longest, length)
-    if batch:
-        batches.append(batch)
-    return batches
-
-
-def padded_tokens(lengths: Sequence[int], max_tokens: int) -> int:
-    """Tokens (rows x longest, padding included) of the batches `token_batches` makes."""
-    return sum(len(batch) * max(lengths[i] for i in batch) for batch in token_batches(lengths, max_tokens))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -281,6 +281,16 @@ def test_bad_launcher_variables_give_one_line_from_the_command(environ, tmp_path
     assert proc.returncode == 2 and error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr
 
 
+def test_bad_launcher_variables_give_one_line_from_vnp_embed(tmp_path):
+    fasta = tmp_path / "in.fa"
+    fasta.write_text(">s1\nACGT\n")
+    proc = subprocess.run([sys.executable, "-m", "vnp.embed", "dnabert", str(fasta), "-m", "x", "-o",
+                           str(tmp_path / "e.npz")], env={**child_env(), "RANK": "abc", "WORLD_SIZE": "2"},
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "vnp: error: launcher variable RANK='abc': not an integer"
+
+
 def test_more_threads_than_cores_is_refused_where_the_rank_runs():
     """A config may come from a bigger machine (`vnp call`, `vnp report` read it anywhere): the
     rank's own cores bound `threads` only when it runs."""

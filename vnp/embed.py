@@ -205,22 +205,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """One rank of an embedding job (a single process, or any launcher's ranks)."""
     if args.max_tokens is not None and args.max_tokens <= 0:
-        return _fail(f"--max-tokens must be positive, got {args.max_tokens}", vdist.detect_env().rank)
+        return _fail(f"--max-tokens must be positive, got {args.max_tokens}")
     try:
         ctx = vdist.init(args.device, "auto", args.timeout_s)
-    except RuntimeError as err:
-        return _fail(str(err), vdist.detect_env().rank)
+    except (InputError, RuntimeError) as err:  # bad launcher variables, no CUDA, no rendezvous
+        return _fail(str(err).strip().splitlines()[0])
     try:
         return _embed_job(ctx, args)
     except InputError as err:
-        return 2 if err.reported else _fail(str(err), ctx.rank)
+        return 2 if err.reported else _fail(str(err))
     except vdist.PeerFailure:
         return 1  # the rank that failed has said why
     finally:
         vdist.cleanup()
 
 
-def _fail(message: str, rank: int) -> int:
+def _fail(message: str) -> int:
     print(f"vnp: error: {message}", file=sys.stderr)
     return 2
 

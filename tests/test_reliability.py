@@ -281,12 +281,15 @@ def test_bad_launcher_variables_give_one_line_from_the_command(environ, tmp_path
     assert proc.returncode == 2 and error_lines(proc.stderr) == [proc.stderr.strip()], proc.stderr
 
 
-def test_bad_launcher_variables_give_one_line_from_vnp_embed(tmp_path):
+@pytest.mark.parametrize("command", ["embed", "train"])
+def test_bad_launcher_variables_give_one_line_from_vnp_embed_and_train(tmp_path, command):
     fasta = tmp_path / "in.fa"
     fasta.write_text(">s1\nACGT\n")
-    proc = subprocess.run([sys.executable, "-m", "vnp.embed", "dnabert", str(fasta), "-m", "x", "-o",
-                           str(tmp_path / "e.npz")], env={**child_env(), "RANK": "abc", "WORLD_SIZE": "2"},
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    (tmp_path / "m.tsv").write_text(f"{fasta}\tvirus\n")
+    args = {"embed": ["dnabert", str(fasta), "-m", "x", "-o", str(tmp_path / "e.npz")],
+            "train": [str(tmp_path / "m.tsv"), "-o", str(tmp_path / "trained")]}[command]
+    proc = subprocess.run([sys.executable, "-m", f"vnp.{command}", *args], env={**child_env(), "RANK": "abc",
+                          "WORLD_SIZE": "2"}, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == "vnp: error: launcher variable RANK='abc': not an integer"
 

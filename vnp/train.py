@@ -767,7 +767,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from vnp.predict import split_items
 
-    env = vdist.detect_env()
+    try:
+        env = vdist.detect_env()
+    except InputError as err:  # no rank is known: every process says it
+        print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
     try:
         inputs, overrides = split_items(args.items)
         if len(inputs) != 1:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from typing import Callable
 from types import ModuleType
 
 # subcommand -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help).
@@ -64,6 +66,41 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
     if extra:
         args.items = list(args.items) + extra
     return args
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """Inputs are paths; `key=value` items (that are not existing files) are overrides."""
+    inputs, overrides = [], []
+    for item in items:
+        (overrides if "=" in item and not os.path.exists(item) else inputs).append(item)
+    return inputs, overrides
+
+
+def rank_command(args: argparse.Namespace, config_class: type, check_inputs: Callable[[list[str]], str | None],
+                 out_usage: str):
+    """(inputs, configuration) of a command every rank runs (`vnp predict`, `vnp train`), or the exit
+    code 2 after one line: said by rank 0 only, or by every process when no rank can be known."""
+    from vnp import dist as vdist
+    from vnp.config import load_config
+    from vnp.errors import InputError
+
+    try:
+        env = vdist.detect_env()
+    except InputError as err:  # no rank is known: every process says it
+        print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        inputs, overrides = split_items(args.items)
+        problem = check_inputs(inputs)
+        if problem:
+            raise InputError(problem)
+        if not args.out:
+            raise InputError(f"no output folder given ({out_usage})")
+        return inputs, load_config(args.config, overrides, cls=config_class)
+    except InputError as err:
+        if env.rank == 0:  # the same error on every rank: say it once
+            print(f"vnp: error: {err}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
+from vnp.cli import rank_command, split_items
 from vnp import dist as vdist
 from vnp.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.engine import StopFlag
@@ -41,14 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", help="comma-separated GPU ids: relaunch under torchrun, one rank per GPU")
     parser.epilog = help_text()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-
-
-def split_items(items: list[str]) -> tuple[list[str], list[str]]:
-    """Inputs are paths; `key=value` items (that are not existing files) are overrides."""
-    inputs, overrides = [], []
-    for item in items:
-        (overrides if "=" in item and not os.path.exists(item) else inputs).append(item)
-    return inputs, overrides
 
 
 def relaunch_on_gpus(args: argparse.Namespace) -> int:
@@ -81,22 +74,11 @@ def relaunch_on_gpus(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.gpus:
         return relaunch_on_gpus(args)
-    try:
-        env = vdist.detect_env()
-    except InputError as err:  # no rank is known: every process says it
-        print(f"vnp: error: {err}", file=sys.stderr)
+    command = rank_command(args, PredictConfig, lambda inputs: None if inputs else
+                           "no input files given (vnp predict INPUT... -o OUT)", "-o OUT")
+    if command == 2:
         return 2
-    try:
-        inputs, overrides = split_items(args.items)
-        if not inputs:
-            raise InputError("no input files given (vnp predict INPUT... -o OUT)")
-        if not args.out:
-            raise InputError("no output folder given (-o OUT)")
-        config = load_config(args.config, overrides)
-    except InputError as err:
-        if env.rank == 0:  # the same error on every rank: say it once
-            print(f"vnp: error: {err}", file=sys.stderr)
-        return 2
+    inputs, config = command
     return predict(config, inputs, Path(args.out))
 
 

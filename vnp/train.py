@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vnp import dist as vdist
-from vnp.config import ModelRunConfig, _help, help_text, load_config
+from vnp.config import ModelRunConfig, _help, help_text
 from vnp.errors import InputError, where
 from vnp.models.pack import ModelPack, load_pack
 from vnp.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
@@ -765,25 +765,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vnp.predict import split_items
+    from vnp.cli import rank_command
 
-    try:
-        env = vdist.detect_env()
-    except InputError as err:  # no rank is known: every process says it
-        print(f"vnp: error: {err}", file=sys.stderr)
+    command = rank_command(args, TrainConfig, lambda inputs: None if len(inputs) == 1 else
+                           "expected one manifest (vnp train MANIFEST.tsv -o DIR)", "-o DIR")
+    if command == 2:
         return 2
-    try:
-        inputs, overrides = split_items(args.items)
-        if len(inputs) != 1:
-            raise InputError("expected one manifest (vnp train MANIFEST.tsv -o DIR)")
-        if not args.out:
-            raise InputError("no output folder given (-o DIR)")
-        config = load_config(args.config, overrides, cls=TrainConfig)
-    except InputError as err:
-        if env.rank == 0:
-            print(f"vnp: error: {err}", file=sys.stderr)
-        return 2
-    return train(config, Path(inputs[0]), Path(args.out))
+    (manifest,), config = command
+    return train(config, Path(manifest), Path(args.out))
 
 
 def train(config: TrainConfig, manifest: Path, out: Path) -> int:

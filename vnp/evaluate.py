@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from vnp.errors import InputError, exit_on_input_error, where
+from vnp.plots import pyplot, save_png
+from vnp.run_folder import RunFolder
 
 CLASSES = ("others", "virus")
 
@@ -101,11 +101,9 @@ def metrics(truth: np.ndarray, score: np.ndarray, predicted: np.ndarray) -> dict
 
 
 def plot_roc(curves: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (truth, score, _), auroc in curves.values():
@@ -118,10 +116,7 @@ def plot_roc(curves: dict, path: Path) -> None:
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 def evaluate(out: Path, labels_path: Path, report_dir: Path) -> dict:
@@ -144,9 +139,7 @@ def evaluate(out: Path, labels_path: Path, report_dir: Path) -> dict:
         result[level] = {**counts, **values}
         curves[level] = (f"per {level}", arrays, values.get("auroc"))
     report_dir.mkdir(parents=True, exist_ok=True)
-    tmp = report_dir / "evaluation.json.tmp"
-    tmp.write_text(json.dumps({"run": str(out), "labels": str(labels_path), **result}, indent=2) + "\n")
-    os.replace(tmp, report_dir / "evaluation.json")
+    RunFolder.write_json(report_dir / "evaluation.json", {"run": str(out), "labels": str(labels_path), **result})
     plot_roc(curves, report_dir / "roc.png")
     return result
 

@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from vnp.errors import InputError
+from vnp.plots import pyplot
 from vnp.run_folder import RunFolder
 
 TOP_N = 10
@@ -325,12 +326,8 @@ def _score_lines(ax, rules: CallRules, vertical: bool) -> None:
 
 
 def _pyplot():
-    """matplotlib with the Agg backend, imported only when a report is written."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    """matplotlib with the report's style, imported only when a report is written."""
+    plt = pyplot()
     plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "vnp", "font.size": 10,
                          "font.family": "sans-serif", "axes.spines.top": False, "axes.spines.right": False,
                          "axes.titlesize": 11, "axes.titleweight": "bold", "figure.dpi": 100})
@@ -341,9 +338,7 @@ def _svg_uri(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     fig.clear()
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     svg = buffer.getvalue()
     svg = svg[svg.index(b"<svg"):]  # no XML declaration or DOCTYPE (an external DTD reference)
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")

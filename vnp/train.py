@@ -53,6 +53,7 @@ from vnp.config import ModelRunConfig, _help, help_text
 from vnp.errors import InputError, where
 from vnp.models.pack import ModelPack, load_pack
 from vnp.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
+from vnp.plots import pyplot, save_png
 from vnp.run_folder import RunFolder, input_entries, new_run_record
 from vnp.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary, record_pieces
 from vnp.store import part_number, read_checked, write_atomic
@@ -721,17 +722,11 @@ def _write_pack_yaml(out: Path, pack: ModelPack, chunk_length: int) -> None:
     data = dict(name=f"trained_{chunk_length}", chunk_length=chunk_length, dnabert=local(pack.dnabert),
                 esm=local(pack.esm), esm_layer=pack.esm_layer, classifier="classifier",
                 dnabert_dim=pack.dnabert_dim, esm_dim=pack.esm_dim)
-    tmp = out / "pack.yaml.tmp"
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
-    os.replace(tmp, out / "pack.yaml")
+    RunFolder.write_text(out / "pack.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def plot_learning_curve(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
@@ -745,10 +740,7 @@ def plot_learning_curve(history: list[dict], path: Path) -> None:
     right.set_ylim(0, 1.02)
     right.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_png(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

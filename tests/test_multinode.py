@@ -273,16 +273,21 @@ def assert_chosen_interfaces(cluster: Cluster, results: list[tuple[int, str]], o
         assert f"GLOO_SOCKET_IFNAME={node.interface}," in (out / "logs" / f"rank{node.rank}.log").read_text()
 
 
-@pytest.mark.slow
-def test_torchrun_over_two_nodes(cluster, job_input, reference, tmp_path):
-    out = tmp_path / "out"
-    procs = [cluster.start(rank, torchrun_command(rank, 29501, job_input, out), node_env()) for rank in (0, 1)]
+def check_two_node_run(cluster, procs, out: Path, reference: Path, launcher: str) -> None:
+    """Both nodes succeeded through the interfaces vnp chose; tables equal one process's."""
     results = finish(procs)
     assert all(code == 0 for code, _ in results), results
     assert_chosen_interfaces(cluster, results, out)
     assert tables(out) == tables(reference)
     record = json.loads((out / "run.json").read_text())
-    assert record["world_size"] == 2 and record["launcher"] == "torchrun"
+    assert record["world_size"] == 2 and record["launcher"] == launcher
+
+
+@pytest.mark.slow
+def test_torchrun_over_two_nodes(cluster, job_input, reference, tmp_path):
+    out = tmp_path / "out"
+    procs = [cluster.start(rank, torchrun_command(rank, 29501, job_input, out), node_env()) for rank in (0, 1)]
+    check_two_node_run(cluster, procs, out, reference, "torchrun")
 
 
 @pytest.mark.slow
@@ -293,12 +298,7 @@ def test_slurm_over_two_nodes(cluster, job_input, reference, tmp_path):
                            node_env(SLURM_PROCID=str(rank), SLURM_LOCALID="0", SLURM_NTASKS="2", SLURM_NNODES="2",
                                     SLURM_TASKS_PER_NODE="1(x2)", SLURM_NODELIST="vnpnode[0-1]", SLURM_JOB_ID="4242"))
              for rank in (0, 1)]
-    results = finish(procs)
-    assert all(code == 0 for code, _ in results), results
-    assert_chosen_interfaces(cluster, results, out)
-    assert tables(out) == tables(reference)
-    record = json.loads((out / "run.json").read_text())
-    assert record["world_size"] == 2 and record["launcher"] == "slurm"
+    check_two_node_run(cluster, procs, out, reference, "slurm")
 
 
 @pytest.mark.slow

@@ -317,6 +317,10 @@ def print0(ctx: Context, *args, **kwargs) -> None:
 class PeerFailure(RuntimeError):
     """Another rank failed or stopped answering; this rank stops quietly (that rank reports)."""
 
+    def __init__(self, message: str, reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported  # True where the failing rank has said why
+
 
 def broadcast_object(ctx: Context, obj=None):
     """Rank 0's object on every rank (a small, quick collective)."""

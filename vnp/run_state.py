@@ -245,9 +245,7 @@ def _raise_failure(status: dict) -> None:
     if status.get("stopped"):
         raise Stopped("rank 0 was stopped by a signal while preparing")
     if status.get("error"):
-        err = InputError(status["error"])
-        err.reported = True  # rank 0 printed it
-        raise err
+        raise InputError(status["error"], reported=True)  # rank 0 printed it
 
 
 @contextlib.contextmanager

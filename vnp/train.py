@@ -395,9 +395,7 @@ def shared(ctx, produce):
     if "error" in message:
         if message["input"]:
             raise InputError(message["error"], reported=True)
-        err = vdist.PeerFailure("rank 0 failed")
-        err.reported = True
-        raise err
+        raise vdist.PeerFailure("rank 0 failed", reported=True)
     return message["value"]
 
 
@@ -823,7 +821,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
             print(f"vnp: error: {err}", file=sys.stderr)
         return 2
     except vdist.PeerFailure as err:
-        if not getattr(err, "reported", False):  # rank 0 reports its own failure
+        if not err.reported:  # rank 0 reports its own failure
             print(f"vnp: error: rank {ctx.rank}: {err}", file=sys.stderr)
         return 1
     except Exception as err:

@@ -30,7 +30,7 @@ def _fmt(values: np.ndarray) -> list[str]:
 
 def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4) -> dict:
     """Write a finished run's OUT folder with `n_contigs` sequences; returns its key numbers."""
-    from vnp.config import PredictConfig, to_yaml
+    from vnp.support.config import PredictConfig, to_yaml
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from vnp.errors import InputError
-from vnp.plots import pyplot
-from vnp.run_folder import RunFolder
+from vnp.support.errors import InputError
+from vnp.results.plots import pyplot
+from vnp.run.folder import RunFolder
 
 TOP_N = 10
 BATCH_ROWS = 200_000
@@ -270,7 +270,7 @@ def settings_changed(path: Path) -> list[tuple[str, str, str]]:
     """(key, value, default) of every setting in OUT/config.yaml that differs from vnp's default."""
     from omegaconf import OmegaConf
 
-    from vnp.config import PredictConfig
+    from vnp.support.config import PredictConfig
 
     def flat(tree: dict, prefix: str = "") -> dict[str, object]:
         items = {}

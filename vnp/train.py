@@ -14,7 +14,7 @@ keeps every stop-free frame:
   * FASTA: every stop-free frame is kept (as prediction does).
 
 Two stages, both resumable:
-  1. features: the prediction engine (`vnp.steps.run_steps`) embeds every kept frame with the
+  1. features: the prediction engine (`vnp.run.steps.run_steps`) embeds every kept frame with the
      pack's DNABERT-S and ESM2 (each rank its work units, rows gathered to rank 0), rank 0 writes
      them in checked parts to DIR/features and at the end into DIR/features/features.npy. They
      are cached: a rerun with other `train.*` values trains again without embedding again.
@@ -48,16 +48,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from vnp import dist as vdist
-from vnp.config import ModelRunConfig, _help, help_text
-from vnp.errors import InputError, where
+from vnp.run import dist as vdist
+from vnp.support.config import ModelRunConfig, _help, help_text
+from vnp.support.errors import InputError, where
 from vnp.models.pack import ModelPack, load_pack
-from vnp.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
-from vnp.plots import pyplot, save_png
-from vnp.run_folder import RunFolder, input_entries, new_run_record
-from vnp.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary, record_pieces
-from vnp.store import part_number, read_checked, write_atomic
-from vnp.translate import FRAME_NAMES, Chunk, Frame
+from vnp.run.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
+from vnp.results.plots import pyplot, save_png
+from vnp.run.folder import RunFolder, input_entries, new_run_record
+from vnp.seq.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary, record_pieces
+from vnp.run.store import part_number, read_checked, write_atomic
+from vnp.seq.frames import FRAME_NAMES, Chunk, Frame
 
 
 LABELS = {"others": 0, "virus": 1}  # column 1 of the classifier's softmax is P(virus), as published
@@ -288,7 +288,7 @@ def committed_units(parts: Path) -> set[int]:
 def compute_features(ctx, state, config: TrainConfig, stop, select_frames, sink) -> None:
     """The one place training meets the distributed engine: every rank embeds its units with the
     pack's models, rank 0's `sink` receives them step by step."""
-    from vnp.steps import Models, run_steps
+    from vnp.run.steps import Models, run_steps
 
     models = Models.load_everywhere(ctx, state, config)
     run_steps(ctx, state, config, models, stop, sink=sink, select_frames=select_frames)
@@ -341,7 +341,7 @@ def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str,
 
 def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     """Rank 0: checks, the input pack and CDS table (once), and what feature units are left."""
-    from vnp.run_state import RunSpec, resolved_precision
+    from vnp.run.state import RunSpec, resolved_precision
 
     out = folder.root
     folder.check_usable()
@@ -767,8 +767,8 @@ def run(args: argparse.Namespace) -> int:
 
 def train(config: TrainConfig, manifest: Path, out: Path) -> int:
     """One rank's whole job: features (engine), head (DDP), outputs (rank 0)."""
-    from vnp.run_state import RunState
-    from vnp.engine import StopFlag
+    from vnp.run.state import RunState
+    from vnp.run.engine import StopFlag
 
     folder = RunFolder(out)  # rank 0 holds DIR's lock from its checks to the end of this function
 

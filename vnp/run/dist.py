@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from vnp.config import usable_cores
-from vnp.errors import InputError
+from vnp.support.config import usable_cores
+from vnp.support.errors import InputError
 
 
 @dataclass(frozen=True)

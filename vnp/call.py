@@ -65,7 +65,7 @@ def _finished_run(folder: RunFolder):
 def call(out: Path, overrides: list[str]) -> dict:
     """Rewrite the results of the finished run in OUT with `overrides`; returns its new run.json."""
     from vnp.results.tables import input_names, settings_record, write_results
-    from vnp.report import write_report
+    from vnp.results.report import write_report
 
     _check_overrides(overrides)
     if not out.is_dir():

@@ -163,7 +163,7 @@ def _logged(out: Path, rank: int) -> str:
 
 def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:
     from vnp.results.tables import input_names, settings_record, write_tables
-    from vnp.report import write_report
+    from vnp.results.report import write_report
 
     folder = state.folder
     folder.remove_handshake_files()  # every rank read them before the first step

@@ -12,11 +12,15 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
+# After the editable install, the checkout goes on sys.path too (vnp-checkout.pth): a folder named vnp
+# that holds the clone then cannot shadow the package (as a namespace package) when `python -m
+# vnp.predict` runs from its parent folder, as setuptools warns it could.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[test]"
+	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'vnp-checkout.pth').write_text('$(CURDIR)\\n')"
 	touch $(STAMP)
 
 demo: $(STAMP)

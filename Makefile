@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean report-screenshot
+.PHONY: venv demo test test-fast bench clean report-screenshot
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ report-screenshot: demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The developers' loop: the single-process tests only (the multi-process runs are marked slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -41,4 +41,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) demo_out bench_out
+	rm -rf $(VENV) demo_out demo_out_model bench_out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from vnp.demo import example_path, write_example
+import pytest
+
+from vnp.demo import example_path, example_sequences, write_example
 from vnp.demo import main as demo_main
 
 
@@ -11,9 +13,19 @@ def test_bundled_example_is_what_the_generator_makes(tmp_path):
     assert (tmp_path / "example.fa").read_bytes() == example_path().read_bytes()
 
 
-def test_demo_runs_and_says_the_labels_are_meaningless(tmp_path, capsys):
+@pytest.mark.slow
+def test_demo_finds_the_synthetic_viruses_and_the_provirus_and_says_it_is_synthetic(tmp_path, capsys):
     assert demo_main([str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM weights" in out and "classifier=" in out
-    rows = (tmp_path / "demo" / "contigs.tsv").read_text().splitlines()
-    assert len(rows) == 1 + 11  # every bundled sequence has a row
+    assert "SYNTHETIC" in out and "TINY" in out and "classifier=" in out
+    rows = [line.split("\t") for line in (tmp_path / "demo" / "contigs.tsv").read_text().splitlines()]
+    label = {row[0]: row[rows[0].index("label")] for row in rows[1:]}
+    assert len(label) == len(example_sequences())  # every bundled sequence has a row
+    assert {k for k, v in label.items() if v == "virus"} == {"viral_1", "viral_2", "viral_3", "viral_4", "read_1"}
+    assert {label[k] for k in ("host_1", "host_2", "host_3")} == {"others"}
+    regions = (tmp_path / "demo" / "regions.tsv").read_text()
+    assert "provirus_1\tprovirus_1|region_3001_5500\t3001\t5500\t" in regions and "\tpartial" in regions
+    assert (tmp_path / "demo" / "viral_regions.fna").read_text().startswith(">provirus_1|region_3001_5500")
+    # a second demo reuses the trained head instead of training again
+    assert demo_main([str(tmp_path / "demo")]) == 0
+    assert "reusing the head trained before" in capsys.readouterr().err

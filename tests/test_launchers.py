@@ -18,7 +18,7 @@ def test_launcher_is_named_for_run_json(environ, launcher):
     assert vdist.detect_env(environ).launcher == launcher
 
 
-def test_several_cpu_ranks_on_a_node_are_said_once_by_rank_0(monkeypatch, capsys):
+def test_several_cpu_ranks_started_by_accelerate_are_said_once_by_rank_0(monkeypatch, capsys):
     monkeypatch.setattr(vdist.torch.cuda, "is_available", lambda: False)
     for rank in (0, 1):
         env = vdist.Env(rank, rank, 1, 8, "accelerate")  # world 1: no process group is started

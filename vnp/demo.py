@@ -1,12 +1,16 @@
-"""`make demo`: the main job on the bundled example with the tiny pack, built on the fly.
+"""`make demo`: the main job on a bundled example whose report shows what vnp finds.
 
     python -m vnp.demo [OUT]        (default OUT: demo_out)
 
-The example (vnp/data/example.fa) is made by `write_example` below: a few kb of sequences of
-several lengths, some coding-like (no stop codon in one frame), some random, one shorter than a
-codon, one with N and lower case. The tiny pack has random weights, so its labels mean nothing;
-it shows the pipeline end to end. For real predictions use the published models, e.g.
-`vnp predict input.fa -o out pack=500 classifier=/path/to/500_model.pth`.
+The biology is SYNTHETIC and the models TINY: "viral" sequences are GC-rich coding-like DNA, "host"
+ones AT-rich coding-like DNA, both without stop codons in frame F1. The demo first trains the tiny
+pack's classifier head on such sequences with `vnp train` (seconds on a CPU; cached in
+OUT/demo_model and reused while its training data is unchanged), then runs `vnp predict` with it on
+the example (vnp/data/example.fa, made by `write_example` below): viral contigs, host contigs, a
+provirus-like chimera (host, viral, host: a partial viral region), a short read, a sequence with N
+and lower case, one shorter than a codon and one without a stop-free frame. Its report thus shows
+viral calls, a partial region, the viral FASTA and score tracks; none of it says anything about real
+viruses. For real predictions use the published models (README, "Model packs").
 """
 
 from __future__ import annotations
@@ -29,29 +33,83 @@ def random_dna(rng: random.Random, length: int) -> str:
     return "".join(rng.choices("ACGT", k=length))
 
 
+GC_CODONS = tuple(c for c in SENSE_CODONS if sum(b in "GC" for b in c) >= 2)
+AT_CODONS = tuple(c for c in SENSE_CODONS if sum(b in "AT" for b in c) >= 2)
+
+
+def viral_like(rng: random.Random, length: int) -> str:
+    """The demo's synthetic "virus": GC-rich coding-like DNA (no stop codon in frame F1)."""
+    return "".join(rng.choices(GC_CODONS, k=length // 3 + 1))[:length]
+
+
+def host_like(rng: random.Random, length: int) -> str:
+    """The demo's synthetic "host": AT-rich coding-like DNA (no stop codon in frame F1)."""
+    return "".join(rng.choices(AT_CODONS, k=length // 3 + 1))[:length]
+
+
 def example_sequences(seed: int = 2025) -> list[tuple[str, str]]:
+    """The demo's input: (FASTA title, sequence) of every kind of contig the report can show."""
     rng = random.Random(seed)
-    records = []
-    for i, length in enumerate(LENGTHS):
-        if i % 2:
-            seq, kind = coding_like(rng, length), "coding-like"
-        else:
-            seq, kind = random_dna(rng, length), "random"
-        if i == 7:
-            seq = seq[:200] + "N" * 12 + seq[212:600].lower() + seq[600:]
-            kind += ", with N and lower case"
-        records.append((f"example_{i + 1} {kind} {length} bp", seq))
+    records = [(f"viral_{i} synthetic virus {n} bp", viral_like(rng, n)) for i, n in enumerate((3000, 2200, 1500), 1)]
+    records += [(f"host_{i} synthetic host {n} bp", host_like(rng, n)) for i, n in enumerate((4000, 2500, 1800), 1)]
+    chimera = host_like(rng, 3000) + viral_like(rng, 2500) + host_like(rng, 3000)
+    records.append(("provirus_1 synthetic host with a viral insert at 3001-5500 (8500 bp)", chimera))
+    read = viral_like(rng, 300)
+    records.append(("read_1 synthetic viral read 300 bp", read))
+    mixed = viral_like(rng, 1200)
+    records.append(("viral_4 with N and lower case 1200 bp", mixed[:200] + "N" * 12 + mixed[212:600].lower() + mixed[600:]))
+    records.append(("random_1 random DNA, no stop-free frame 700 bp", random_dna(rng, 700)))
+    records.append(("tiny_1 shorter than a codon", "AC"))
     return records
 
 
-def write_example(path: str | Path) -> None:
+def training_sequences(kind: str, seed: int, count: int = 24) -> list[tuple[str, str]]:
+    """`count` training sequences of the demo's synthetic "virus" or "host" (1,000-2,000 bp)."""
+    rng = random.Random(seed)
+    make = viral_like if kind == "virus" else host_like
+    return [(f"{kind}_train_{i}", make(rng, rng.randrange(1000, 2001))) for i in range(count)]
+
+
+def write_fasta(path: str | Path, records: list[tuple[str, str]]) -> None:
     with open(path, "w") as fh:
-        for title, seq in example_sequences():
+        for title, seq in records:
             fh.write(f">{title}\n" + "".join(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60)))
+
+
+def write_example(path: str | Path) -> None:
+    write_fasta(path, example_sequences())
 
 
 def example_path() -> Path:
     return Path(str(resources.files("vnp") / "data" / "example.fa"))
+
+
+def train_demo_model(folder: Path) -> Path:
+    """The tiny pack with its head trained on the synthetic task (`vnp train`); kept in `folder` and
+    reused while the training data are unchanged (`vnp train` resumes a finished training)."""
+    from vnp.train import main as train_main
+
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    fresh = folder / "fresh"
+    fresh.mkdir(exist_ok=True)
+    write_fasta(fresh / "virus.fa", training_sequences("virus", seed=1))
+    write_fasta(fresh / "host.fa", training_sequences("others", seed=2))
+    (fresh / "manifest.tsv").write_text("virus.fa\tvirus\nhost.fa\tothers\n")
+    same = all((data / f.name).is_file() and (data / f.name).read_bytes() == f.read_bytes() for f in fresh.iterdir())
+    pack = folder / "trained" / "pack.yaml"
+    if same and pack.is_file():
+        print(f"vnp demo: reusing the head trained before ({pack})", file=sys.stderr)
+        return pack
+    for f in fresh.iterdir():
+        f.replace(data / f.name)
+    print("vnp demo: training the tiny pack's head on SYNTHETIC sequences (GC-rich = \"virus\", "
+          "AT-rich = \"host\") ...", file=sys.stderr)
+    code = train_main([str(data / "manifest.tsv"), "-o", str(folder / "trained"), "pack=tiny", "progress=false",
+                       "train.max_epochs=30", "train.patience=30", "train.lr=0.01"])
+    if code != 0:
+        raise SystemExit(code)
+    return folder / "trained" / "pack.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,15 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     # torch is imported only when the demo runs (the generators above are used by benchmarks)
     from vnp.predict import main as predict_main
 
-    code = predict_main([str(example_path()), "-o", str(out), "pack=tiny", "force=true"])
+    pack = train_demo_model(out.parent / f"{out.name}_model")
+    code = predict_main([str(example_path()), "-o", str(out), f"pack={pack}", "force=true"])
     if code == 0:
-        print(f"\nDemo results are in {out}/: prediction_results.txt (per frame), "
-              "prediction_results_highestscore.csv (per chunk), chunks.tsv, contigs.tsv, run.json, report.html.\n"
-              "The tiny pack has RANDOM weights: its labels are meaningless; it exercises the pipeline.\n"
-              "For real predictions point vnp at the published models, e.g.\n"
+        print(f"\nDemo results are in {out}/: contigs.tsv (per sequence), chunks.tsv, regions.tsv/.bed/.gff3,\n"
+              "viral_sequences.fna, viral_regions.fna, summary.tsv, the original's prediction_results.txt and\n"
+              "prediction_results_highestscore.csv, run.json, report.html.\n"
+              "These are TINY models trained in seconds on SYNTHETIC biology (GC-rich \"viruses\", AT-rich\n"
+              "\"hosts\"): the calls show what vnp reports, not real viruses.\n"
+              "For real predictions get the published models (README.md, \"Model packs\"), e.g.\n"
               "  vnp predict input.fa -o out pack=500 classifier=/path/to/500_model.pth\n"
-              "(DNABERT-S and ESM2-3B are fetched from their hubs when the network allows, or give local\n"
-              " copies in a pack folder: see README.md).\n"
               f"Report (open it in a browser): {(out / 'report.html').resolve()}")
     return code
 

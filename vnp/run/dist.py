@@ -274,7 +274,7 @@ def init(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0)
     """Start this rank: pick its device and, for several ranks, join the process group."""
     env = detect_env()
     dev = pick_device(device, env.local_rank)
-    if device == "auto" and dev.type == "cpu" and env.local_world_size > 1 and env.rank == 0:
+    if device == "auto" and dev.type == "cpu" and env.launcher == "accelerate" and env.local_world_size > 1 and env.rank == 0:
         print(f"vnp: warning: no GPU found: {env.local_world_size} ranks on this node run on the CPU and share its "
               "cores (for GPUs check CUDA_VISIBLE_DEVICES; on a CPU, one rank uses every core)", file=sys.stderr)
     if env.world_size == 1:

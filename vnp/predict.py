@@ -28,6 +28,7 @@ from vnp.support.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.run.engine import StopFlag
 from vnp.support.errors import InputError, Stopped
 from vnp.run.folder import RunFolder
+from vnp.support.atomic import AtomicFiles
 from vnp.run.state import RunState, log_path, open_log, prepare_run, show_alive, silent_ranks, wait_until_ready
 from vnp.run.steps import EmbedTimes, Models, run_steps
 
@@ -169,13 +170,15 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     folder.remove_handshake_files()  # every rank read them before the first step
     t0 = time.time()
     keys, scores = state.store.sorted_scores()
-    counts = write_tables(folder.root, state.plan, keys, scores, config, input_names(state.run_record["inputs"]))
-    times.stages["write_tables_s"] = round(time.time() - t0, 3)
-    times.stages["total_s"] = round(time.time() - started, 3)
-    run_json = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
-    run_json["calls"] = settings_record(config, "vnp predict")
-    folder.write_json(folder.run_json, run_json)
-    write_report(folder.root)
+    with AtomicFiles() as files:  # tables, run.json and report.html together, or none of them
+        counts = write_tables(folder.root, state.plan, keys, scores, config, input_names(state.run_record["inputs"]),
+                              files)
+        times.stages["write_tables_s"] = round(time.time() - t0, 3)
+        times.stages["total_s"] = round(time.time() - started, 3)
+        run_json = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
+        run_json["calls"] = settings_record(config, "vnp predict")
+        files.write_json(folder.run_json, run_json)
+        write_report(folder.root, files=files)
     labels = ", ".join(f"{n} {k}" for k, n in sorted(counts.labels.items()))
     vdist.print0(ctx, f"vnp: {counts.sequences} sequences, {counts.chunks} chunks, {counts.frames} frames "
                       f"({labels}); results in {folder.root}")

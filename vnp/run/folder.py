@@ -213,7 +213,7 @@ class RunFolder:
         """Remove a previous run's progress (committed scores and embeddings, which the new run would
         otherwise mix with its own). Its tables, run.json and config.yaml stay until replaced."""
         for folder in (self.parts, self.embeddings):
-            remove_matching(folder, lambda path: PART_FILES.fullmatch(path.name) or atomic.is_temporary(path))
+            atomic.remove_matching(folder, lambda path: PART_FILES.fullmatch(path.name) or atomic.is_temporary(path))
             try:
                 folder.rmdir()  # only if nothing else is in it
             except OSError:
@@ -222,13 +222,13 @@ class RunFolder:
     def remove_leftovers(self) -> None:
         """Temporary files of a run killed while writing (kill -9, a node lost): they can be large
         (a packed input) and are never resumed from. Called with OUT locked."""
-        remove_matching(self.root, atomic.is_temporary)
-        remove_matching(self.work, lambda path: atomic.is_temporary(path) or ALIVE_FILES.fullmatch(path.name))
+        atomic.remove_matching(self.root, atomic.is_temporary)
+        atomic.remove_matching(self.work, lambda path: atomic.is_temporary(path) or ALIVE_FILES.fullmatch(path.name))
 
     def remove_handshake_files(self) -> None:
         """The ready, remaining, heartbeat and stop files of earlier runs (or of this one, once all
         ranks have read them)."""
-        remove_matching(self.work, lambda path: HANDSHAKE_FILES.fullmatch(path.name))
+        atomic.remove_matching(self.work, lambda path: HANDSHAKE_FILES.fullmatch(path.name))
 
     # --- writing ------------------------------------------------------------------------------
     @staticmethod
@@ -257,17 +257,6 @@ def check_empty(folder: Path, what: str) -> None:
         more = f" and {len(names) - SHOWN_ENTRIES} more" if len(names) > SHOWN_ENTRIES else ""
         raise InputError(f"{folder}: the {what} is not empty and not one vnp made (it holds {shown}{more}); "
                          "choose a new or empty folder")
-
-
-def remove_matching(folder: Path, matches) -> None:
-    """Remove the plain files directly in `folder` whose path `matches` (never a link's target)."""
-    try:
-        paths = list(folder.iterdir())
-    except OSError:
-        return
-    for path in paths:
-        if matches(path) and (path.is_symlink() or path.is_file()):
-            path.unlink(missing_ok=True)
 
 
 def input_entries(paths) -> list[dict]:

@@ -29,9 +29,10 @@ from vnp.run import dist as vdist
 from vnp.support.config import PredictConfig
 from vnp.support.errors import InputError, Stopped
 from vnp.models.pack import ModelPack, load_pack
-from vnp.run.plan import ChunkPlan, check_inputs, load_plan, pack_inputs
+from vnp.run.plan import ChunkPlan, check_inputs, load_plan, pack_inputs, packed_problem
 from vnp.run.folder import RunFolder, input_entries, new_run_record
 from vnp.run.store import ScoreStore
+from vnp.support.atomic import open_atomic
 
 log = logging.getLogger("vnp")
 
@@ -201,7 +202,8 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], fo
             beating.stop()
     state.classifier = classifier
     state.stages["prepare_s"] = round(time.time() - t0, 3)
-    np.save(folder.remaining(nonce), np.asarray(state.spec.remaining, dtype=np.int64))
+    with open_atomic(folder.remaining(nonce), "wb") as fh:
+        np.save(fh, np.asarray(state.spec.remaining, dtype=np.int64))
     folder.write_json(folder.ready(nonce), state.spec.to_ready())
     return state
 
@@ -335,6 +337,10 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, folder: Ru
                                 save_embeddings=config.save_embeddings, filters=asdict(config.filter))
     same = folder.holds_same_run(run_record, pack, config.force)
     fresh = not (same and folder.index.exists()) or config.force
+    damage = None if fresh else packed_problem(folder.work)
+    if damage:  # the inputs are unchanged (by checksum): packing them again gives the same bytes
+        log.warning("repacking the inputs: %s", damage)
+        pack_inputs(paths, folder.work)
     if fresh:
         # The old progress can no longer be resumed (the index is about to change), even if this
         # run fails before it starts; the old results themselves stay until replaced.

@@ -67,6 +67,17 @@ def create_temporary(path: Path) -> Path:
             raise write_failed(path, err) from None
 
 
+def remove_matching(folder: Path, matches) -> None:
+    """Remove the plain files directly in `folder` whose path `matches` (never a link's target)."""
+    try:
+        paths = list(folder.iterdir())
+    except OSError:
+        return
+    for path in paths:
+        if matches(path) and (path.is_symlink() or path.is_file()):
+            path.unlink(missing_ok=True)
+
+
 def fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -92,6 +103,10 @@ class AtomicFiles:
         tmp = create_temporary(path)
         self.pending[path] = tmp
         return tmp
+
+    def replace_last(self, path: str | os.PathLike) -> None:
+        """Replace pending `path` after every other file (the one whose presence says all are there)."""
+        self.pending[Path(path)] = self.pending.pop(Path(path))
 
     def current(self, path: str | os.PathLike) -> Path:
         """Where `path`'s newest content is: its temporary while it is pending, else `path`."""

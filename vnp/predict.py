@@ -96,6 +96,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     folder = RunFolder(out)  # holds OUT's lock from rank 0's checks to the end of this function
     state: RunState | None = None
     alive = None
+    handshake_read = False  # every rank has read the ready file (rank 0 may then remove it)
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
         state = (prepare_run(ctx, config, inputs, folder, stop) if ctx.is_main
@@ -107,7 +108,10 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         if ctx.world_size > 1:  # chosen by vnp.run.dist.set_socket_interface on jobs over several hosts
             log.info("socket interfaces: %s", ", ".join(f"{v}={os.environ.get(v, '(unset)')}"
                                                         for v in vdist.SOCKET_VARIABLES))
-        models = Models.load_everywhere(ctx, state, config)
+        try:
+            models = Models.load_everywhere(ctx, state, config)
+        finally:  # it ends in a collective that every rank reaches after reading the ready file
+            handshake_read = True
         if ctx.is_main:
             state.begin()  # every check passed: only now is an earlier run's progress replaced
             folder.write_text(folder.config_yaml, to_yaml(config))  # on record from the start of the work
@@ -144,6 +148,8 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         if alive is not None:
             alive.stop(remove=True)  # before leaving the group: rank 0 then knows this rank ended by itself
         vdist.cleanup()
+        if ctx.is_main and handshake_read and folder.locked:  # whatever the exit: not left for the next start
+            folder.remove_handshake_files()
         folder.close()
 
 

@@ -172,6 +172,11 @@ class RunFolder:
             raise InputError(f"{self.root}: {busy}") from None
         self._lock = handle
 
+    @property
+    def locked(self) -> bool:
+        """Whether this process holds OUT's lock (then what OUT holds is this run's to change)."""
+        return self._lock is not None
+
     def close(self) -> None:
         """Release the lock (closing the file releases it)."""
         if self._lock is not None:

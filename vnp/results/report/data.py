@@ -291,6 +291,7 @@ class Report:
     summary: list[dict[str, str]] | None
     changed: list[tuple[str, str, str]] | None
     rules: CallRules
+    unfinished: str | None = None  # OUT's progress belongs to a later run, not yet finished
 
     def summary_shown(self) -> list[dict[str, str]] | None:
         """summary.tsv's rows: the first TABLE_ROWS inputs and the total row."""
@@ -354,4 +355,19 @@ def load(out: Path, top: int = TOP_N, files=None) -> Report:
     summary = read_summary(present["summary.tsv"]) if present["summary.tsv"] else None
     config_yaml = at(folder.config_yaml)
     changed = settings_changed(config_yaml) if config_yaml.is_file() else None
-    return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run))
+    return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run), later_run(folder, run))
+
+
+def later_run(folder: RunFolder, run: dict) -> str | None:
+    """A warning when OUT's progress no longer belongs to the run run.json describes: a later
+    `vnp predict` (force=true, or changed inputs) replaced it and has not finished (killed, failed)."""
+    if not folder.work.is_dir():
+        return None  # results copied without their work folder
+    try:
+        record = folder.read_run_record()
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record.get("run_id") == run.get("run_id"):
+        return None
+    return (f"{folder.root} now holds an unfinished run, started after the one shown here (which replaced this "
+            "run's progress): these results stay until it finishes; run its vnp predict command again to finish it.")

@@ -159,7 +159,10 @@ def _section_run(report: Report) -> str:
              ("world size", run.get("world_size", "?")), ("launcher", run.get("launcher", "?")),
              ("device", run.get("device", "?")), ("precision", run.get("precision", "?")),
              ("work units", run.get("work_units", "?"))]
-    parts = ["<section><h2>Run</h2>", table(["item", "value"], [[k, v] for k, v in facts], "run", align=False)]
+    parts = ["<section><h2>Run</h2>"]
+    if report.unfinished:
+        parts.append(f'<p class="warn">{esc(report.unfinished)}</p>')
+    parts += [table(["item", "value"], [[k, v] for k, v in facts], "run", align=False)]
     inputs = run.get("inputs", [])
     parts.append("<h3>Inputs</h3>")
     parts.append(table(["input", "size", "records", "sha256"],

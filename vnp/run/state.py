@@ -292,7 +292,7 @@ class _Heartbeat:
     def __init__(self, path: Path, stop_requests: Path | None = None, stop=None):
         self.path = path
         self.stop_requests = stop_requests  # rank 0: another rank asks it to stop preparing
-        self.stop = stop  # rank 0: its StopFlag, whose launcher may vanish while it prepares
+        self.stop_flag = stop  # rank 0: its StopFlag, whose launcher may vanish while it prepares
         self._done = threading.Event()
         path.touch()
         self._thread = threading.Thread(target=self._run, name="vnp-heartbeat", daemon=True)
@@ -302,8 +302,8 @@ class _Heartbeat:
         while not self._done.wait(HEARTBEAT_EVERY_S):
             self.path.touch()
             asked = self.stop_requests is not None and self.stop_requests.exists()
-            if asked or (self.stop is not None and self.stop.launcher_gone()):
-                self.stop_requests = self.stop = None
+            if asked or (self.stop_flag is not None and self.stop_flag.launcher_gone()):
+                self.stop_requests = self.stop_flag = None
                 os.kill(os.getpid(), signal.SIGUSR1)  # as if this rank got the signal: stops at once
 
     def stop(self, remove: bool = False) -> None:

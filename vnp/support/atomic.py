@@ -167,8 +167,8 @@ class AtomicFiles:
             return
         first = next(iter(self.pending), None)
         self.discard()
-        if isinstance(value, OSError) and first is not None:
-            raise write_failed(first, value) from None
+        if isinstance(value, OSError) and first is not None:  # not raised while writing one file
+            raise write_failed(first.parent, value) from None
 
 
 @contextmanager

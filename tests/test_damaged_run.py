@@ -5,7 +5,6 @@ writes, then replaces every file together or none; one line, never a traceback, 
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 import subprocess
 from pathlib import Path

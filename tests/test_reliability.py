@@ -730,7 +730,7 @@ def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path, s
                                        "progress=false", "threads=1", "dist.timeout_s=120"], env=env, cwd=ROOT,
                                       stderr=subprocess.PIPE, text=True))
     deadline = time.time() + 120
-    while not (out / "work" / "sequences.bin.tmp").exists():
+    while not list((out / "work").glob("sequences.bin.vnp-*.tmp")):
         assert all(p.poll() is None for p in procs) and time.time() < deadline
         time.sleep(0.05)
     procs[signalled].send_signal(signal.SIGTERM)

@@ -682,7 +682,8 @@ def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
 
     out = tmp_path / "out"
     (out / "work" / "parts").mkdir(parents=True)
-    leftovers = [out / "work" / "sequences.bin.tmp", out / "work" / "ids.txt.tmp", out / "chunks.tsv.tmp"]
+    leftovers = [out / "work" / "sequences.bin.vnp-0123456789ab.tmp", out / "work" / "ids.txt.vnp-ba9876543210.tmp",
+                 out / "chunks.tsv.vnp-00000000000f.tmp"]
     for path in leftovers:
         path.write_bytes(b"x" * 1000)
     (out / "work" / "sequences.bin").write_bytes(b"ACGT")
@@ -696,12 +697,13 @@ import vnp.run.plan as plan
 
 original = plan._pack
 
-def slow_pack(inputs, tmp, work_dir, read):
+def slow_pack(*args):
+    *rest, read = args
     def slow_pieces(path):
         for piece in read(path):
             time.sleep(0.5)  # a long packing pass
             yield piece
-    return original(inputs, tmp, work_dir, slow_pieces)
+    return original(*rest, slow_pieces)
 
 plan._pack = slow_pack  # (pack_inputs binds its reader as a default: patching plan.iter_pieces is too late)
 from vnp.predict import main
@@ -728,7 +730,7 @@ def test_sigterm_while_preparing_stops_every_rank_at_once(tiny_pack, tmp_path, s
                                        "progress=false", "threads=1", "dist.timeout_s=120"], env=env, cwd=ROOT,
                                       stderr=subprocess.PIPE, text=True))
     deadline = time.time() + 120
-    while not (out / "work" / "sequences.bin.tmp").exists():
+    while not list((out / "work").glob("sequences.bin.vnp-*.tmp")):
         assert all(p.poll() is None for p in procs) and time.time() < deadline
         time.sleep(0.05)
     procs[signalled].send_signal(signal.SIGTERM)

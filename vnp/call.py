@@ -22,6 +22,7 @@ from pathlib import Path
 from vnp.support.config import PredictConfig, iter_help, load_config, to_yaml
 from vnp.support.errors import InputError, exit_on_input_error
 from vnp.run.folder import RunFolder
+from vnp.support.atomic import AtomicFiles
 
 CHANGEABLE = ("call.", "regions.", "tables.")
 
@@ -47,23 +48,51 @@ def _check_overrides(items: list[str]) -> None:
 
 
 def _finished_run(folder: RunFolder):
-    """The run record, plan and committed scores of a finished run in OUT."""
-    from vnp.run.plan import load_plan
+    """The run record, plan and committed scores of a finished run in OUT, every file checked
+    before anything is written."""
+    from vnp.results.tables import input_names
+    from vnp.run.plan import load_plan, packed_problem
     from vnp.run.store import ScoreStore
 
-    run_record = folder.read_run_record()
-    plan = load_plan(folder.work, run_record["chunk_length"], run_record.get("filters"))
+    run_record = _read_object(folder, folder.run_record_path)
+    problem = packed_problem(folder.work)
+    if problem:
+        raise InputError(f"{problem}; the run's packed inputs are damaged: run the same vnp predict command "
+                         "again (it repacks them from the unchanged inputs)")
+    try:
+        plan = load_plan(folder.work, run_record["chunk_length"], run_record.get("filters"))
+        units = plan.n_units(run_record["unit_chunks"])
+        input_names(run_record["inputs"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{folder.run_record_path}: not a vnp run record (keys missing or mistyped)") from None
     store = ScoreStore(folder.parts)
     done = store.load_committed()
-    units = plan.n_units(run_record["unit_chunks"])
-    if not folder.run_json.is_file() or done != set(range(units)):
+    if done != set(range(units)):
         raise InputError(f"{folder.root}: the run is unfinished ({len(done & set(range(units)))} of {units} work units "
                          "committed); finish it with the same vnp predict command first")
+    if not folder.run_json.is_file():
+        raise InputError(f"{folder.root}: no run.json (the run's end was never recorded); run the same vnp predict "
+                         "command again to write it")
     return run_record, plan, store
 
 
+def _read_object(folder: RunFolder, path: Path) -> dict:
+    """A JSON object vnp wrote in OUT (run.json, the run record), or one line saying what is wrong."""
+    try:
+        data = folder.read_json(path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    except (UnicodeDecodeError, ValueError):
+        raise InputError(f"{path}: damaged (not valid JSON)") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: damaged (not a JSON object)")
+    return data
+
+
 def call(out: Path, overrides: list[str]) -> dict:
-    """Rewrite the results of the finished run in OUT with `overrides`; returns its new run.json."""
+    """Rewrite the results of the finished run in OUT with `overrides`; returns its new run.json.
+    Everything is read and checked first; every file is then written to its temporary and all
+    are renamed together, or none (on any failure the temporaries are removed)."""
     from vnp.results.tables import input_names, settings_record, write_results
     from vnp.results.report import write_report
 
@@ -77,15 +106,16 @@ def call(out: Path, overrides: list[str]) -> dict:
     with folder:
         folder.lock(busy="a vnp run is using this output folder")  # no call while a run is using OUT
         run_record, plan, store = _finished_run(folder)
+        run = _read_object(folder, folder.run_json)
         config = load_config(str(folder.config_yaml), overrides)
         keys, scores = store.sorted_scores()
-        counts = write_results(out, plan, keys, scores, config, input_names(run_record["inputs"]))
-        folder.write_text(folder.config_yaml, to_yaml(config))
-        run = folder.read_json(folder.run_json)
-        run["counts"] = asdict(counts)
-        run["calls"] = {**settings_record(config, "vnp call"), "call_s": round(time.time() - started, 3)}
-        folder.write_json(folder.run_json, run)
-        write_report(out)
+        with AtomicFiles() as files:
+            counts = write_results(out, plan, keys, scores, config, input_names(run_record["inputs"]), files)
+            files.write_text(folder.config_yaml, to_yaml(config))
+            run["counts"] = asdict(counts)
+            run["calls"] = {**settings_record(config, "vnp call"), "call_s": round(time.time() - started, 3)}
+            files.write_json(folder.run_json, run)
+            write_report(out, files=files)
     return run
 
 

@@ -35,6 +35,7 @@ import torch
 
 from vnp.run import dist as vdist
 from vnp.run.engine import EngineSettings, StopFlag, run_units
+from vnp.support.atomic import AtomicFiles
 from vnp.support.errors import InputError, where
 from vnp.run.exchange import Computed, UnitResult
 from vnp.models import token_budget
@@ -128,7 +129,8 @@ class NpzRowWriter:
 
     def __init__(self, path: Path, n: int, dim: int):
         self.path, self.n, self.rows = path, n, 0
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.files = AtomicFiles()
+        self.tmp = self.files.temporary(path)
         self.zip = zipfile.ZipFile(self.tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
         self.member = self.zip.open("embeddings.npy", "w", force_zip64=True)
         np.lib.format.write_array_header_1_0(self.member, {"descr": "<f4", "fortran_order": False, "shape": (n, dim)})
@@ -144,7 +146,7 @@ class NpzRowWriter:
         with self.zip.open("ids.npy", "w", force_zip64=True) as member:
             np.lib.format.write_array(member, np.asarray(ids, dtype=np.str_))
         self.zip.close()
-        os.replace(self.tmp, self.path)
+        self.files.commit()
 
     def discard(self) -> None:
         """Drop the temporary file if `close` did not happen."""
@@ -152,7 +154,7 @@ class NpzRowWriter:
             self.zip.close()
         except Exception:
             pass
-        self.tmp.unlink(missing_ok=True)
+        self.files.discard()
 
 
 # ----------------------------------------------------------------------------- CLI

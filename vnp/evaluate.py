@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -26,7 +27,8 @@ import numpy as np
 
 from vnp.support.errors import InputError, exit_on_input_error, where
 from vnp.results.plots import pyplot, save_png
-from vnp.run.folder import RunFolder
+from vnp.run.folder import RunFolder, check_empty
+from vnp.support.atomic import AtomicFiles
 
 CLASSES = ("others", "virus")
 
@@ -100,7 +102,7 @@ def metrics(truth: np.ndarray, score: np.ndarray, predicted: np.ndarray) -> dict
             "confusion_matrix": {"rows_true_cols_predicted": list(CLASSES), "counts": matrix.tolist()}}
 
 
-def plot_roc(curves: dict, path: Path) -> None:
+def plot_roc(curves: dict, path: Path, files=None) -> None:
     from sklearn.metrics import roc_curve
 
     plt = pyplot()
@@ -116,10 +118,26 @@ def plot_roc(curves: dict, path: Path) -> None:
     ax.set_ylabel("true positive rate")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    save_png(fig, path)
+    save_png(fig, path, files=files)
+
+
+def check_report_dir(report_dir: Path, out: Path) -> None:
+    """-o DIR must be new, empty, the run's OUT or another folder vnp made (a run folder, or one it
+    wrote an evaluation into): vnp replaces no evaluation.json or roc.png it did not write."""
+    if report_dir.exists() and not report_dir.is_dir():
+        raise InputError(f"{report_dir}: -o is an existing file, not a folder")
+    if not report_dir.is_dir() or report_dir.resolve() == out.resolve() or RunFolder(report_dir).is_vnp_folder():
+        return
+    try:
+        previous = json.loads((report_dir / "evaluation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if not (isinstance(previous, dict) and {"run", "labels"} <= previous.keys()):
+        check_empty(report_dir, "evaluation folder (-o)")
 
 
 def evaluate(out: Path, labels_path: Path, report_dir: Path) -> dict:
+    check_report_dir(report_dir, out)
     labels = read_labels(labels_path)
     chunks = read_table(out / "chunks.tsv")
     contigs = read_table(out / "contigs.tsv")
@@ -138,9 +156,13 @@ def evaluate(out: Path, labels_path: Path, report_dir: Path) -> dict:
         values = metrics(*arrays)
         result[level] = {**counts, **values}
         curves[level] = (f"per {level}", arrays, values.get("auroc"))
-    report_dir.mkdir(parents=True, exist_ok=True)
-    RunFolder.write_json(report_dir / "evaluation.json", {"run": str(out), "labels": str(labels_path), **result})
-    plot_roc(curves, report_dir / "roc.png")
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{report_dir}: cannot create the folder ({err.strerror})") from None
+    with AtomicFiles() as files:  # both files or neither
+        files.write_json(report_dir / "evaluation.json", {"run": str(out), "labels": str(labels_path), **result})
+        plot_roc(curves, report_dir / "roc.png", files)
     return result
 
 

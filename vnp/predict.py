@@ -28,6 +28,7 @@ from vnp.support.config import PredictConfig, help_text, load_config, to_yaml
 from vnp.run.engine import StopFlag
 from vnp.support.errors import InputError, Stopped
 from vnp.run.folder import RunFolder
+from vnp.support.atomic import AtomicFiles
 from vnp.run.state import RunState, log_path, open_log, prepare_run, show_alive, silent_ranks, wait_until_ready
 from vnp.run.steps import EmbedTimes, Models, run_steps
 
@@ -95,6 +96,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
     folder = RunFolder(out)  # holds OUT's lock from rank 0's checks to the end of this function
     state: RunState | None = None
     alive = None
+    handshake_read = False  # every rank has read the ready file (rank 0 may then remove it)
     try:
         threads = vdist.set_cpu_threads(config.threads, ctx.env) if ctx.device.type == "cpu" else None
         state = (prepare_run(ctx, config, inputs, folder, stop) if ctx.is_main
@@ -106,7 +108,10 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         if ctx.world_size > 1:  # chosen by vnp.run.dist.set_socket_interface on jobs over several hosts
             log.info("socket interfaces: %s", ", ".join(f"{v}={os.environ.get(v, '(unset)')}"
                                                         for v in vdist.SOCKET_VARIABLES))
-        models = Models.load_everywhere(ctx, state, config)
+        try:
+            models = Models.load_everywhere(ctx, state, config)
+        finally:  # it ends in a collective that every rank reaches after reading the ready file
+            handshake_read = True
         if ctx.is_main:
             state.begin()  # every check passed: only now is an earlier run's progress replaced
             folder.write_text(folder.config_yaml, to_yaml(config))  # on record from the start of the work
@@ -143,6 +148,8 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         if alive is not None:
             alive.stop(remove=True)  # before leaving the group: rank 0 then knows this rank ended by itself
         vdist.cleanup()
+        if ctx.is_main and handshake_read and folder.locked:  # whatever the exit: not left for the next start
+            folder.remove_handshake_files()
         folder.close()
 
 
@@ -169,13 +176,15 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     folder.remove_handshake_files()  # every rank read them before the first step
     t0 = time.time()
     keys, scores = state.store.sorted_scores()
-    counts = write_tables(folder.root, state.plan, keys, scores, config, input_names(state.run_record["inputs"]))
-    times.stages["write_tables_s"] = round(time.time() - t0, 3)
-    times.stages["total_s"] = round(time.time() - started, 3)
-    run_json = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
-    run_json["calls"] = settings_record(config, "vnp predict")
-    folder.write_json(folder.run_json, run_json)
-    write_report(folder.root)
+    with AtomicFiles() as files:  # tables, run.json and report.html together, or none of them
+        counts = write_tables(folder.root, state.plan, keys, scores, config, input_names(state.run_record["inputs"]),
+                              files)
+        times.stages["write_tables_s"] = round(time.time() - t0, 3)
+        times.stages["total_s"] = round(time.time() - started, 3)
+        run_json = {**state.run_json(ctx, config, counts, times), "progress": times.progress}
+        run_json["calls"] = settings_record(config, "vnp predict")
+        files.write_json(folder.run_json, run_json)
+        write_report(folder.root, files=files)
     labels = ", ".join(f"{n} {k}" for k, n in sorted(counts.labels.items()))
     vdist.print0(ctx, f"vnp: {counts.sequences} sequences, {counts.chunks} chunks, {counts.frames} frames "
                       f"({labels}); results in {folder.root}")

@@ -31,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
     except InputError as err:
         print(f"vnp: error: {err}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as err:  # a table of OUT edited or damaged (vnp writes UTF-8)
+        print(f"vnp: error: {args.out}: a table there is not UTF-8 text (byte {err.start}: {err.reason})",
+              file=sys.stderr)
+        return 2
+    except OSError as err:  # reading OUT (the writes already say one line)
+        print(f"vnp: error: {err.filename or args.out}: cannot read ({err.strerror})", file=sys.stderr)
+        return 2
     print(f"vnp: report in {path}")
     return 0
 

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 from vnp.seq.frames import batched_chunks, translate_chunks
 from vnp.seq.seqio import Record, input_stem, iter_records
+from vnp.support.atomic import AtomicFiles
 from vnp.support.errors import InputError, exit_on_input_error
 
 
@@ -53,18 +54,11 @@ def translate_file(path: str | os.PathLike, out_dir: str | os.PathLike, chunk_le
     targets = [out_dir / f"{stem}_chunked{chunk_length}.fa",
                out_dir / f"{stem}_identified_nucleotide.fa",
                out_dir / f"{stem}_identified_protein.faa"]
-    temps = [t.with_name(t.name + ".tmp") for t in targets]
     counts = TranslateCounts()
-    try:
-        with open(temps[0], "w") as chunked, open(temps[1], "w") as dna, open(temps[2], "w") as protein:
-            for batch in batched_chunks(_counted(iter_records(path), counts), chunk_length):
-                _write_batch(batch, translate_chunks(batch), chunked, dna, protein, counts)
-    except BaseException:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-        raise
-    for temp, target in zip(temps, targets):
-        os.replace(temp, target)
+    with AtomicFiles() as files, files.open(targets[0]) as chunked, files.open(targets[1]) as dna, \
+            files.open(targets[2]) as protein:
+        for batch in batched_chunks(_counted(iter_records(path), counts), chunk_length):
+            _write_batch(batch, translate_chunks(batch), chunked, dna, protein, counts)
     return counts
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from vnp.support.atomic import AtomicFiles
 from vnp.support.errors import InputError
 from vnp.models.checkpoints import check_tensor_sizes, first_line, restricted_load
 from vnp.support.paths import regular_file
@@ -139,7 +140,6 @@ def save_classifier(model: MLPClassifier, out_dir: str | Path, provenance: dict 
     out_dir.mkdir(parents=True, exist_ok=True)
     input_dim, hidden_dim, num_class = model.dims
     state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS_NAME), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
         "input_dim": input_dim,
@@ -147,7 +147,9 @@ def save_classifier(model: MLPClassifier, out_dir: str | Path, provenance: dict 
         "num_class": num_class,
         "provenance": {"torch": torch.__version__, **(provenance or {})},
     }
-    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    with AtomicFiles() as files:  # both files, mode 0666 less the umask (safetensors' own writer makes 0600)
+        files.write_bytes(out_dir / WEIGHTS_NAME, save(state, metadata={"format": FORMAT}))
+        files.write_text(out_dir / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 

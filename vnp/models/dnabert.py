@@ -573,7 +573,9 @@ def build_tiny_dnabert(out_dir: str | Path, seed: int = 0, hidden_size: int = 64
     (PyTorch default init from ``torch.manual_seed(seed)``), saved with ``bert.`` keys like the
     published checkpoint. The caller's global RNG state is left untouched.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from vnp.support.atomic import write_bytes, write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -587,7 +589,7 @@ def build_tiny_dnabert(out_dir: str | Path, seed: int = 0, hidden_size: int = 64
         model = DnabertModel(config)
     tensors = {f"bert.{k}": v.contiguous() for k, v in model.state_dict().items()}
     config_text = json.dumps(tiny_config_json(config), indent=2, sort_keys=True) + "\n"
-    (out / CONFIG_FILE).write_text(config_text)
+    write_text(out / CONFIG_FILE, config_text)
     tokenizer.save(str(out / TOKENIZER_FILE), pretty=True)
-    save_file(tensors, str(out / CHECKPOINT_FILES[0]), metadata={"format": "pt"})
+    write_bytes(out / CHECKPOINT_FILES[0], save(tensors, metadata={"format": "pt"}))
     return out

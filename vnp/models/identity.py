@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
+from vnp.support.atomic import write_text
 from vnp.support.errors import InputError
 from vnp.support.paths import regular_file
 
@@ -74,11 +74,8 @@ def _write_atomic(path: Path, text: str) -> None:
     """Best effort: a cache that cannot be written only costs a second hashing later."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError:
+        write_text(path, text)
+    except (OSError, InputError):
         pass
 
 

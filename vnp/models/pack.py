@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vnp.support.atomic import write_text
 from vnp.support.config import MIN_CHUNK_LENGTH, read_yaml_mapping
 from vnp.support.errors import InputError, exit_on_input_error
 from vnp.models.identity import file_digest, folder_digest, hub_snapshot_commit
@@ -163,7 +164,7 @@ def build_tiny_pack(out_dir: str | Path, chunk_length: int = 500, seed: int = 0)
     data = dict(name="tiny", chunk_length=chunk_length, dnabert="dnabert", esm="esm2_tiny.pt",
                 esm_layer=None, classifier="classifier", dnabert_dim=TINY_DNABERT["hidden_size"],
                 esm_dim=TINY_ESM["embed_dim"])
-    (out / "pack.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+    write_text(out / "pack.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
     return pack_from_dict(data, out, str(out / "pack.yaml"))
 
 

@@ -3,8 +3,10 @@ figure is drawn, so commands that draw none never pay for it."""
 
 from __future__ import annotations
 
-import os
+from contextlib import nullcontext
 from pathlib import Path
+
+from vnp.support.atomic import AtomicFiles
 
 
 def pyplot():
@@ -17,9 +19,12 @@ def pyplot():
     return plt
 
 
-def save_png(fig, path: Path, dpi: int = 100) -> None:
-    """Write `fig` as a PNG atomically (a temporary name, then a rename) and close it."""
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    pyplot().close(fig)
-    os.replace(tmp, path)
+def save_png(fig, path: Path, dpi: int = 100, files: AtomicFiles | None = None) -> None:
+    """Write `fig` as a PNG atomically and close it; within `files` (replaced with the other files
+    written there) when given, else on its own."""
+    try:
+        with AtomicFiles() if files is None else nullcontext(files) as target, target.open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi)
+    finally:
+        pyplot().close(fig)
+

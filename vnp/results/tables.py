@@ -12,7 +12,8 @@
 * `summary.tsv`: per input and in total.
 
 `write_results` writes everything but the per-frame table; `vnp predict` and `vnp call` both go
-through it. Every file is written to a temporary name and renamed once all are complete.
+through it. Every file is written to a temporary name and renamed once all are complete (one
+`vnp.support.atomic.AtomicFiles`, which the caller may pass to commit more files with them).
 A frame's key is `chunk * 6 + frame` (F1..R3 = 0..5), so sorting keys gives the input order.
 All formatting is fixed, so the files are byte-identical for any world size.
 """
@@ -34,6 +35,7 @@ from vnp.seq.filters import reason
 from vnp.run.plan import SEQUENCES, ChunkPlan, iter_ids
 from vnp.results.regions import Regions, find_regions, region_scores, territories, viterbi
 from vnp.run.folder import RunFolder
+from vnp.support.atomic import AtomicFiles
 from vnp.seq.frames import FRAME_NAMES
 
 FRAME_TABLE = "prediction_results.txt"
@@ -76,39 +78,37 @@ def input_names(inputs: list[dict]) -> list[str]:
 
 
 def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config,
-                 inputs: list[str], work: Path | None = None) -> TableCounts:
-    """`vnp predict`: the per-frame table, then every other result file; `keys` sorted ascending."""
+                 inputs: list[str], files: AtomicFiles | None = None, work: Path | None = None) -> TableCounts:
+    """`vnp predict`: the per-frame table, then every other result file, within `files` (or
+    committed together here); `keys` sorted ascending."""
+    if files is None:
+        with AtomicFiles() as files:
+            return write_tables(out, plan, keys, scores, config, inputs, files, work)
     work = work or RunFolder(out).work
-    _replace_all(out, {FRAME_TABLE: _write_frame_table(out / (FRAME_TABLE + ".tmp"), plan, work, keys, scores)})
-    return write_results(out, plan, keys, scores, config, inputs, work)
+    with files.open(out / FRAME_TABLE) as fh:
+        _write_frame_table(fh, plan, work, keys, scores)
+    return write_results(out, plan, keys, scores, config, inputs, files, work)
 
 
-def _write_frame_table(path: Path, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> Path:
+def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> None:
     chunk_of = keys // 6
     bounds = np.searchsorted(chunk_of, np.arange(plan.n_chunks + 1))  # frames of chunk c: bounds[c]:bounds[c+1]
     written = 0
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-        for record, rid in enumerate(iter_ids(work)):
-            first = int(plan.first_chunk[record])
-            for c in range(first, int(plan.first_chunk[record + 1])):
-                lo, hi = int(bounds[c]), int(bounds[c + 1])
-                # numpy's shortest float32 repr, as the original's str(np.float32); formatted per
-                # chunk so no table of strings for all frames is ever held
-                text = scores[lo:hi].astype(np.float32).astype(str)
-                cid = chunk_id(rid, c - first + 1)
-                for i in range(lo, hi):
-                    label = "virus" if scores[i, 1] > scores[i, 0] else "others"
-                    fh.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
-                written += hi - lo
+    fh.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
+    for record, rid in enumerate(iter_ids(work)):
+        first = int(plan.first_chunk[record])
+        for c in range(first, int(plan.first_chunk[record + 1])):
+            lo, hi = int(bounds[c]), int(bounds[c + 1])
+            # numpy's shortest float32 repr, as the original's str(np.float32); formatted per
+            # chunk so no table of strings for all frames is ever held
+            text = scores[lo:hi].astype(np.float32).astype(str)
+            cid = chunk_id(rid, c - first + 1)
+            for i in range(lo, hi):
+                label = "virus" if scores[i, 1] > scores[i, 0] else "others"
+                fh.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
+            written += hi - lo
     if written != len(keys):
         raise RuntimeError(f"tables: wrote {written} frames of {len(keys)} scored")
-    return path
-
-
-def _replace_all(out: Path, written: dict[str, Path]) -> None:
-    for name, tmp in written.items():
-        os.replace(tmp, out / name)
 
 
 @dataclass
@@ -165,8 +165,12 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
 
 
 def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
-                  work: Path | None = None) -> TableCounts:
-    """Every result file but the per-frame table (`vnp predict` and `vnp call`)."""
+                  files: AtomicFiles | None = None, work: Path | None = None) -> TableCounts:
+    """Every result file but the per-frame table (`vnp predict` and `vnp call`), within `files`
+    (or committed together here)."""
+    if files is None:
+        with AtomicFiles() as files:
+            return write_results(out, plan, keys, scores, config, inputs, files, work)
     work = work or RunFolder(out).work
     results = compute_results(plan, keys, scores, config, inputs, work)
     writers = {
@@ -181,17 +185,9 @@ def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarr
         "viral_regions.fna": lambda fh: _fasta(fh, _partial_regions(results), plan, work, config.tables.fasta_width),
         "summary.tsv": lambda fh: _summary(fh, results, plan),
     }
-    written = {}
-    try:
-        for name, write in writers.items():
-            written[name] = out / (name + ".tmp")
-            with open(written[name], "w", encoding="utf-8") as fh:
-                write(fh)
-    except BaseException:
-        for tmp in written.values():
-            tmp.unlink(missing_ok=True)
-        raise
-    _replace_all(out, written)
+    for name, write in writers.items():
+        with files.open(out / name) as fh:
+            write(fh)
     return _counts(results, plan, len(keys))
 
 

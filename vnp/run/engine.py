@@ -21,6 +21,7 @@ rank), stops posting after it and drains, so every rank stops after the same ste
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import sys
@@ -103,17 +104,43 @@ class EngineStats:
 
 
 class StopFlag:
-    """Set by SIGTERM or SIGUSR1 (SLURM preemption, `--signal=USR1@120`): stop after this step."""
+    """Set by SIGTERM or SIGUSR1 (SLURM preemption, `--signal=USR1@120`): stop after this step.
 
-    def __init__(self) -> None:
-        self.requested = False
+    Under torchrun (or accelerate, which runs it) a rank's parent is the launcher's agent; if the
+    agent is killed alone (`kill -9` of it, of its process group), nothing would ever stop the ranks.
+    So a rank that finds its parent changed stops as on SIGTERM: the parent process id is compared
+    with the one at the start wherever the flag is read (a system call, far cheaper than a step).
+    """
+
+    def __init__(self, parent: int | None = None) -> None:
+        self._requested = False
+        self.parent = parent  # the launcher's process id, watched; None: not watched
+        self.reason = "signal"
 
     @classmethod
-    def install(cls) -> "StopFlag":
-        flag = cls()
+    def install(cls, watch_parent: bool | None = None) -> "StopFlag":
+        """The flag, set by this process's stop signals; `watch_parent` (default: when a torchrun
+        agent started this process) also sets it once the parent process is gone."""
+        if watch_parent is None:
+            watch_parent = "TORCHELASTIC_RUN_ID" in os.environ
+        flag = cls(os.getppid() if watch_parent else None)
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, flag._handle)
         return flag
+
+    def launcher_gone(self) -> bool:
+        return self.parent is not None and os.getppid() != self.parent
+
+    @property
+    def requested(self) -> bool:
+        if not self._requested and self.launcher_gone():
+            self._requested, self.reason = True, f"its launcher (process {self.parent}) is gone"
+            log.warning("stopping: the launcher (process %d) is gone", self.parent)
+        return self._requested
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        self._requested = value
 
     def _handle(self, signum, frame) -> None:
         self.requested = True

@@ -13,16 +13,22 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
+import re
 from pathlib import Path
 from typing import IO
 
+from vnp.support import atomic
 from vnp.support.errors import InputError
 from vnp.run.plan import IDS, INDEX, SEQUENCES, file_sha256
 
 RUN_RECORD = "record.json"
 LOCK = ".lock"
-HANDSHAKE_PATTERNS = ("ready-*.json", "remaining-*.npy", "heartbeat-*", "stop-*")
+NONCE = "[0-9a-f]{12}"  # a run's handshake nonce (uuid4 hex)
+# The exact names of the handshake files: nothing else in work/ is ever taken for one of them.
+HANDSHAKE_FILES = re.compile(rf"(ready-{NONCE}\.json|remaining-{NONCE}\.npy|heartbeat-{NONCE}|stop-{NONCE})")
+ALIVE_FILES = re.compile(r"alive-rank[0-9]+")
+PART_FILES = re.compile(r"part-[0-9]{6}-[0-9a-f]{32}\.npz")  # vnp.run.store's part names
+SHOWN_ENTRIES = 5  # entries named when a folder is refused
 
 # Run-record keys that change results; a different value means a different run.
 RESULT_KEYS = ("inputs", "models", "pack", "chunk_length", "unit_chunks", "precision", "esm_attention", "device",
@@ -128,11 +134,18 @@ class RunFolder:
         return self.work / f"alive-rank{rank}"
 
     # --- guards -------------------------------------------------------------------------------
+    def is_vnp_folder(self) -> bool:
+        """Whether OUT was made by vnp: it holds the lock file vnp creates before anything else."""
+        return self.lock_path.is_file()
+
     def check_usable(self) -> None:
-        """OUT is a folder (created if need be) that this process can write in."""
+        """OUT is a folder (created if need be) that this process can write in, and either new,
+        empty or vnp's own: vnp never writes into (or clears anything in) a folder of other files."""
         out = self.root
         if out.exists() and not out.is_dir():
             raise InputError(f"{out}: output folder is an existing file")
+        if out.is_dir() and not self.is_vnp_folder():
+            check_empty(out, "output folder")
         try:
             self.work.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -158,6 +171,11 @@ class RunFolder:
             handle.close()
             raise InputError(f"{self.root}: {busy}") from None
         self._lock = handle
+
+    @property
+    def locked(self) -> bool:
+        """Whether this process holds OUT's lock (then what OUT holds is this run's to change)."""
+        return self._lock is not None
 
     def close(self) -> None:
         """Release the lock (closing the file releases it)."""
@@ -195,26 +213,27 @@ class RunFolder:
                              "or choose another output folder")
         return same
 
-    # --- clearing -----------------------------------------------------------------------------
+    # --- clearing: only files of vnp's exact name forms -----------------------------------------
     def clear_progress(self) -> None:
         """Remove a previous run's progress (committed scores and embeddings, which the new run would
         otherwise mix with its own). Its tables, run.json and config.yaml stay until replaced."""
-        shutil.rmtree(self.parts, ignore_errors=True)
-        shutil.rmtree(self.embeddings, ignore_errors=True)
+        for folder in (self.parts, self.embeddings):
+            atomic.remove_matching(folder, lambda path: PART_FILES.fullmatch(path.name) or atomic.is_temporary(path))
+            try:
+                folder.rmdir()  # only if nothing else is in it
+            except OSError:
+                pass
 
     def remove_leftovers(self) -> None:
         """Temporary files of a run killed while writing (kill -9, a node lost): they can be large
         (a packed input) and are never resumed from. Called with OUT locked."""
-        for path in [*self.root.glob("*.tmp"), *self.work.glob("*.tmp"), *self.work.glob("alive-rank*")]:
-            if path.is_file():
-                path.unlink(missing_ok=True)
+        atomic.remove_matching(self.root, atomic.is_temporary)
+        atomic.remove_matching(self.work, lambda path: atomic.is_temporary(path) or ALIVE_FILES.fullmatch(path.name))
 
     def remove_handshake_files(self) -> None:
         """The ready, remaining, heartbeat and stop files of earlier runs (or of this one, once all
         ranks have read them)."""
-        for pattern in HANDSHAKE_PATTERNS:
-            for path in self.work.glob(pattern):
-                path.unlink(missing_ok=True)
+        atomic.remove_matching(self.work, lambda path: HANDSHAKE_FILES.fullmatch(path.name))
 
     # --- writing ------------------------------------------------------------------------------
     @staticmethod
@@ -223,15 +242,26 @@ class RunFolder:
 
     @staticmethod
     def write_json(path: Path, data, indent: int | None = 2) -> None:
-        """`data` as JSON (and a newline), atomically."""
-        RunFolder.write_text(path, json.dumps(data, indent=indent) + "\n")
+        """`data` as JSON (and a newline), atomically (`vnp.support.atomic`)."""
+        atomic.write_json(path, data, indent)
 
     @staticmethod
     def write_text(path: Path, text: str) -> None:
         """A temporary name next to `path`, then a rename: a reader never sees half a file."""
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
+
+
+def check_empty(folder: Path, what: str) -> None:
+    """Refuse a folder that holds anything, naming what is there (a folder vnp did not make)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as err:
+        raise InputError(f"{folder}: cannot read the {what} ({err.strerror})") from None
+    if names:
+        shown = ", ".join(repr(name) if name.isprintable() else ascii(name) for name in names[:SHOWN_ENTRIES])
+        more = f" and {len(names) - SHOWN_ENTRIES} more" if len(names) > SHOWN_ENTRIES else ""
+        raise InputError(f"{folder}: the {what} is not empty and not one vnp made (it holds {shown}{more}); "
+                         "choose a new or empty folder")
 
 
 def input_entries(paths) -> list[dict]:

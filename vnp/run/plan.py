@@ -24,6 +24,7 @@ from vnp.seq.chunking import chunk_bounds, chunk_starts
 from vnp.support.errors import InputError, where
 from vnp.seq.seqio import RecordStart, check_readable, compression_of, iter_pieces
 from vnp.seq.frames import Chunk
+from vnp.support.atomic import AtomicFiles, WriteFailed
 
 SEQUENCES = "sequences.bin"
 INDEX = "index.npz"
@@ -58,6 +59,31 @@ MIN_FREE_BYTES = 64 << 20
 SPACE_CHECK_EVERY = 64 << 20  # bytes written between two checks of the free space
 
 
+def packed_problem(work_dir: Path, checksum: bool = True) -> str | None:
+    """What is wrong with the packed inputs in `work_dir` (missing, cut, changed), or None. Sizes
+    are compared with the index; with `checksum` the SHA-256 recorded at packing is verified too
+    (one read of sequences.bin and ids.txt; an index of an older vnp has none to verify)."""
+    index, sequences, ids = work_dir / INDEX, work_dir / SEQUENCES, work_dir / IDS
+    for path in (index, sequences, ids):
+        if not path.is_file():
+            return f"{path}: missing"
+    try:
+        with np.load(index, allow_pickle=False) as data:
+            expected = {sequences: int(data["lengths"].sum()), ids: int(data["id_offsets"][-1])}
+            digests = {sequences: str(data["sequences_sha256"]), ids: str(data["ids_sha256"])} \
+                if "sequences_sha256" in data.files else {}
+    except Exception as err:  # any unreadable index: not to be trusted
+        return f"{index}: unreadable ({type(err).__name__})"
+    for path, size in expected.items():
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{path}: {actual} bytes where the index says {size} (cut or changed)"
+    for path, digest in digests.items() if checksum else ():
+        if file_sha256(path) != digest:
+            return f"{path}: its content differs from the checksum recorded when it was packed"
+    return None
+
+
 def pack_inputs(inputs: Sequence[Path], work_dir: Path,
                 read: Callable[[Path], Iterable[RecordStart | bytes]] | None = None) -> None:
     """Validate every input and write the packed sequences, index and IDs (atomically). `read`
@@ -68,25 +94,39 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path,
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     _check_space(work_dir, _plain_bytes(inputs), 0)
-    tmp = {name: work_dir / (name + ".tmp") for name in (SEQUENCES, IDS)}
     try:
-        lengths, id_lengths, per_input, n_bases = _pack(inputs, tmp, work_dir, read or iter_pieces)
-    except BaseException as err:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        with AtomicFiles() as files:  # the three files together, or none
+            with files.open(work_dir / SEQUENCES, "wb") as seq_out, files.open(work_dir / IDS, "wb") as id_out:
+                seq_sink, id_sink = _Hashed(seq_out), _Hashed(id_out)
+                lengths, id_lengths, per_input, n_bases = _pack(inputs, seq_sink, id_sink, work_dir,
+                                                                read or iter_pieces)
+            length_array = np.asarray(lengths, dtype=np.int64)
+            offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
+            id_offsets = np.concatenate(([0], np.cumsum(np.asarray(id_lengths, dtype=np.int64) + 1))).astype(np.int64)
+            with files.open(work_dir / INDEX, "wb") as fh:
+                np.savez(fh, lengths=length_array, offsets=offsets, id_offsets=id_offsets,
+                         records_per_input=np.asarray(per_input, dtype=np.int64),
+                         n_bases=np.asarray(n_bases, dtype=np.int64),
+                         sequences_sha256=np.asarray(seq_sink.hexdigest()), ids_sha256=np.asarray(id_sink.hexdigest()))
+    except WriteFailed as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InputError(f"{work_dir}: the disk is full while packing the inputs; free space there or "
                              "choose another output folder") from None
         raise
-    length_array = np.asarray(lengths, dtype=np.int64)
-    offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
-    id_offsets = np.concatenate(([0], np.cumsum(np.asarray(id_lengths, dtype=np.int64) + 1))).astype(np.int64)
-    file_sizes = np.asarray(per_input, dtype=np.int64)
-    with open(work_dir / (INDEX + ".tmp"), "wb") as fh:
-        np.savez(fh, lengths=length_array, offsets=offsets, id_offsets=id_offsets, records_per_input=file_sizes,
-                 n_bases=np.asarray(n_bases, dtype=np.int64))
-    for name in (SEQUENCES, IDS, INDEX):
-        os.replace(work_dir / (name + ".tmp"), work_dir / name)
+
+
+class _Hashed:
+    """A binary file that also hashes what is written to it (the checksum the index records)."""
+
+    def __init__(self, fh):
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.fh.write(data)
+        self.digest.update(data)
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
 
 
 def _plain_bytes(inputs: Sequence[Path]) -> int:
@@ -109,7 +149,7 @@ def _check_space(work_dir: Path, needed: int, written: int) -> None:
     raise InputError(f"{work_dir}: {problem}; free space there or choose another output folder")
 
 
-def _pack(inputs: Sequence[Path], tmp: dict[str, Path], work_dir: Path, read) -> tuple[list, list, list, list]:
+def _pack(inputs: Sequence[Path], seq_out: _Hashed, id_out: _Hashed, work_dir: Path, read) -> tuple[list, list, list, list]:
     """Stream every record into the packed files, piece by piece; (record lengths, ID lengths in
     bytes, records per input, N letters per record)."""
     lengths: list[int] = []
@@ -118,29 +158,28 @@ def _pack(inputs: Sequence[Path], tmp: dict[str, Path], work_dir: Path, read) ->
     per_input: list[int] = []
     first_file: dict[str, Path] = {}
     written = next_check = 0
-    with open(tmp[SEQUENCES], "wb") as seq_out, open(tmp[IDS], "w", encoding="utf-8") as id_out:
-        for path in inputs:
-            count = 0
-            for piece in read(path):
-                if isinstance(piece, bytes):
-                    seq_out.write(piece)
-                    lengths[-1] += len(piece)
-                    n_bases[-1] += piece.count(b"N") + piece.count(b"n")
-                    written += len(piece)
-                    if written >= next_check:
-                        _check_space(work_dir, 0, written)
-                        next_check = written + SPACE_CHECK_EVERY
-                    continue
-                if piece.id in first_file:
-                    raise InputError(f"{where(path, piece.id, piece.line)}: record ID also used in "
-                                     f"{first_file[piece.id]} (IDs must be unique across inputs)")
-                first_file[piece.id] = path
-                id_out.write(piece.id + "\n")
-                id_lengths.append(len(piece.id.encode("utf-8")))  # offsets into ids.txt are bytes
-                lengths.append(0)
-                n_bases.append(0)
-                count += 1
-            per_input.append(count)
+    for path in inputs:
+        count = 0
+        for piece in read(path):
+            if isinstance(piece, bytes):
+                seq_out.write(piece)
+                lengths[-1] += len(piece)
+                n_bases[-1] += piece.count(b"N") + piece.count(b"n")
+                written += len(piece)
+                if written >= next_check:
+                    _check_space(work_dir, 0, written)
+                    next_check = written + SPACE_CHECK_EVERY
+                continue
+            if piece.id in first_file:
+                raise InputError(f"{where(path, piece.id, piece.line)}: record ID also used in "
+                                 f"{first_file[piece.id]} (IDs must be unique across inputs)")
+            first_file[piece.id] = path
+            id_out.write(piece.id.encode("utf-8") + b"\n")
+            id_lengths.append(len(piece.id.encode("utf-8")))  # offsets into ids.txt are bytes
+            lengths.append(0)
+            n_bases.append(0)
+            count += 1
+        per_input.append(count)
     return lengths, id_lengths, per_input, n_bases
 
 

@@ -29,9 +29,10 @@ from vnp.run import dist as vdist
 from vnp.support.config import PredictConfig
 from vnp.support.errors import InputError, Stopped
 from vnp.models.pack import ModelPack, load_pack
-from vnp.run.plan import ChunkPlan, check_inputs, load_plan, pack_inputs
+from vnp.run.plan import ChunkPlan, check_inputs, load_plan, pack_inputs, packed_problem
 from vnp.run.folder import RunFolder, input_entries, new_run_record
 from vnp.run.store import ScoreStore
+from vnp.support.atomic import open_atomic
 
 log = logging.getLogger("vnp")
 
@@ -86,7 +87,9 @@ class RunState:
         being replaced and record this one (its tables stay until the new ones replace them)."""
         if self.afresh:
             self.folder.clear_progress()
-            self.folder.write_run_record(self.run_record)
+            # a new run id: run.json (written at the end) names the run whose results it holds, so a
+            # report can tell when a later run, not yet finished, has replaced its progress
+            self.folder.write_run_record({**self.run_record, "run_id": uuid.uuid4().hex})
             self.store = ScoreStore(self.folder.parts)
             self.afresh = False
 
@@ -114,6 +117,7 @@ class RunState:
     def run_json(self, ctx: vdist.Context, config: PredictConfig, counts, times) -> dict:
         return {
             "vnp": __version__, "torch": torch.__version__,
+            "run_id": (self.folder.read_run_record() or {}).get("run_id"),
             "models": {**asdict(self.pack), "fingerprint": self.run_record["pack"],
                        "digests": self.run_record["models"]},
             "inputs": self.inputs,
@@ -142,7 +146,7 @@ def open_log(out: Path, rank: int) -> Path:
         raise InputError(f"{path.parent}: exists and is not a folder (the per-rank logs go there)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path)
+        handler = _LogFile(path)
     except OSError as err:
         raise InputError(f"{path}: cannot write the log ({err.strerror})") from None
     handler.setFormatter(logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s"))
@@ -150,6 +154,15 @@ def open_log(out: Path, rank: int) -> Path:
     log.setLevel(logging.INFO)
     log.propagate = False
     return path
+
+
+class _LogFile(logging.FileHandler):
+    """A rank's log file. A record that cannot be written (a full disk) is dropped without a word:
+    logging's default prints a traceback per record on stderr, dozens of lines before the run's
+    own one-line error about that disk."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 def log_path() -> Path | None:
@@ -191,7 +204,7 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], fo
             raise
         vdist.broadcast_object(ctx, {"nonce": nonce, "error": None})
         folder.remove_handshake_files()
-        beating = _Heartbeat(folder.heartbeat(nonce), stop_requests=folder.stop_request(nonce))
+        beating = _Heartbeat(folder.heartbeat(nonce), stop_requests=folder.stop_request(nonce), stop=stop)
         try:
             state = _prepare_work(ctx, config, paths, pack, folder)
         except BaseException as err:
@@ -201,7 +214,8 @@ def prepare_run(ctx: vdist.Context, config: PredictConfig, inputs: list[str], fo
             beating.stop()
     state.classifier = classifier
     state.stages["prepare_s"] = round(time.time() - t0, 3)
-    np.save(folder.remaining(nonce), np.asarray(state.spec.remaining, dtype=np.int64))
+    with open_atomic(folder.remaining(nonce), "wb") as fh:
+        np.save(fh, np.asarray(state.spec.remaining, dtype=np.int64))
     folder.write_json(folder.ready(nonce), state.spec.to_ready())
     return state
 
@@ -275,9 +289,10 @@ class _Heartbeat:
     """A file touched every few seconds: rank 0's while it prepares (the other ranks watch it), and
     each other rank's while it runs (rank 0 looks at them when a collective fails)."""
 
-    def __init__(self, path: Path, stop_requests: Path | None = None):
+    def __init__(self, path: Path, stop_requests: Path | None = None, stop=None):
         self.path = path
         self.stop_requests = stop_requests  # rank 0: another rank asks it to stop preparing
+        self.stop_flag = stop  # rank 0: its StopFlag, whose launcher may vanish while it prepares
         self._done = threading.Event()
         path.touch()
         self._thread = threading.Thread(target=self._run, name="vnp-heartbeat", daemon=True)
@@ -286,8 +301,9 @@ class _Heartbeat:
     def _run(self) -> None:
         while not self._done.wait(HEARTBEAT_EVERY_S):
             self.path.touch()
-            if self.stop_requests is not None and self.stop_requests.exists():
-                self.stop_requests = None
+            asked = self.stop_requests is not None and self.stop_requests.exists()
+            if asked or (self.stop_flag is not None and self.stop_flag.launcher_gone()):
+                self.stop_requests = self.stop_flag = None
                 os.kill(os.getpid(), signal.SIGUSR1)  # as if this rank got the signal: stops at once
 
     def stop(self, remove: bool = False) -> None:
@@ -335,6 +351,10 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, folder: Ru
                                 save_embeddings=config.save_embeddings, filters=asdict(config.filter))
     same = folder.holds_same_run(run_record, pack, config.force)
     fresh = not (same and folder.index.exists()) or config.force
+    damage = None if fresh else packed_problem(folder.work)
+    if damage:  # the inputs are unchanged (by checksum): packing them again gives the same bytes
+        log.warning("repacking the inputs: %s", damage)
+        pack_inputs(paths, folder.work)
     if fresh:
         # The old progress can no longer be resumed (the index is about to change), even if this
         # run fails before it starts; the old results themselves stay until replaced.

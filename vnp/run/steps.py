@@ -27,7 +27,9 @@ from vnp.run.exchange import Computed, UnitResult
 from vnp.models import token_budget
 from vnp.run.plan import IDS, SEQUENCES, read_chunks
 from vnp.run.state import RunState
+from vnp.run.folder import PART_FILES
 from vnp.run.store import PartWriter, part_number, write_atomic
+from vnp.support import atomic
 from vnp.seq.frames import FRAME_NAMES, Chunk, Frame, translate_chunks
 
 log = logging.getLogger("vnp")
@@ -228,8 +230,8 @@ class Collector:
 
     def _drop_orphan_embeddings(self) -> None:
         committed = {part_number(p) for p in self.state.folder.parts.glob("part-*.npz")}
-        for path in self.embeddings_dir.glob("part-*"):
-            if path.suffix != ".npz" or part_number(path) not in committed:
+        for path in self.embeddings_dir.iterdir():  # only vnp's own names: parts and their temporaries
+            if atomic.is_temporary(path) or (PART_FILES.fullmatch(path.name) and part_number(path) not in committed):
                 path.unlink()
 
     def consume(self, results: list[UnitResult]) -> None:

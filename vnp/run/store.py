@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from vnp.support import atomic
 
 PART_GLOB = "part-*-*.npz"
 COMPACT_ABOVE = 16  # a resume finding more parts than this rewrites them as one
@@ -66,17 +67,7 @@ def write_atomic(folder: Path, number: int, arrays: dict[str, np.ndarray]) -> Pa
     np.savez(buffer, **arrays)
     data = buffer.getvalue()
     path = folder / f"part-{number:06d}-{hashlib.sha256(data).hexdigest()[:32]}.npz"
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic.write_bytes(path, data, fsync=True)
     return path
 
 
@@ -124,8 +115,7 @@ class ScoreStore:
             self.units.append(arrays["units"])
             self.keys.append(arrays["keys"])
             self.scores.append(arrays["scores"])
-        for stale in self.parts_dir.glob("*.tmp"):
-            stale.unlink()
+        atomic.remove_matching(self.parts_dir, atomic.is_temporary)
         return done
 
     def add(self, unit: int, keys: np.ndarray, scores: np.ndarray) -> None:

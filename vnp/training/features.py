@@ -3,7 +3,6 @@ prediction engine, rank 0 writing checked parts and consolidating them into DIR/
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from vnp.run.folder import RunFolder, input_entries, new_run_record
 from vnp.run.plan import load_plan, pack_inputs
 from vnp.run.store import part_number, read_checked, write_atomic
 from vnp.seq.seqio import record_pieces
+from vnp.support import atomic
 from vnp.support.errors import InputError
 from vnp.training.config import FEATURES, TrainConfig
 from vnp.training.inputs import CDS_TEXT, FEATURE_RECORD, TrainingRecords, read_manifest
@@ -55,8 +55,7 @@ def committed_units(parts: Path) -> set[int]:
             path.unlink()
             continue
         done.update(arrays["units"].tolist())
-    for stale in parts.glob("*.tmp"):
-        stale.unlink()
+    atomic.remove_matching(parts, atomic.is_temporary)
     return done
 
 
@@ -86,19 +85,21 @@ def consolidate(features: Path, n_units: int, labels_of_record: np.ndarray, firs
     keys = np.sort(np.concatenate(part_keys)) if part_keys else np.zeros(0, np.int64)
     if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
         raise RuntimeError("a frame was embedded twice")
-    tmp = features / "features.tmp.npy"
-    matrix = None
-    for path, these in zip(paths, part_keys):  # one part in memory at a time
-        embeddings = read_checked(path)["embeddings"]
-        if matrix is None:
-            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(keys), embeddings.shape[1]))
-        matrix[np.searchsorted(keys, these)] = embeddings
-    matrix.flush()
-    del matrix
     records = np.searchsorted(first_chunk, keys // 6, side="right") - 1
-    np.save(features / "keys.npy", keys)
-    np.save(features / "labels.npy", labels_of_record[records].astype(np.int64))
-    os.replace(tmp, features / "features.npy")  # the commit point of stage 1
+    with atomic.AtomicFiles(fsync=True) as files:  # replaced in order: features.npy last, the commit point
+        for name, array in (("keys.npy", keys), ("labels.npy", labels_of_record[records].astype(np.int64))):
+            with files.open(features / name, "wb") as fh:
+                np.save(fh, array)
+        tmp = files.temporary(features / "features.npy")  # a memory map needs a file name
+        matrix = None
+        for path, these in zip(paths, part_keys):  # one part in memory at a time
+            embeddings = read_checked(path)["embeddings"]
+            if matrix is None:
+                matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                   shape=(len(keys), embeddings.shape[1]))
+            matrix[np.searchsorted(keys, these)] = embeddings
+        matrix.flush()
+        del matrix
     shutil.rmtree(features / "parts")
 
 
@@ -136,7 +137,11 @@ def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     work = RunFolder(features).work
     if old != run_record or not (work / CDS_TEXT).exists():
         reader = TrainingRecords({e.path: e.label for e in entries}, work)
-        pack_inputs([e.path for e in entries], work, read=lambda path: record_pieces(reader(path)))
+        try:
+            pack_inputs([e.path for e in entries], work, read=lambda path: record_pieces(reader(path)))
+        except BaseException:
+            reader.discard()
+            raise
         reader.finish()
         shutil.rmtree(features / "parts", ignore_errors=True)
         for name in ("features.npy", "keys.npy", "labels.npy"):

@@ -3,7 +3,6 @@ statistics synchronised across ranks, per-frame dropout masks), checkpointed eve
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch import nn
 
 from vnp.run import dist as vdist
 from vnp.run.folder import RunFolder
+from vnp.support.atomic import open_atomic
 from vnp.training.config import FEATURES, LABELS, TrainConfig, TrainParams
 
 
@@ -152,11 +152,8 @@ def _state(module: nn.Module) -> dict:
 
 
 def save_checkpoint(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with open_atomic(path, "wb", fsync=True) as fh:
+        torch.save(data, fh)
 
 
 @dataclass

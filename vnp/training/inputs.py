@@ -4,7 +4,6 @@ original's training rule (GenBank: CDS translations; FASTA: every stop-free fram
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 from vnp.run.plan import ChunkPlan, check_inputs
 from vnp.seq.frames import Chunk, Frame
 from vnp.seq.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary
+from vnp.support.atomic import AtomicFiles
 from vnp.support.errors import InputError, where
 from vnp.training.config import AMBIGUOUS, LABELS
 
@@ -101,7 +101,8 @@ class TrainingRecords:
     def __init__(self, labels: dict[Path, str], work: Path):
         self.labels_of_path, self.work = labels, work
         work.mkdir(parents=True, exist_ok=True)
-        self.text = open(work / (CDS_TEXT + ".tmp"), "wb")
+        self.files = AtomicFiles()  # cds.bin, its index and the labels: committed by `finish`
+        self.text = open(self.files.temporary(work / CDS_TEXT), "wb")
         self.index: list[tuple[int, int]] = []
         self.labels: list[int] = []
 
@@ -126,9 +127,17 @@ class TrainingRecords:
 
     def finish(self) -> None:
         self.text.close()
-        np.save(self.work / RECORD_LABELS, np.asarray(self.labels, dtype=np.int64))
-        np.save(self.work / CDS_INDEX, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))
-        os.replace(self.work / (CDS_TEXT + ".tmp"), self.work / CDS_TEXT)  # the commit point
+        with self.files:
+            for name, array in ((RECORD_LABELS, np.asarray(self.labels, dtype=np.int64)),
+                                (CDS_INDEX, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))):
+                with self.files.open(self.work / name, "wb") as fh:
+                    np.save(fh, array)
+            self.files.replace_last(self.work / CDS_TEXT)  # the commit point
+
+    def discard(self) -> None:
+        """Packing failed: no temporary is left behind."""
+        self.text.close()
+        self.files.discard()
 
 
 class TrainingFrames:

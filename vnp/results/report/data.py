@@ -291,6 +291,7 @@ class Report:
     summary: list[dict[str, str]] | None
     changed: list[tuple[str, str, str]] | None
     rules: CallRules
+    unfinished: str | None = None  # OUT's progress belongs to a later run, not yet finished
 
     def summary_shown(self) -> list[dict[str, str]] | None:
         """summary.tsv's rows: the first TABLE_ROWS inputs and the total row."""
@@ -323,26 +324,50 @@ class Report:
         }
 
 
-def load(out: Path, top: int = TOP_N) -> Report:
+def load(out: Path, top: int = TOP_N, files=None) -> Report:
+    """The report's data from OUT's files; with `files` (an `AtomicFiles` about to replace some of
+    them) the new versions of those, so the report describes the files it is committed with."""
+    at = files.current if files is not None else (lambda path: path)
     folder = RunFolder(out)
-    if not folder.run_json.is_file():
+    run_json = at(folder.run_json)
+    if not run_json.is_file():
         raise InputError(f"{out}: no run.json (not the output folder of a finished vnp run)")
     try:
-        run = json.loads(folder.run_json.read_text())
+        run = json.loads(run_json.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise InputError(f"{folder.run_json}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(run, dict):
-        raise InputError(f"{folder.run_json}: not a vnp run record (a JSON object)")
-    contigs = read_contigs(out / "contigs.tsv", top) if (out / "contigs.tsv").is_file() else None
+    except UnicodeDecodeError:
+        raise InputError(f"{folder.run_json}: not a vnp run record (not UTF-8 text)") from None
+    if not isinstance(run, dict) or "vnp" not in run:
+        raise InputError(f"{folder.run_json}: not a vnp run record (a JSON object with a \"vnp\" version); "
+                         "vnp writes a report only into the output folder of one of its runs")
+    tables = {name: at(out / name) for name in ("contigs.tsv", "chunks.tsv", "regions.tsv", "summary.tsv")}
+    present = {name: path if path.is_file() else None for name, path in tables.items()}
+    contigs = read_contigs(present["contigs.tsv"], top) if present["contigs.tsv"] else None
     track_rows = {}  # sequence -> its rows in chunks.tsv, for the top sequences with scored chunks
     if contigs is not None:
         track_rows = {r["sequence_id"]: range(contigs.first_chunk[r["sequence_id"]],
                                               contigs.first_chunk[r["sequence_id"]] + int(r["chunks"]))
                       for r in contigs.top if _is_number(r.get("max_virus_score", "NA"))}
     track_ids = list(track_rows)
-    chunks = read_chunk_table(out / "chunks.tsv", track_rows) if (out / "chunks.tsv").is_file() else None
-    regions = read_regions(out / "regions.tsv", track_ids, top) if (out / "regions.tsv").is_file() else None
-    summary = read_summary(out / "summary.tsv") if (out / "summary.tsv").is_file() else None
-    changed = settings_changed(folder.config_yaml) if folder.config_yaml.is_file() else None
-    return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run))
+    chunks = read_chunk_table(present["chunks.tsv"], track_rows) if present["chunks.tsv"] else None
+    regions = read_regions(present["regions.tsv"], track_ids, top) if present["regions.tsv"] else None
+    summary = read_summary(present["summary.tsv"]) if present["summary.tsv"] else None
+    config_yaml = at(folder.config_yaml)
+    changed = settings_changed(config_yaml) if config_yaml.is_file() else None
+    return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run), later_run(folder, run))
 
+
+def later_run(folder: RunFolder, run: dict) -> str | None:
+    """A warning when OUT's progress no longer belongs to the run run.json describes: a later
+    `vnp predict` (force=true, or changed inputs) replaced it and has not finished (killed, failed)."""
+    if not folder.work.is_dir():
+        return None  # results copied without their work folder
+    try:
+        record = folder.read_run_record()
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record.get("run_id") == run.get("run_id"):
+        return None
+    return (f"{folder.root} now holds an unfinished run, started after the one shown here (which replaced this "
+            "run's progress): these results stay until it finishes; run its vnp predict command again to finish it.")

@@ -12,11 +12,13 @@ from __future__ import annotations
 import html
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from vnp.results.report.data import TABLE_ROWS, TOP_N, Report, _is_number, load
 from vnp.results.report.plots import COLOURS, Figures, draw
 from vnp.run.folder import RunFolder
+from vnp.support.atomic import AtomicFiles
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -101,15 +103,14 @@ def _seconds(value: float | None) -> str:
     return f"{value:,.1f} s" if value < 120 else f"{value / 60:,.1f} min"
 
 
-def write_report(out: Path, top: int = TOP_N) -> Path:
-    """Write OUT/report.html from the files in OUT; returns its path."""
+def write_report(out: Path, top: int = TOP_N, files: AtomicFiles | None = None) -> Path:
+    """Write OUT/report.html from the files in OUT; returns its path. Within `files` (the tables it
+    describes, not yet in place) the report is read from them and replaced together with them."""
     out = Path(out)
-    report = load(out, top)
-    page = render(report)
     path = RunFolder(out).report_html
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    with AtomicFiles() if files is None else nullcontext(files) as target:
+        page = render(load(out, top, target))
+        target.write_text(path, page)
     return path
 
 
@@ -158,7 +159,10 @@ def _section_run(report: Report) -> str:
              ("world size", run.get("world_size", "?")), ("launcher", run.get("launcher", "?")),
              ("device", run.get("device", "?")), ("precision", run.get("precision", "?")),
              ("work units", run.get("work_units", "?"))]
-    parts = ["<section><h2>Run</h2>", table(["item", "value"], [[k, v] for k, v in facts], "run", align=False)]
+    parts = ["<section><h2>Run</h2>"]
+    if report.unfinished:
+        parts.append(f'<p class="warn">{esc(report.unfinished)}</p>')
+    parts += [table(["item", "value"], [[k, v] for k, v in facts], "run", align=False)]
     inputs = run.get("inputs", [])
     parts.append("<h3>Inputs</h3>")
     parts.append(table(["input", "size", "records", "sha256"],

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from vnp.support.errors import InputError
+from vnp.support.paths import check_output_folder
 from vnp.run.plan import IDS, INDEX, SEQUENCES, file_sha256
 
 RUN_RECORD = "record.json"
@@ -130,9 +131,7 @@ class RunFolder:
     # --- guards -------------------------------------------------------------------------------
     def check_usable(self) -> None:
         """OUT is a folder (created if need be) that this process can write in."""
-        out = self.root
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out}: output folder is an existing file")
+        out = check_output_folder(self.root)
         try:
             self.work.mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -16,6 +16,7 @@ from vnp.run.plan import ChunkPlan, check_inputs
 from vnp.seq.frames import Chunk, Frame
 from vnp.seq.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary
 from vnp.support.errors import InputError, where
+from vnp.support.labelled import labelled_lines
 from vnp.training.config import AMBIGUOUS, LABELS
 
 
@@ -26,18 +27,10 @@ class ManifestEntry:
 
 
 def read_manifest(manifest: Path) -> list[ManifestEntry]:
-    """`path<TAB>label` lines; every file readable, every label known, both classes present."""
-    check_readable(manifest)
+    """`path<TAB>label` lines (vnp.support.labelled); every file readable, every label known, both
+    classes present."""
     entries = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        fields = line.rstrip("\r").split("\t")
-        if number == 1 and fields == ["path", "label"]:
-            continue  # a header line
-        if len(fields) != 2 or not fields[0]:
-            raise InputError(f"{where(manifest, line=number)}: expected 'path<TAB>label', got {line!r}")
-        name, label = fields
+    for number, (name, label) in labelled_lines(manifest, "manifest", ("path", "label")):
         if label not in LABELS:
             raise InputError(f"{where(manifest, line=number)}: unknown label {label!r} (expected virus or others)")
         path = Path(name) if Path(name).is_absolute() else manifest.parent / name

@@ -357,16 +357,63 @@ class Report:
         }
 
 
+NUMBER = (int, float)
+
+
+# The types of the run.json entries the report reads (a dict: the keys it reads, where present; a
+# list: each element); other entries are shown as text.
+RUN_SHAPE = {
+    "models": {}, "counts": {"frames": NUMBER}, "calls": {"call": {"min_score": NUMBER, "min_fraction": NUMBER}},
+    "inputs": [{"size": int}], "progress": [{"t_s": NUMBER, "frames": NUMBER, "chunks": NUMBER}],
+    "timings_s": {"total_s": NUMBER, "loop_s": NUMBER, "embed_loop_s": NUMBER,
+                  "per_rank": [{"rank": int, "busy_s": NUMBER, "wait_s": NUMBER, "loop_s": NUMBER,
+                                "frames": NUMBER}]},
+    "work_units": int, "resumed_units": int, "rejected_progress_parts": int, "world_size": int,
+    "chunk_length": int,
+}
+
+
+def check_shape(value: object, shape: object, path: Path, key: str) -> None:
+    """InputError naming the first entry of `value` (at `key`) that is not of the type `shape` says."""
+    if isinstance(shape, dict):
+        kind, ok = "an object", isinstance(value, dict)
+    elif isinstance(shape, list):
+        kind, ok = "a list", isinstance(value, list)
+    else:
+        kind = "an integer" if shape is int else "a number"
+        ok = isinstance(value, shape) and not isinstance(value, bool)
+    if not ok:
+        raise InputError(f"{path}: {key} must be {kind}, not {json.dumps(value)[:40]} (a damaged or edited run.json?)")
+    if isinstance(shape, dict):
+        for name, inner in shape.items():
+            if name in value:
+                check_shape(value[name], inner, path, f"{key}.{name}" if key else name)
+    elif isinstance(shape, list):
+        for i, element in enumerate(value):
+            check_shape(element, shape[0], path, f"{key}[{i}]")
+
+
+def read_run_json(path: Path) -> dict:
+    """OUT/run.json, checked: UTF-8 JSON, an object, the entries the report reads of their types."""
+    try:
+        run = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(run, dict):
+        raise InputError(f"{path}: not a vnp run record (a JSON object)")
+    check_shape(run, RUN_SHAPE, path, "")
+    return run
+
+
 def load(out: Path, top: int = TOP_N) -> Report:
     folder = RunFolder(out)
     if not folder.run_json.is_file():
         raise InputError(f"{out}: no run.json (not the output folder of a finished vnp run)")
-    try:
-        run = json.loads(folder.run_json.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{folder.run_json}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(run, dict):
-        raise InputError(f"{folder.run_json}: not a vnp run record (a JSON object)")
+    run = read_run_json(folder.run_json)
     contigs = read_contigs(out / "contigs.tsv", top) if (out / "contigs.tsv").is_file() else None
     track_rows = {}  # sequence -> its rows in chunks.tsv, for the top sequences with scored chunks
     if contigs is not None:

@@ -179,7 +179,7 @@ def test_a_missing_table_is_one_line(prediction, capsys):
     (prediction / "contigs.tsv").unlink()
     labels = prediction / "labels.tsv"
     labels.write_text("a\tvirus\n")
-    one_line_error(capsys, evaluate_main([str(prediction), str(labels)]), "contigs.tsv (is ")
+    one_line_error(capsys, evaluate_main([str(prediction), str(labels)]), "contigs.tsv: not found (is ")
 
 
 # ------------------------------------------------------------------------------------------

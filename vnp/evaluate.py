@@ -107,8 +107,7 @@ class Scored:
 def score_tables(out: Path, labels: Labels) -> dict[str, Scored]:
     """Both levels scored against `labels`, reading contigs.tsv and chunks.tsv once each; refuses
     labels that name nothing, or (without a level) both a sequence and a chunk."""
-    contigs, chunks = (regular_file(out / name, f"{name} (is {out} the folder of a finished `vnp predict` run?)")
-                       for name in ("contigs.tsv", "chunks.tsv"))
+    contigs, chunks = (_table(out, name) for name in ("contigs.tsv", "chunks.tsv"))
     table_header(contigs, ("sequence_id", "max_virus_score", "label"))
     table_header(chunks, ("chunk_id", "sequence_id", "max_score2", "label"))
     named = set(labels.sequence) | set(labels.chunk) | set(labels.either)
@@ -125,6 +124,12 @@ def score_tables(out: Path, labels: Labels) -> dict[str, Scored]:
         levels["chunk"].add(truth, batch["max_score2"], batch["label"])
     check_named(labels, found, out)
     return levels
+
+
+def _table(out: Path, name: str) -> Path:
+    if not (out / name).exists():
+        raise InputError(f"{out / name}: not found (is {out} the folder of a finished `vnp predict` run?)")
+    return regular_file(out / name, "table")
 
 
 def check_named(labels: Labels, found: dict[str, set[str]], out: Path) -> None:

@@ -65,7 +65,9 @@ def read_labels(path: Path) -> Labels:
             raise InputError(f"{where(path, line=number)}: unknown label {label!r} (expected virus or others)")
         if level is not None and level not in LEVELS:
             raise InputError(f"{where(path, line=number)}: unknown level {level!r} (expected sequence or chunk)")
-        clash = [key for key in labels.line if key[0] == name and (key[1] == level or None in (key[1], level))]
+        # the same ID twice: at one level, or once without a level and once with one
+        others = (None, *LEVELS) if level is None else (level, None)
+        clash = [(name, other) for other in others if (name, other) in labels.line]
         if clash:
             raise InputError(f"{where(path, line=number)}: {name!r} is labelled twice (also line {labels.line[clash[0]]})")
         labels.line[(name, level)] = number
@@ -140,9 +142,10 @@ def check_named(labels: Labels, found: dict[str, set[str]], out: Path) -> None:
         raise InputError(f"{where(labels.path, line=line)}: {both[0]!r} is both a sequence ID and a chunk ID of "
                          f"{out} ({len(both)} such IDs); say which in a third column: "
                          f"{both[0]}<TAB><label><TAB>sequence (or chunk)")
+    found = {**found, None: found["sequence"] | found["chunk"]}
     unknown = [(name, level) for level, names in (("sequence", labels.sequence), ("chunk", labels.chunk),
                                                   (None, labels.either))
-               for name in names if name not in (found[level] if level else found["sequence"] | found["chunk"])]
+               for name in names if name not in found[level]]
     if unknown:
         name, level = unknown[0]
         what = f"{level}s" if level else "sequences nor chunks"
@@ -226,7 +229,9 @@ def summary(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="folder of a finished `vnp predict` run")
-    parser.add_argument("labels", metavar="LABELS.tsv", help="id<TAB>label (virus|others) per sequence or chunk")
+    parser.add_argument("labels", metavar="LABELS.tsv",
+                        help="id<TAB>label[<TAB>level]: label virus or others, level sequence or chunk (needed "
+                        "only for an ID that names both)")
     parser.add_argument("-o", "--out-dir", help="where evaluation.json and roc.png go (default: OUT)")
 
 

@@ -71,8 +71,9 @@ def _finished_run(folder: RunFolder):
         raise InputError(f"{folder.root}: the run is unfinished ({len(done & set(range(units)))} of {units} work units "
                          "committed); finish it with the same vnp predict command first")
     if not folder.run_json.is_file():
-        raise InputError(f"{folder.root}: no run.json (the run's end was never recorded); run the same vnp predict "
-                         "command again to write it")
+        raise InputError(f"{folder.root}: no run.json, though all {units} work units are committed (the run was "
+                         "stopped while writing its results, or run.json was removed); run the same vnp predict "
+                         "command again to write them")
     return run_record, plan, store
 
 

@@ -2,82 +2,157 @@
 
     vnp evaluate OUT LABELS.tsv [-o DIR]
 
-LABELS.tsv has lines `id<TAB>label`, label `virus` or `others` (blank lines, `#` comments and an
-`id<TAB>label` header are skipped). An ID is a sequence ID (it labels the sequence and all its
-chunks) or a chunk ID such as `seq1_chunk_3` (it labels that chunk; it wins over its sequence's
-label for that chunk). Every ID must name a sequence or chunk of the run.
+LABELS.tsv has lines `id<TAB>label[<TAB>level]`, label `virus` or `others` (blank lines, `#`
+comments and a first line whose second column is `label`, a header, are skipped). An ID names a
+sequence (its label applies to the sequence and all its chunks) or a chunk such as `seq1_chunk_3`
+(its label applies to that chunk and wins over its sequence's label there). An ID that is both (a
+sequence `a_chunk_1` beside chunk 1 of a sequence `a`) is refused unless the third column, `level`,
+says `sequence` or `chunk`; every ID must name a sequence or chunk of the run (of that level).
 
 Per chunk (OUT/chunks.tsv: label and max_score2 = the highest virus score of its frames) and per
 sequence (OUT/contigs.tsv: label and max_virus_score), for the items that have a true label and a
 score: accuracy, precision, recall, F1 (virus is the positive class), AUROC and the confusion
 matrix, computed with scikit-learn. Items without a score (no stop-free frame, filtered) are
-counted, not scored. Written to DIR (default OUT): `evaluation.json` and `roc.png`; a summary is
-printed on stdout.
+counted, not scored. The tables are read in batches by the report's reader. Written to DIR
+(default OUT): `evaluation.json` and `roc.png`; a summary is printed on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vnp.support.errors import InputError, exit_on_input_error, where
 from vnp.results.plots import pyplot, save_png
+from vnp.results.report.data import read_columns, table_header
 from vnp.run.folder import RunFolder, check_empty
 from vnp.support.atomic import AtomicFiles
+from vnp.support.errors import InputError, exit_on_input_error, where
+from vnp.support.labelled import labelled_lines
+from vnp.support.paths import check_output_folder, regular_file
 
 CLASSES = ("others", "virus")
 
 
-def read_labels(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    labels: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        fields = line.rstrip("\r").split("\t")
-        if number == 1 and fields == ["id", "label"]:
-            continue
-        if len(fields) != 2 or not fields[0]:
-            raise InputError(f"{where(path, line=number)}: expected 'id<TAB>label', got {line!r}")
-        if fields[1] not in CLASSES:
-            raise InputError(f"{where(path, line=number)}: unknown label {fields[1]!r} (expected virus or others)")
-        if fields[0] in labels:
-            raise InputError(f"{where(path, line=number)}: {fields[0]!r} is labelled twice")
-        labels[fields[0]] = fields[1]
-    if not labels:
+LEVELS = ("sequence", "chunk")
+
+
+@dataclass
+class Labels:
+    """True labels by what they name: `sequence` and `chunk` (a level given in the file) and
+    `either` (no level: the ID must turn out to name exactly one sequence or chunk)."""
+
+    path: Path
+    sequence: dict[str, str] = field(default_factory=dict)
+    chunk: dict[str, str] = field(default_factory=dict)
+    either: dict[str, str] = field(default_factory=dict)
+    line: dict[tuple[str, str | None], int] = field(default_factory=dict)  # (id, level) -> line
+
+    def of_sequence(self, sid: str) -> str | None:
+        return self.sequence.get(sid) or self.either.get(sid)
+
+    def of_chunk(self, cid: str, sid: str) -> str | None:
+        return self.chunk.get(cid) or self.either.get(cid) or self.of_sequence(sid)
+
+
+def read_labels(path: Path) -> Labels:
+    labels = Labels(path)
+    for number, fields in labelled_lines(path, "labels file", ("id", "label", "level"), optional=1):
+        name, label, level = fields[0], fields[1], fields[2] if len(fields) == 3 else None
+        if label not in CLASSES:
+            raise InputError(f"{where(path, line=number)}: unknown label {label!r} (expected virus or others)")
+        if level is not None and level not in LEVELS:
+            raise InputError(f"{where(path, line=number)}: unknown level {level!r} (expected sequence or chunk)")
+        # the same ID twice: at one level, or once without a level and once with one
+        others = (None, *LEVELS) if level is None else (level, None)
+        clash = [(name, other) for other in others if (name, other) in labels.line]
+        if clash:
+            raise InputError(f"{where(path, line=number)}: {name!r} is labelled twice (also line {labels.line[clash[0]]})")
+        labels.line[(name, level)] = number
+        {"sequence": labels.sequence, "chunk": labels.chunk, None: labels.either}[level][name] = label
+    if not labels.line:
         raise InputError(f"{path}: no labels")
     return labels
 
 
-def read_table(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise InputError(f"{path}: not found (is this the folder of a finished `vnp predict` run?)")
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+@dataclass
+class Scored:
+    """The items of one level that have a true label: truth, score and predicted class (0 others, 1 virus)."""
+
+    truth: list[np.ndarray] = field(default_factory=list)
+    score: list[np.ndarray] = field(default_factory=list)
+    predicted: list[np.ndarray] = field(default_factory=list)
+    unscored: int = 0
+    unlabelled: int = 0
+
+    def add(self, truth: list[str | None], score: np.ndarray, label: np.ndarray) -> None:
+        labelled = np.array([t is not None for t in truth], dtype=bool)
+        scored = ~np.isnan(score) & np.isin(label, CLASSES)
+        keep = labelled & scored
+        self.unlabelled += int((~labelled).sum())
+        self.unscored += int((labelled & ~scored).sum())
+        self.truth.append(np.array([CLASSES.index(t) for t, k in zip(truth, keep) if k], dtype=np.int64))
+        self.score.append(score[keep])
+        self.predicted.append((label[keep] == "virus").astype(np.int64))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        join = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+        return join(self.truth, np.int64), join(self.score, np.float64), join(self.predicted, np.int64)
+
+    def counts(self) -> dict[str, int]:
+        return {"scored": int(sum(len(t) for t in self.truth)), "unscored": self.unscored,
+                "unlabelled": self.unlabelled}
 
 
-def score_rows(rows: list[dict], truth_of, id_key: str, score_key: str) -> tuple[dict, tuple]:
-    """(counts, (truth, score, predicted)) for the rows with a true label; unscored ones counted."""
-    truth, score, predicted = [], [], []
-    unscored = unlabelled = 0
-    for row in rows:
-        label = truth_of(row)
-        if label is None:
-            unlabelled += 1
-        elif row[score_key] in ("NA", "") or row["label"] not in CLASSES:
-            unscored += 1
-        else:
-            truth.append(CLASSES.index(label))
-            score.append(float(row[score_key]))
-            predicted.append(CLASSES.index(row["label"]))
-    counts = {"scored": len(truth), "unscored": unscored, "unlabelled": unlabelled}
-    return counts, (np.asarray(truth, dtype=np.int64), np.asarray(score), np.asarray(predicted, dtype=np.int64))
+def score_tables(out: Path, labels: Labels) -> dict[str, Scored]:
+    """Both levels scored against `labels`, reading contigs.tsv and chunks.tsv once each; refuses
+    labels that name nothing, or (without a level) both a sequence and a chunk."""
+    contigs, chunks = (_table(out, name) for name in ("contigs.tsv", "chunks.tsv"))
+    table_header(contigs, ("sequence_id", "max_virus_score", "label"))
+    table_header(chunks, ("chunk_id", "sequence_id", "max_score2", "label"))
+    named = set(labels.sequence) | set(labels.chunk) | set(labels.either)
+    found: dict[str, set[str]] = {"sequence": set(), "chunk": set()}
+    levels = {"sequence": Scored(), "chunk": Scored()}
+    for batch in read_columns(contigs, {"sequence_id": str, "max_virus_score": float, "label": str}):
+        ids = batch["sequence_id"].tolist()
+        found["sequence"].update(named.intersection(ids))
+        levels["sequence"].add([labels.of_sequence(s) for s in ids], batch["max_virus_score"], batch["label"])
+    for batch in read_columns(chunks, {"chunk_id": str, "sequence_id": str, "max_score2": float, "label": str}):
+        ids = batch["chunk_id"].tolist()
+        found["chunk"].update(named.intersection(ids))
+        truth = [labels.of_chunk(c, s) for c, s in zip(ids, batch["sequence_id"].tolist())]
+        levels["chunk"].add(truth, batch["max_score2"], batch["label"])
+    check_named(labels, found, out)
+    return levels
+
+
+def _table(out: Path, name: str) -> Path:
+    if not (out / name).exists():
+        raise InputError(f"{out / name}: not found (is {out} the folder of a finished `vnp predict` run?)")
+    return regular_file(out / name, "table")
+
+
+def check_named(labels: Labels, found: dict[str, set[str]], out: Path) -> None:
+    """Every label names what it says (or, without a level, exactly one sequence or chunk)."""
+    both = [name for name in labels.either if name in found["sequence"] and name in found["chunk"]]
+    if both:
+        line = labels.line[(both[0], None)]
+        raise InputError(f"{where(labels.path, line=line)}: {both[0]!r} is both a sequence ID and a chunk ID of "
+                         f"{out} ({len(both)} such IDs); say which in a third column: "
+                         f"{both[0]}<TAB><label><TAB>sequence (or chunk)")
+    found = {**found, None: found["sequence"] | found["chunk"]}
+    unknown = [(name, level) for level, names in (("sequence", labels.sequence), ("chunk", labels.chunk),
+                                                  (None, labels.either))
+               for name in names if name not in found[level]]
+    if unknown:
+        name, level = unknown[0]
+        what = f"{level}s" if level else "sequences nor chunks"
+        raise InputError(f"{where(labels.path, line=labels.line[(name, level)])}: {len(unknown)} IDs are "
+                         f"{'not ' if level else 'neither '}{what} of {out} (first: {name!r})")
 
 
 def metrics(truth: np.ndarray, score: np.ndarray, predicted: np.ndarray) -> dict:
@@ -137,24 +212,15 @@ def check_report_dir(report_dir: Path, out: Path) -> None:
 
 
 def evaluate(out: Path, labels_path: Path, report_dir: Path) -> dict:
+    check_output_folder(report_dir)
     check_report_dir(report_dir, out)
     labels = read_labels(labels_path)
-    chunks = read_table(out / "chunks.tsv")
-    contigs = read_table(out / "contigs.tsv")
-    known = {row["chunk_id"] for row in chunks} | {row["sequence_id"] for row in contigs}
-    unknown = [name for name in labels if name not in known]
-    if unknown:
-        raise InputError(f"{labels_path}: {len(unknown)} IDs are neither sequences nor chunks of {out} "
-                         f"(first: {unknown[0]!r})")
-    levels = {
-        "chunk": score_rows(chunks, lambda r: labels.get(r["chunk_id"], labels.get(r["sequence_id"])),
-                            "chunk_id", "max_score2"),
-        "sequence": score_rows(contigs, lambda r: labels.get(r["sequence_id"]), "sequence_id", "max_virus_score"),
-    }
+    levels = score_tables(out, labels)
     result, curves = {}, {}
-    for level, (counts, arrays) in levels.items():
+    for level in ("chunk", "sequence"):
+        arrays = levels[level].arrays()
         values = metrics(*arrays)
-        result[level] = {**counts, **values}
+        result[level] = {**levels[level].counts(), **values}
         curves[level] = (f"per {level}", arrays, values.get("auroc"))
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +248,9 @@ def summary(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="folder of a finished `vnp predict` run")
-    parser.add_argument("labels", metavar="LABELS.tsv", help="id<TAB>label (virus|others) per sequence or chunk")
+    parser.add_argument("labels", metavar="LABELS.tsv",
+                        help="id<TAB>label[<TAB>level]: label virus or others, level sequence or chunk (needed "
+                        "only for an ID that names both)")
     parser.add_argument("-o", "--out-dir", help="where evaluation.json and roc.png go (default: OUT)")
 
 

@@ -21,6 +21,7 @@ from vnp.seq.frames import batched_chunks, translate_chunks
 from vnp.seq.seqio import Record, input_stem, iter_records
 from vnp.support.atomic import AtomicFiles
 from vnp.support.errors import InputError, exit_on_input_error
+from vnp.support.paths import check_output_folder
 
 
 def fasta_wrapped(name: str, seq: str, width: int = 60) -> str:
@@ -87,8 +88,7 @@ def _check_outputs(inputs: list[str], out_dir: Path) -> None:
             problem = "given twice" if same else f"has the same name stem '{stem}' as {stems[stem]}"
             raise InputError(f"{path}: {problem}; its outputs would overwrite each other")
         stems[stem] = path
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: output folder is an existing file")
+    check_output_folder(out_dir)
 
 
 @exit_on_input_error

@@ -304,11 +304,25 @@ def _regions_tsv(fh, results: Results) -> None:
                                                                      b.mean, b.top, b.whole))
 
 
+BED_HEADER_STARTS = ("#", "track", "browser", "%")  # BED readers skip lines starting with the first three
+
+
+def bed_chrom(seq_id: str) -> str:
+    """A sequence ID as regions.bed's first column: an ID that a BED reader would take for a comment
+    or header line (starting with `#`, `track` or `browser`), or that starts with `%`, has its
+    first character written as `%` and two hex digits (`#a` -> `%23a`, `track1` -> `%74rack1`,
+    `%x` -> `%25x`). Every other ID is written as it is, so a first column that starts with `%`
+    is always escaped: decode its first three characters."""
+    if seq_id.startswith(BED_HEADER_STARTS):
+        return f"%{ord(seq_id[0]):02X}{seq_id[1:]}"
+    return seq_id
+
+
 def _regions_bed(fh, results: Results) -> None:
-    """BED6: 0-based half-open, score = round(1000 * mean virus score)."""
+    """BED6: 0-based half-open, score = round(1000 * mean virus score); chrom by `bed_chrom`."""
     for b in _region_blocks(results):
         scores = np.clip(np.round(1000 * b.mean_values), 0, 1000).astype(np.int64).tolist()
-        fh.writelines(f"{i}\t{s}\t{e}\t{name}\t{score}\t.\n"
+        fh.writelines(f"{bed_chrom(i)}\t{s}\t{e}\t{name}\t{score}\t.\n"
                       for i, s, e, name, score in zip(b.seq_ids, b.start, b.end, b.names, scores))
 
 

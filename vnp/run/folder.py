@@ -19,6 +19,7 @@ from typing import IO
 
 from vnp.support import atomic
 from vnp.support.errors import InputError
+from vnp.support.paths import check_output_folder
 from vnp.run.plan import IDS, INDEX, SEQUENCES, file_sha256
 
 RUN_RECORD = "record.json"
@@ -141,9 +142,7 @@ class RunFolder:
     def check_usable(self) -> None:
         """OUT is a folder (created if need be) that this process can write in, and either new,
         empty or vnp's own: vnp never writes into (or clears anything in) a folder of other files."""
-        out = self.root
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out}: output folder is an existing file")
+        out = check_output_folder(self.root)
         if out.is_dir() and not self.is_vnp_folder():
             check_empty(out, "output folder")
         try:

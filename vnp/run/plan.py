@@ -170,6 +170,9 @@ def _pack(inputs: Sequence[Path], seq_out: _Hashed, id_out: _Hashed, work_dir: P
                     _check_space(work_dir, 0, written)
                     next_check = written + SPACE_CHECK_EVERY
                 continue
+            if piece.id in first_file and first_file[piece.id] == path:  # readers without their own check
+                raise InputError(f"{where(path, piece.id, piece.line)}: duplicate record ID (chunk IDs would be "
+                                 "ambiguous)")
             if piece.id in first_file:
                 raise InputError(f"{where(path, piece.id, piece.line)}: record ID also used in "
                                  f"{first_file[piece.id]} (IDs must be unique across inputs)")

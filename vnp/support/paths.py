@@ -35,3 +35,14 @@ def kind_of(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "a special file"
+
+
+def check_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """`path` if it is a folder or can become one: not an existing file, not a symbolic link to
+    nothing (mkdir would say only "File exists"); one line naming it otherwise."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path}: {what} is a broken symbolic link (to {os.readlink(path)}, which does not exist)")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: {what} is an existing file")
+    return path

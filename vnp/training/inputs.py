@@ -16,6 +16,7 @@ from vnp.seq.frames import Chunk, Frame
 from vnp.seq.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary
 from vnp.support.atomic import AtomicFiles
 from vnp.support.errors import InputError, where
+from vnp.support.labelled import labelled_lines
 from vnp.training.config import AMBIGUOUS, LABELS
 
 
@@ -26,18 +27,10 @@ class ManifestEntry:
 
 
 def read_manifest(manifest: Path) -> list[ManifestEntry]:
-    """`path<TAB>label` lines; every file readable, every label known, both classes present."""
-    check_readable(manifest)
+    """`path<TAB>label` lines (vnp.support.labelled); every file readable, every label known, both
+    classes present."""
     entries = []
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        fields = line.rstrip("\r").split("\t")
-        if number == 1 and fields == ["path", "label"]:
-            continue  # a header line
-        if len(fields) != 2 or not fields[0]:
-            raise InputError(f"{where(manifest, line=number)}: expected 'path<TAB>label', got {line!r}")
-        name, label = fields
+    for number, (name, label) in labelled_lines(manifest, "manifest", ("path", "label")):
         if label not in LABELS:
             raise InputError(f"{where(manifest, line=number)}: unknown label {label!r} (expected virus or others)")
         path = Path(name) if Path(name).is_absolute() else manifest.parent / name
@@ -58,15 +51,44 @@ def is_genbank(path: Path) -> bool:
         return fh.read(4096).lstrip().startswith(b"LOCUS")
 
 
+class _LastLine(io.TextIOBase):
+    """A text stream that remembers its last line that is not blank: the GenBank parser skips text
+    after a record's `//` that does not start a record (a cut `LOCUS` line), so the reader looks."""
+
+    def __init__(self, text: io.TextIOBase):
+        self.text, self.last = text, ""
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int = -1) -> str:
+        line = self.text.readline(size)
+        if line.strip():
+            self.last = line
+        return line
+
+    def read(self, size: int = -1) -> str:
+        text = self.text.read(size)
+        if text.strip():
+            self.last = text.rstrip().rsplit("\n", 1)[-1]
+        return text
+
+
 def genbank_records(path: Path) -> Iterator[tuple[Record, list[str]]]:
-    """Each GenBank record (Biopython's parser) with its CDS `translation` qualifiers, in order."""
+    """Each GenBank record (Biopython's parser) with its CDS `translation` qualifiers, in order.
+    A file cut short (inside a record, or after one in a `LOCUS` line) is refused, as a cut FASTQ is."""
     from Bio import BiopythonParserWarning, SeqIO
     from Bio.Seq import UndefinedSequenceError
 
-    with io.TextIOWrapper(open_binary(path), encoding="ascii", errors="replace") as text, warnings.catch_warnings():
-        warnings.simplefilter("ignore", BiopythonParserWarning)  # odd layouts parse; broken ones raise below
+    with io.TextIOWrapper(open_binary(path), encoding="ascii", errors="replace") as raw, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BiopythonParserWarning)  # odd layouts parse; cut or broken ones are refused
+        text = _LastLine(raw)
+        record_id = None
         try:
             for record in SeqIO.parse(text, "genbank"):
+                record_id = record.id
+                _refuse_cut(path, record_id, caught)
                 try:
                     seq = str(record.seq)
                 except UndefinedSequenceError:
@@ -78,7 +100,23 @@ def genbank_records(path: Path) -> Iterator[tuple[Record, list[str]]]:
                 proteins = [f.qualifiers.get("translation", [""])[0] for f in record.features if f.type == "CDS"]
                 yield Record(record.id, seq, None), proteins  # GenBank: no line numbers
         except ValueError as err:  # Biopython's parse errors
-            raise InputError(f"{path}: not a readable GenBank file ({str(err).splitlines()[0]})") from None
+            problem = str(err).splitlines()[0]
+            if problem.startswith("Premature end"):  # e.g. a LOCUS line or a header cut short
+                record = f"the record after '{record_id}'" if record_id else "its first record"
+                raise InputError(f"{path}: the file ends inside {record} ({problem}): cut short?") from None
+            raise InputError(f"{path}: not a readable GenBank file ({problem})") from None
+        if text.last.strip() != "//":
+            after = f"after record '{record_id}'" if record_id else "before its first record is complete"
+            raise InputError(f"{path}: the file ends {after} in a line that is not '//' "
+                             f"({text.last.strip()[:40]!r}): cut short?")
+
+
+def _refuse_cut(path: Path, record_id: str, caught: list[warnings.WarningMessage]) -> None:
+    """Biopython warns, and returns what it read, when a file ends inside a record's sequence."""
+    cut = [w for w in caught if str(w.message).startswith("Premature end of file")]
+    caught.clear()
+    if cut:
+        raise InputError(f"{where(path, record_id)}: the file ends inside this record (cut short?)")
 
 
 CDS_TEXT = "cds.bin"  # per record: its CDS translations joined by newlines, records back to back

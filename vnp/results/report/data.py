@@ -8,12 +8,11 @@ the top N sequences get a score track.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 
@@ -35,14 +34,43 @@ SHARE_BINS = np.linspace(0.0, 1.0, 21)
 TABLE_ROWS = 200  # the most rows of a per-input table shown
 
 
+def open_table(path: Path) -> IO[bytes]:
+    """A table of OUT for reading, as bytes: `_next_lines` decodes them (UTF-8, as vnp writes them)."""
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+
+
 def table_header(path: Path, required: tuple[str, ...]) -> list[str]:
     """The column names of a table; InputError when one of `required` is not among them."""
-    with open(path) as fh:
-        header = fh.readline().rstrip("\n").split("\t")
+    with open_table(path) as fh:
+        first_line = _next_lines(fh, 1, path, -1)
+    header = first_line[0].rstrip("\r\n").split("\t") if first_line else [""]
     missing = [name for name in required if name not in header]
     if missing:
         raise InputError(f"{path}: no column {missing[0]!r} in its header")
     return header
+
+
+def _next_lines(fh: IO[bytes], n: int | None, path: Path, first: int) -> list[str]:
+    """The next `n` lines (None: all) of a table after its first `first` rows (-1: the header is
+    next), as text; InputError naming the row of a byte that is not UTF-8."""
+    text = []
+    for i, line in enumerate(itertools.islice(fh, n)):
+        try:
+            text.append(line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            row = "header" if first + i < 0 else f"row {first + i + 2}"
+            raise InputError(f"{path}: {row}: not UTF-8 text (at column {err.start + 1}); is it a table written "
+                             "by vnp?") from None
+    return text
+
+
+def _row(header: list[str], line: str) -> dict[str, str]:
+    """A table row by header name; a row cut short has empty values."""
+    fields = line.rstrip("\r\n").split("\t")
+    return {name: fields[i] if i < len(fields) else "" for i, name in enumerate(header)}
 
 
 def number(text: str) -> float:
@@ -56,15 +84,16 @@ def read_columns(path: Path, names: dict[str, type], batch_rows: int = BATCH_ROW
 
     numpy's C parser splits the lines and parses the numbers (a csv loop in Python is several times
     slower on millions of rows), and only the named columns are kept, so memory stays at one batch."""
-    with open(path) as fh:
-        header = fh.readline().rstrip("\n").split("\t")
+    header = table_header(path, ())
+    with open_table(path) as fh:
+        fh.readline()
         present = [name for name in names if name in header]
         usecols = [header.index(name) for name in present]
         # one parse per batch: a record of the columns (str as Python objects, of any length)
         dtype = [(name, {float: np.float64, int: np.int64, str: object}[names[name]]) for name in present]
         converters = {header.index(name): number for name in present if names[name] is float}
         first = 0
-        while lines := list(itertools.islice(fh, batch_rows)):
+        while lines := _next_lines(fh, batch_rows, path, first):
             try:
                 table = np.loadtxt(lines, dtype=dtype, delimiter="\t", usecols=usecols, comments=None, ndmin=1,
                                    converters=converters)
@@ -78,13 +107,15 @@ def fetch_rows(path: Path, wanted: Iterable[int]) -> dict[int, dict[str, str]]:
     """Whole rows of a table by their 0-based index (after the header): header name -> value."""
     wanted = set(wanted)
     found: dict[int, dict[str, str]] = {}
-    with open(path) as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        for i, line in enumerate(fh):
-            if len(found) == len(wanted):
+    header = table_header(path, ())
+    with open_table(path) as fh:
+        fh.readline()
+        for first in itertools.count(0, BATCH_ROWS):
+            lines = _next_lines(fh, BATCH_ROWS, path, first)
+            if not lines or len(found) == len(wanted):
                 break
-            if i in wanted:
-                found[i] = dict(zip(header, line.rstrip("\n").split("\t")))
+            for i in wanted.intersection(range(first, first + len(lines))):
+                found[i] = _row(header, lines[i - first])
     return found
 
 
@@ -219,8 +250,11 @@ def read_regions(path: Path, track_ids: list[str], top: int) -> RegionTable:
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    """summary.tsv's rows (one per input and a total: small), header name -> value."""
+    header = table_header(path, ())
+    with open_table(path) as fh:
+        fh.readline()
+        return [_row(header, line) for line in _next_lines(fh, None, path, 0)]
 
 
 def settings_changed(path: Path) -> list[tuple[str, str, str]]:
@@ -324,6 +358,58 @@ class Report:
         }
 
 
+NUMBER = (int, float)
+
+
+# The types of the run.json entries the report reads (a dict: the keys it reads, where present; a
+# list: each element); other entries are shown as text.
+RUN_SHAPE = {
+    "models": {}, "counts": {"frames": NUMBER}, "calls": {"call": {"min_score": NUMBER, "min_fraction": NUMBER}},
+    "inputs": [{"size": int}], "progress": [{"t_s": NUMBER, "frames": NUMBER, "chunks": NUMBER}],
+    "timings_s": {"total_s": NUMBER, "loop_s": NUMBER, "embed_loop_s": NUMBER,
+                  "per_rank": [{"rank": int, "busy_s": NUMBER, "wait_s": NUMBER, "loop_s": NUMBER,
+                                "frames": NUMBER}]},
+    "work_units": int, "resumed_units": int, "rejected_progress_parts": int, "world_size": int,
+    "chunk_length": int,
+}
+
+
+def check_shape(value: object, shape: object, path: Path, key: str) -> None:
+    """InputError naming the first entry of `value` (at `key`) that is not of the type `shape` says."""
+    if isinstance(shape, dict):
+        kind, ok = "an object", isinstance(value, dict)
+    elif isinstance(shape, list):
+        kind, ok = "a list", isinstance(value, list)
+    else:
+        kind = "an integer" if shape is int else "a number"
+        ok = isinstance(value, shape) and not isinstance(value, bool)
+    if not ok:
+        raise InputError(f"{path}: {key} must be {kind}, not {json.dumps(value)[:40]} (a damaged or edited run.json?)")
+    if isinstance(shape, dict):
+        for name, inner in shape.items():
+            if name in value:
+                check_shape(value[name], inner, path, f"{key}.{name}" if key else name)
+    elif isinstance(shape, list):
+        for i, element in enumerate(value):
+            check_shape(element, shape[0], path, f"{key}[{i}]")
+
+
+def read_run_json(path: Path) -> dict:
+    """OUT/run.json, checked: UTF-8 JSON, an object, the entries the report reads of their types."""
+    try:
+        run = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if not isinstance(run, dict):
+        raise InputError(f"{path}: not a vnp run record (a JSON object)")
+    check_shape(run, RUN_SHAPE, path, "")
+    return run
+
+
 def load(out: Path, top: int = TOP_N, files=None) -> Report:
     """The report's data from OUT's files; with `files` (an `AtomicFiles` about to replace some of
     them) the new versions of those, so the report describes the files it is committed with."""
@@ -332,13 +418,8 @@ def load(out: Path, top: int = TOP_N, files=None) -> Report:
     run_json = at(folder.run_json)
     if not run_json.is_file():
         raise InputError(f"{out}: no run.json (not the output folder of a finished vnp run)")
-    try:
-        run = json.loads(run_json.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{folder.run_json}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{folder.run_json}: not a vnp run record (not UTF-8 text)") from None
-    if not isinstance(run, dict) or "vnp" not in run:
+    run = read_run_json(run_json)
+    if "vnp" not in run:
         raise InputError(f"{folder.run_json}: not a vnp run record (a JSON object with a \"vnp\" version); "
                          "vnp writes a report only into the output folder of one of its runs")
     tables = {name: at(out / name) for name in ("contigs.tsv", "chunks.tsv", "regions.tsv", "summary.tsv")}

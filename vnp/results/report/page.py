@@ -54,8 +54,25 @@ img{height:auto;display:block;margin:.4rem 0} img.wide{width:100%} img.plot{widt
 """
 
 
+ID_COLUMNS = ("sequence_id", "region_id", "chunk_id", "input")
+
+
+ID_CHARS = 40  # the most characters of an ID shown in a table cell (all of it in the cell's title)
+
+
+CELL_CHARS = 160  # the most characters of any other cell shown
+
+
 def esc(value: object) -> str:
     return html.escape(str(value))
+
+
+def cut(text: str, limit: int) -> tuple[str, str]:
+    """(the text shown, the title attribute): a text longer than `limit` is cut, with an ellipsis,
+    and given whole in the title (a tooltip); the JSON data block has it whole too."""
+    if len(text) <= limit:
+        return esc(text), ""
+    return esc(text[:limit - 1]) + "…", f' title="{esc(text)}"'
 
 
 def table(header: list[str], rows: list[list[object]], data_key: str | None = None, align: bool = True) -> str:
@@ -70,14 +87,23 @@ def table(header: list[str], rows: list[list[object]], data_key: str | None = No
         for name, value, right in zip(header, row, numeric):
             text = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
             cls = ' class="num"' if right else ""
+            title = ""
             if name == "label" and value in COLOURS:
                 text = f'<span class="pill" style="background:{COLOURS[value]}">{esc(value)}</span>'
             else:
-                text = esc(text)
-            cells.append(f'<td{cls} data-col="{esc(name)}">{text}</td>')
+                text, title = cut(text, ID_CHARS if name in ID_COLUMNS else CELL_CHARS)
+            cells.append(f'<td{cls} data-col="{esc(name)}"{title}>{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     key = f' data-table="{esc(data_key)}"' if data_key else ""
     return f'<div class="scroll"><table{key}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def script_json(data: object) -> str:
+    """`data` as JSON that is safe inside a <script> element: `<`, `>` and `&` as \\u escapes, so no
+    ID can end the element (`</script>`) or open a comment (`<!--`) there, and a JSON parser reading
+    the element's text gets every string back exactly."""
+    text = json.dumps(data, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def figure(uri: str, alt: str, wide: bool = False) -> str:
@@ -121,7 +147,7 @@ def render(report: Report) -> str:
     sections = [_section_run(report), _section_labels(report, figs), _section_scores(report, figs),
                 _section_top(report), _section_tracks(report, figs), _section_performance(report, figs),
                 _section_resume(report)]
-    data = json.dumps(report.data(), separators=(",", ":")).replace("</", "<\\/")
+    data = script_json(report.data())
     subtitle = (f"vnp {esc(run.get('vnp', '?'))} · pack {esc(run.get('models', {}).get('name', '?'))} · "
                 f"{esc(run.get('world_size', '?'))} rank(s) on {esc(run.get('device', '?'))} · "
                 f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -279,7 +305,8 @@ def _section_tracks(report: Report, figs: Figures) -> str:
                       "shaded: called regions; dashed: 0.5; dotted: call.min_score."))
     parts.append('<div class="grid">')
     for rid, uri in figs.tracks.items():
-        parts.append(f'<div data-track="{esc(rid)}">{figure(uri, f"score track of {rid}", wide=True)}</div>')
+        shown = rid if len(rid) <= ID_CHARS else rid[:ID_CHARS - 1] + "…"
+        parts.append(f'<div data-track="{esc(rid)}">{figure(uri, f"score track of {shown}", wide=True)}</div>')
     return "".join(parts) + "</div></section>"
 
 

@@ -1,6 +1,6 @@
 """Per-frame embeddings from FASTA: DNABERT-S over nucleotide frames, ESM2 over protein frames.
 
-    vnp embed dnabert INPUT.fa -m MODEL -o OUT.npz [--max-tokens N] [--device cpu|cuda] [--precision fp32|bf16|fp16]
+    vnp embed dnabert INPUT.fa -m MODEL -o OUT.npz [--max-tokens N] [--device cpu|cuda] [--precision auto|fp32|bf16|fp16]
     vnp embed esm INPUT.faa -m MODEL [--layer N] -o OUT.npz [--attention sdpa|fair-esm] [...]
     python -m vnp.embed dnabert INPUT.fa -m MODEL -o OUT.npz
 
@@ -34,13 +34,13 @@ import numpy as np
 import torch
 
 from vnp.run import dist as vdist
-from vnp.run.engine import EngineSettings, StopFlag, run_units
+from vnp.run.engine import StopFlag, run_units
+from vnp.support.config import EngineConfig
 from vnp.support.errors import InputError, where
 from vnp.run.exchange import Computed, UnitResult
-from vnp.models import token_budget
+from vnp.models import PRECISIONS, resolve_precision, token_budget, torch_dtype
 from vnp.seq.seqio import iter_records, open_binary
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH_RECORDS = 4096  # records per slice: tokenised, sorted by length and batched together
 
 Records = Iterable[tuple[str, str]]  # (record ID, sequence)
@@ -160,7 +160,7 @@ class NpzRowWriter:
 
 def load_embedder(args: argparse.Namespace, device: torch.device) -> Embedder:
     """The model named by -m, on this rank's device in --precision."""
-    dtype = PRECISIONS[args.precision]
+    dtype = torch_dtype(resolve_precision(args.precision, device.type))
     if args.model_kind == "dnabert":
         from vnp.models.dnabert import load_dnabert
 
@@ -194,7 +194,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="padded tokens per forward pass (default: by model and device)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
-        p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+        p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                       help="auto: bf16 on GPU, fp32 on CPU (as vnp predict)")
         p.add_argument("--batch-records", type=int, default=BATCH_RECORDS,
                        help="records per work unit (the unit dealt to ranks and batched together)")
         p.add_argument("--timeout-s", type=float, default=1800.0, help="collective timeout between ranks")
@@ -342,7 +343,7 @@ def _run_units(ctx, path: Path, check, embedder: Embedder, max_tokens: int, coun
     work = RecordWork(path, check, embedder, max_tokens, count, size)
     sink = NpzSink(writer) if writer is not None else None
     stop = StopFlag()  # embed is not resumable: a signal ends it as before
-    run_units(ctx, work, sink, stop, EngineSettings(balance=False))
+    run_units(ctx, work, sink, stop, EngineConfig(balance=False))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,7 @@ import numpy as np
 from vnp.support.errors import InputError, exit_on_input_error, where
 from vnp.results.plots import pyplot, save_png
 from vnp.run.folder import RunFolder
-
-CLASSES = ("others", "virus")
+from vnp.models import CLASSES
 
 
 def read_labels(path: Path) -> dict[str, str]:

@@ -169,7 +169,7 @@ def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, star
     folder.remove_handshake_files()  # every rank read them before the first step
     t0 = time.time()
     keys, scores = state.store.sorted_scores()
-    counts = write_tables(folder.root, state.plan, keys, scores, config, input_names(state.run_record["inputs"]))
+    counts = write_tables(folder.root, state.plan, keys, scores, config, input_names(state.spec.run_record["inputs"]))
     times.stages["write_tables_s"] = round(time.time() - t0, 3)
     times.stages["total_s"] = round(time.time() - started, 3)
     run_json = {**state.run_json(ctx, config, counts, times), "progress": times.progress}

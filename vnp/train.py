@@ -44,11 +44,12 @@ from vnp.run.folder import RunFolder
 from vnp.run.plan import load_plan
 from vnp.support.config import help_text
 from vnp.support.errors import InputError
-from vnp.training.config import FEATURES, LABELS, TrainConfig, TrainParams
+from vnp.training.config import FEATURES, TrainConfig, TrainParams
 from vnp.training.features import FeatureSink, compute_features, consolidate, prepare, shared
 from vnp.training.head import split_rows, train_head
 from vnp.training.inputs import RECORD_LABELS, TrainingFrames
 from vnp.training.outputs import write_outputs
+from vnp.models import CLASSES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +149,7 @@ def train(config: TrainConfig, manifest: Path, out: Path) -> int:
 def check_classes(manifest: Path, features: Path, params: TrainParams) -> None:
     """Both classes must have kept frames, and enough frames for one batch and a validation set."""
     labels = np.load(features / "labels.npy")
-    for name, value in LABELS.items():
+    for value, name in enumerate(CLASSES):
         if not (labels == value).any():
             raise InputError(f"{manifest}: no frame of class '{name}' was kept (training keeps stop-free frames of "
                              "chunks without ambiguous bases, from GenBank only those within a CDS translation)")

@@ -28,6 +28,7 @@ from vnp import __version__
 from vnp.run import dist as vdist
 from vnp.support.config import PredictConfig
 from vnp.support.errors import InputError, Stopped
+from vnp.models import resolve_precision
 from vnp.models.pack import ModelPack, load_pack
 from vnp.run.plan import ChunkPlan, check_inputs, load_plan, pack_inputs
 from vnp.run.folder import RunFolder, input_entries, new_run_record
@@ -86,51 +87,29 @@ class RunState:
         being replaced and record this one (its tables stay until the new ones replace them)."""
         if self.afresh:
             self.folder.clear_progress()
-            self.folder.write_run_record(self.run_record)
+            self.folder.write_run_record(self.spec.run_record)
             self.store = ScoreStore(self.folder.parts)
             self.afresh = False
 
-    # The engine reads these names (state.record["unit_chunks"] included).
-    out = property(lambda self: self.folder.root)
-    work = property(lambda self: self.folder.work)
-    pack = property(lambda self: self.spec.pack)
-    chunk_length = property(lambda self: self.spec.chunk_length)
-    precision = property(lambda self: self.spec.precision)
-    unit_chunks = property(lambda self: self.spec.unit_chunks)
-    run_record = property(lambda self: self.spec.run_record)
-    record = run_record  # the engine's older name for the run record
-    inputs = property(lambda self: list(self.spec.inputs))
-    resumed_units = property(lambda self: self.spec.resumed_units)
-    rejected_parts = property(lambda self: self.spec.rejected_parts)
-
-    @property
-    def remaining(self) -> list[int]:
-        return list(self.spec.remaining)
-
     @property
     def n_units(self) -> int:
-        return self.plan.n_units(self.unit_chunks)
+        return self.plan.n_units(self.spec.unit_chunks)
 
     def run_json(self, ctx: vdist.Context, config: PredictConfig, counts, times) -> dict:
+        spec = self.spec
         return {
             "vnp": __version__, "torch": torch.__version__,
-            "models": {**asdict(self.pack), "fingerprint": self.run_record["pack"],
-                       "digests": self.run_record["models"]},
-            "inputs": self.inputs,
+            "models": {**asdict(spec.pack), "fingerprint": spec.run_record["pack"],
+                       "digests": spec.run_record["models"]},
+            "inputs": list(spec.inputs),
             "counts": asdict(counts),
-            "chunk_length": self.chunk_length,
-            "work_units": self.n_units, "resumed_units": self.resumed_units,
-            "rejected_progress_parts": self.rejected_parts,
+            "chunk_length": spec.chunk_length,
+            "work_units": self.n_units, "resumed_units": spec.resumed_units,
+            "rejected_progress_parts": spec.rejected_parts,
             "world_size": ctx.world_size, "launcher": ctx.env.launcher,
-            "device": str(ctx.device), "precision": self.precision,
+            "device": str(ctx.device), "precision": spec.precision,
             "timings_s": {**self.stages, **times.stages, "per_rank": times.per_rank},
         }
-
-
-def resolved_precision(config: PredictConfig, device: torch.device) -> str:
-    if config.precision != "auto":
-        return config.precision
-    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def open_log(out: Path, rank: int) -> Path:
@@ -330,7 +309,7 @@ def _fetch_models(pack: ModelPack) -> None:
 def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, folder: RunFolder) -> RunState:
     _fetch_models(pack)
     chunk_length = config.chunk_length or pack.chunk_length
-    precision = resolved_precision(config, ctx.device)
+    precision = resolve_precision(config.precision, ctx.device.type)
     run_record = new_run_record(input_entries(paths), pack, chunk_length, precision, config, ctx.device,
                                 save_embeddings=config.save_embeddings, filters=asdict(config.filter))
     same = folder.holds_same_run(run_record, pack, config.force)

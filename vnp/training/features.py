@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vnp.models import resolve_precision
 from vnp.models.pack import ModelPack, load_pack
 from vnp.run import dist as vdist
 from vnp.run.folder import RunFolder, input_entries, new_run_record
@@ -112,7 +113,7 @@ def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str,
 
 def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     """Rank 0: checks, the input pack and CDS table (once), and what feature units are left."""
-    from vnp.run.state import RunSpec, resolved_precision
+    from vnp.run.state import RunSpec
 
     out = folder.root
     folder.check_usable()
@@ -121,7 +122,7 @@ def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     pack = load_pack(config.pack, tiny_dir=out / "tiny_pack", chunk_length=config.chunk_length,
                      require_classifier=False)
     chunk_length = config.chunk_length or pack.chunk_length
-    precision = resolved_precision(config, ctx.device)
+    precision = resolve_precision(config.precision, ctx.device.type)
     features = out / FEATURES
     run_record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
     run_record_path = features / FEATURE_RECORD

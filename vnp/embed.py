@@ -34,8 +34,10 @@ import numpy as np
 import torch
 
 from vnp.run import dist as vdist
+from vnp.run.lifecycle import run_rank
 from vnp.run.engine import StopFlag, run_units
 from vnp.support.config import EngineConfig
+from vnp.support.command import command, module_main
 from vnp.support.errors import InputError, where
 from vnp.run.exchange import Computed, UnitResult
 from vnp.models import PRECISIONS, resolve_precision, token_budget, torch_dtype
@@ -203,27 +205,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     esm.add_argument("--attention", choices=["sdpa", "fair-esm"], default="sdpa")
 
 
+@command
 def run(args: argparse.Namespace) -> int:
-    """One rank of an embedding job (a single process, or any launcher's ranks)."""
+    """One rank of an embedding job (a single process, or any launcher's ranks), in the rank
+    lifecycle (`vnp.run.lifecycle.run_rank`). Not resumable: a stop signal ends it at once, and
+    with no output folder there is no log (an unexpected error's traceback goes to stderr)."""
     if args.max_tokens is not None and args.max_tokens <= 0:
-        return _fail(f"--max-tokens must be positive, got {args.max_tokens}")
-    try:
-        ctx = vdist.init(args.device, "auto", args.timeout_s)
-    except (InputError, RuntimeError) as err:  # bad launcher variables, no CUDA, no rendezvous
-        return _fail(str(err).strip().splitlines()[0])
-    try:
-        return _embed_job(ctx, args)
-    except InputError as err:
-        return 2 if err.reported else _fail(str(err))
-    except vdist.PeerFailure:
-        return 1  # the rank that failed has said why
-    finally:
-        vdist.cleanup()
-
-
-def _fail(message: str) -> int:
-    print(f"vnp: error: {message}", file=sys.stderr)
-    return 2
+        raise InputError(f"--max-tokens must be positive, got {args.max_tokens}")
+    return run_rank(lambda rank: _embed_job(rank.ctx, args), args.device, "auto", args.timeout_s, stoppable=False)
 
 
 def _agree(ctx: vdist.Context, error: str | None) -> None:
@@ -347,8 +336,6 @@ def _run_units(ctx, path: Path, check, embedder: Embedder, max_tokens: int, coun
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vnp.support.errors import InputError, exit_on_input_error, where
+from vnp.support.command import command, module_main
+from vnp.support.errors import InputError, where
 from vnp.results.plots import pyplot, save_png
 from vnp.run.folder import RunFolder
 from vnp.models import CLASSES
@@ -163,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out-dir", help="where evaluation.json and roc.png go (default: OUT)")
 
 
-@exit_on_input_error
+@command
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = evaluate(out, Path(args.labels), Path(args.out_dir) if args.out_dir else out)
@@ -172,8 +173,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
 
 

@@ -35,6 +35,7 @@ import torch
 
 from vnp.run import dist as vdist
 from vnp.support.config import EngineConfig
+from vnp.support.errors import PeerFailure
 from vnp.run.exchange import NO_UNIT, CollectiveFailed, Computed, Exchange, UnitResult
 
 log = logging.getLogger("vnp")
@@ -259,7 +260,7 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
         try:
             results, stop_any = exchange.complete_oldest()
         except CollectiveFailed as err:
-            raise vdist.PeerFailure(f"collective failed ({err})") from None
+            raise PeerFailure(f"collective failed ({err})", reported=True) from None
         stats.wait_s += time.perf_counter() - t0
         timer.settle(keep=len(exchange))
         if consumer is not None:
@@ -286,7 +287,7 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
             try:
                 exchange.post(computed, stop.requested)
             except CollectiveFailed as err:
-                raise vdist.PeerFailure(f"step {step}: collective failed ({err})") from None
+                raise PeerFailure(f"step {step}: collective failed ({err})", reported=True) from None
             if len(exchange) >= window and complete_one():
                 stats.stopped = True  # every rank learns it after posting this same step
                 break

@@ -122,3 +122,13 @@ def test_no_private_module_of_another_package_is_imported():
                 if not name.startswith("vnp"):
                     assert not any(part.startswith("_") and part != "__future__" for part in name.split(".")), \
                         f"{module} imports {name}"
+
+
+def test_architecture_lists_every_module_and_the_readme_every_folder():
+    architecture = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [str(p.relative_to(ROOT)) for p in MODULES.values()
+               if p.name != "__init__.py" and f"`{p.relative_to(ROOT)}`" not in architecture]
+    assert missing == []
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
+    folders = {str(p.parent.relative_to(ROOT / "vnp")) for p in MODULES.values()} - {"."}
+    assert [f for f in sorted(folders) if f"`{f}/`" not in layout] == []

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from vnp.run import dist as vdist
-from vnp.run.engine import EngineSettings, StopFlag, run_units, snake
+from vnp.support.config import EngineConfig
+from vnp.run.engine import StopFlag, run_units, snake
 from vnp.run.exchange import Computed
-from vnp.run.plan import iter_ids, load_plan, pack_inputs
+from vnp.run.plan import IDS, iter_ids, load_plan, pack_inputs
 from vnp.run.steps import IdLookup, Progress
 from vnp.run.store import COMPACT_ABOVE, PART_GLOB, PartWriter, ScoreStore
 from vnp.seq.frames import FRAME_NAMES
@@ -66,7 +66,7 @@ class ListSink:
 @pytest.mark.parametrize("prefetch, window", [(0, 1), (1, 4), (2, 3)])
 def test_every_unit_delivered_once_in_order(prefetch, window):
     work, sink = CountingWork(11), ListSink()
-    stats = run_units(SINGLE, work, sink, StopFlag(), EngineSettings(prefetch=prefetch, window=window))
+    stats = run_units(SINGLE, work, sink, StopFlag(), EngineConfig(prefetch=prefetch, window=window))
     assert [u for call in sink.calls for u in call] == list(range(11))
     assert work.prepared == list(range(11))  # each unit prepared once
     assert all(np.array_equal(sink.rows[u], np.full((u % 3, 4), float(u), np.float32)) for u in range(11))
@@ -80,7 +80,7 @@ def test_stop_leaves_after_the_step_that_completes_it(window):
     was posted (the same step on every rank); everything posted is still delivered."""
     stop = StopFlag()
     work, sink = CountingWork(20, stop, stop_at=5), ListSink()
-    stats = run_units(SINGLE, work, sink, stop, EngineSettings(window=window))
+    stats = run_units(SINGLE, work, sink, stop, EngineConfig(window=window))
     assert stats.stopped and stop.requested
     assert stats.steps == 5 + window
     assert [u for call in sink.calls for u in call] == list(range(5 + window))
@@ -151,7 +151,7 @@ def test_frame_ids_in_any_order(tmp_path):
     work = tmp_path / "work"
     pack_inputs([fasta], work)
     plan = load_plan(work, 500)
-    lookup = IdLookup(SimpleNamespace(plan=plan, work=work))
+    lookup = IdLookup(plan, work / IDS)
     keys = np.asarray([6 * 5 + 5, 0, 6 * 2 + 3, 6 * 3 + 1], np.int64)  # chunks: c2, a1, a3, b1
     ids = list(iter_ids(work))
     assert ids == ["a", "b", "c"]
@@ -175,7 +175,7 @@ def test_a_failing_sink_or_unit_is_raised_not_swallowed():
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        run_units(SINGLE, CountingWork(9), FailingSink(), StopFlag(), EngineSettings())
+        run_units(SINGLE, CountingWork(9), FailingSink(), StopFlag(), EngineConfig())
 
     class FailingWork(CountingWork):
         def compute(self, unit, frames):
@@ -185,7 +185,7 @@ def test_a_failing_sink_or_unit_is_raised_not_swallowed():
 
     sink = ListSink()
     with pytest.raises(RuntimeError, match="unit 6 broke"):
-        run_units(SINGLE, FailingWork(9), sink, StopFlag(), EngineSettings(window=2))
+        run_units(SINGLE, FailingWork(9), sink, StopFlag(), EngineConfig(window=2))
     assert [u for call in sink.calls for u in call] == list(range(5))  # what completed was delivered
     assert sink.closed  # and committed
 
@@ -202,7 +202,7 @@ def test_helper_threads_compute_with_the_ranks_thread_count():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        run_units(SINGLE, CountingWork(3), ThreadsSink(), StopFlag(), EngineSettings())
+        run_units(SINGLE, CountingWork(3), ThreadsSink(), StopFlag(), EngineConfig())
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}

@@ -429,14 +429,14 @@ def test_gpus_without_cuda_is_refused(tmp_path, capsys):
 
 
 def test_out_logs_a_file_or_lock_a_folder_is_one_line(tmp_path):
-    from vnp.run import state as run_state
     from vnp.run.folder import RunFolder
+    from vnp.run.lifecycle import open_log
 
     out = tmp_path / "out"
     (out / "work").mkdir(parents=True)
     (out / "logs").write_text("not a folder")
     with pytest.raises(InputError, match=r"out/logs: exists and is not a folder \(the per-rank logs go there\)"):
-        run_state.open_log(out, 0)
+        open_log(RunFolder(out), 0)
     (out / "work" / ".lock").mkdir()
     with pytest.raises(InputError, match=r"work/.lock: cannot open the lock file \(Is a directory\)"):
         RunFolder(out).lock()

@@ -17,7 +17,7 @@ def test_every_path_is_inside_out(tmp_path):
     paths = [folder.work, folder.parts, folder.embeddings, folder.log(3), folder.run_record_path, folder.index,
              folder.sequences, folder.ids, folder.config_yaml, folder.run_json, folder.report_html,
              folder.ready("n"), folder.remaining("n"), folder.heartbeat("n"), folder.stop_request("n"),
-             folder.alive(2), folder.lock_path, folder.checkpoint, folder.train_log(0), folder.tiny_pack]
+             folder.alive(2), folder.lock_path, folder.checkpoint, folder.tiny_pack]
     assert all(path.is_relative_to(tmp_path / "out") for path in paths)
     assert len(set(paths)) == len(paths)
     assert folder.log(3) == tmp_path / "out" / "logs" / "rank3.log"

@@ -20,7 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from vnp.support.config import PredictConfig, iter_help, load_config, to_yaml
-from vnp.support.errors import InputError, exit_on_input_error
+from vnp.support.command import command, module_main
+from vnp.support.errors import InputError
 from vnp.run.folder import RunFolder
 from vnp.support.atomic import AtomicFiles
 
@@ -120,7 +121,7 @@ def call(out: Path, overrides: list[str]) -> dict:
     return run
 
 
-@exit_on_input_error
+@command
 def run(args: argparse.Namespace) -> int:
     run_json = call(Path(args.out), list(args.items))
     counts = run_json["counts"]
@@ -131,8 +132,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-from typing import Callable
-from types import ModuleType
+
+from vnp.support.command import parse
+
+# This module only dispatches: what the commands share is in vnp.support.command (entry points,
+# parsing, the exit-code mapping) and vnp.run.lifecycle (a rank's life); no command imports it.
 
 # subcommand -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help).
 # Only the module of the subcommand that runs is imported: `vnp --help` and `vnp translate` stay
@@ -47,60 +49,6 @@ def create_parser(command: str | None = None) -> argparse.ArgumentParser:
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
     return parser
-
-
-def module_main(module: ModuleType, argv: list[str] | None = None) -> int:
-    """`python -m vnp.<module>`: the same arguments as `vnp <command>`."""
-    command = module.__spec__.name.rsplit(".", 1)[-1]
-    parser = argparse.ArgumentParser(prog=f"vnp {command}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(parser)
-    return module.run(parse(parser, argv))
-
-
-def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Like parse_args, but positional items may also follow options (`INPUT -o OUT key=value`)."""
-    args, extra = parser.parse_known_args(argv)
-    if extra and (not hasattr(args, "items") or any(e.startswith("-") for e in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        args.items = list(args.items) + extra
-    return args
-
-
-def split_items(items: list[str]) -> tuple[list[str], list[str]]:
-    """Inputs are paths; `key=value` items (that are not existing files) are overrides."""
-    inputs, overrides = [], []
-    for item in items:
-        (overrides if "=" in item and not os.path.exists(item) else inputs).append(item)
-    return inputs, overrides
-
-
-def rank_command(args: argparse.Namespace, config_class: type, check_inputs: Callable[[list[str]], str | None],
-                 out_usage: str):
-    """(inputs, configuration) of a command every rank runs (`vnp predict`, `vnp train`), or the exit
-    code 2 after one line: said by rank 0 only, or by every process when no rank can be known."""
-    from vnp.run import dist as vdist
-    from vnp.support.config import load_config
-    from vnp.support.errors import InputError
-
-    try:
-        env = vdist.detect_env()
-    except InputError as err:  # no rank is known: every process says it
-        print(f"vnp: error: {err}", file=sys.stderr)
-        return 2
-    try:
-        inputs, overrides = split_items(args.items)
-        problem = check_inputs(inputs)
-        if problem:
-            raise InputError(problem)
-        if not args.out:
-            raise InputError(f"no output folder given ({out_usage})")
-        return inputs, load_config(args.config, overrides, cls=config_class)
-    except InputError as err:
-        if env.rank == 0:  # the same error on every rank: say it once
-            print(f"vnp: error: {err}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Per-frame embeddings from FASTA: DNABERT-S over nucleotide frames, ESM2 over protein frames.
 
-    vnp embed dnabert INPUT.fa -m MODEL -o OUT.npz [--max-tokens N] [--device cpu|cuda] [--precision fp32|bf16|fp16]
+    vnp embed dnabert INPUT.fa -m MODEL -o OUT.npz [--max-tokens N] [--device cpu|cuda] [--precision auto|fp32|bf16|fp16]
     vnp embed esm INPUT.faa -m MODEL [--layer N] -o OUT.npz [--attention sdpa|fair-esm] [...]
     python -m vnp.embed dnabert INPUT.fa -m MODEL -o OUT.npz
 
@@ -34,14 +34,16 @@ import numpy as np
 import torch
 
 from vnp.run import dist as vdist
-from vnp.run.engine import EngineSettings, StopFlag, run_units
 from vnp.support.atomic import AtomicFiles
+from vnp.run.lifecycle import run_rank
+from vnp.run.engine import StopFlag, run_units
+from vnp.support.config import EngineConfig
+from vnp.support.command import command, module_main
 from vnp.support.errors import InputError, where
 from vnp.run.exchange import Computed, UnitResult
-from vnp.models import token_budget
+from vnp.models import PRECISIONS, resolve_precision, token_budget, torch_dtype
 from vnp.seq.seqio import iter_records, open_binary
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH_RECORDS = 4096  # records per slice: tokenised, sorted by length and batched together
 
 Records = Iterable[tuple[str, str]]  # (record ID, sequence)
@@ -162,7 +164,7 @@ class NpzRowWriter:
 
 def load_embedder(args: argparse.Namespace, device: torch.device) -> Embedder:
     """The model named by -m, on this rank's device in --precision."""
-    dtype = PRECISIONS[args.precision]
+    dtype = torch_dtype(resolve_precision(args.precision, device.type))
     if args.model_kind == "dnabert":
         from vnp.models.dnabert import load_dnabert
 
@@ -196,7 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="padded tokens per forward pass (default: by model and device)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="auto: cuda:LOCAL_RANK when CUDA is available, else cpu")
-        p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+        p.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                       help="auto: bf16 on GPU, fp32 on CPU (as vnp predict)")
         p.add_argument("--batch-records", type=int, default=BATCH_RECORDS,
                        help="records per work unit (the unit dealt to ranks and batched together)")
         p.add_argument("--timeout-s", type=float, default=1800.0, help="collective timeout between ranks")
@@ -204,27 +207,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     esm.add_argument("--attention", choices=["sdpa", "fair-esm"], default="sdpa")
 
 
+@command
 def run(args: argparse.Namespace) -> int:
-    """One rank of an embedding job (a single process, or any launcher's ranks)."""
+    """One rank of an embedding job (a single process, or any launcher's ranks), in the rank
+    lifecycle (`vnp.run.lifecycle.run_rank`). Not resumable: a stop signal ends it at once, and
+    with no output folder there is no log (an unexpected error's traceback goes to stderr)."""
     if args.max_tokens is not None and args.max_tokens <= 0:
-        return _fail(f"--max-tokens must be positive, got {args.max_tokens}")
-    try:
-        ctx = vdist.init(args.device, "auto", args.timeout_s)
-    except (InputError, RuntimeError) as err:  # bad launcher variables, no CUDA, no rendezvous
-        return _fail(str(err).strip().splitlines()[0])
-    try:
-        return _embed_job(ctx, args)
-    except InputError as err:
-        return 2 if err.reported else _fail(str(err))
-    except vdist.PeerFailure:
-        return 1  # the rank that failed has said why
-    finally:
-        vdist.cleanup()
-
-
-def _fail(message: str) -> int:
-    print(f"vnp: error: {message}", file=sys.stderr)
-    return 2
+        raise InputError(f"--max-tokens must be positive, got {args.max_tokens}")
+    return run_rank(lambda rank: _embed_job(rank.ctx, args), args.device, "auto", args.timeout_s, stoppable=False)
 
 
 def _agree(ctx: vdist.Context, error: str | None) -> None:
@@ -344,12 +334,10 @@ def _run_units(ctx, path: Path, check, embedder: Embedder, max_tokens: int, coun
     work = RecordWork(path, check, embedder, max_tokens, count, size)
     sink = NpzSink(writer) if writer is not None else None
     stop = StopFlag()  # embed is not resumable: a signal ends it as before
-    run_units(ctx, work, sink, stop, EngineSettings(balance=False))
+    run_units(ctx, work, sink, stop, EngineConfig(balance=False))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
 
 

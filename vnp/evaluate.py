@@ -31,11 +31,12 @@ from vnp.results.plots import pyplot, save_png
 from vnp.results.report.data import read_columns, table_header
 from vnp.run.folder import RunFolder, check_empty
 from vnp.support.atomic import AtomicFiles
-from vnp.support.errors import InputError, exit_on_input_error, where
+from vnp.support.command import command, module_main
+from vnp.support.errors import InputError, where
 from vnp.support.labelled import labelled_lines
 from vnp.support.paths import check_output_folder, regular_file
 
-CLASSES = ("others", "virus")
+from vnp.models import CLASSES
 
 
 LEVELS = ("sequence", "chunk")
@@ -254,7 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out-dir", help="where evaluation.json and roc.png go (default: OUT)")
 
 
-@exit_on_input_error
+@command
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = evaluate(out, Path(args.labels), Path(args.out_dir) if args.out_dir else out)
@@ -263,8 +264,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
 
 

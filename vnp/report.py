@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vnp.results.report.data import TOP_N
 from vnp.results.report.page import write_report
+from vnp.support.command import command, module_main
 from vnp.support.errors import InputError
 
 
@@ -23,30 +24,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {TOP_N})")
 
 
+@command
 def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}")
     try:
-        if args.top < 1:
-            raise InputError(f"--top must be at least 1, got {args.top}")
         path = write_report(Path(args.out), top=args.top)
-    except InputError as err:
-        print(f"vnp: error: {err}", file=sys.stderr)
-        return 2
     except UnicodeDecodeError as err:  # a table of OUT edited or damaged (vnp writes UTF-8)
-        print(f"vnp: error: {args.out}: a table there is not UTF-8 text (byte {err.start}: {err.reason})",
-              file=sys.stderr)
-        return 2
+        raise InputError(f"{args.out}: a table there is not UTF-8 text (byte {err.start}: {err.reason})") from None
     except OSError as err:  # reading OUT (the writes already say one line)
-        print(f"vnp: error: {err.filename or args.out}: cannot read ({err.strerror})", file=sys.stderr)
-        return 2
+        raise InputError(f"{err.filename or args.out}: cannot read ({err.strerror})") from None
     print(f"vnp: report in {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
-
 
 
 if __name__ == "__main__":

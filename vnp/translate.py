@@ -20,7 +20,8 @@ from typing import Iterable, Iterator
 from vnp.seq.frames import batched_chunks, translate_chunks
 from vnp.seq.seqio import Record, input_stem, iter_records
 from vnp.support.atomic import AtomicFiles
-from vnp.support.errors import InputError, exit_on_input_error
+from vnp.support.command import command, exit_code, module_main
+from vnp.support.errors import InputError
 from vnp.support.paths import check_output_folder
 
 
@@ -91,7 +92,7 @@ def _check_outputs(inputs: list[str], out_dir: Path) -> None:
     check_output_folder(out_dir)
 
 
-@exit_on_input_error
+@command
 def run(args: argparse.Namespace) -> int:
     if args.chunk_length <= 0:
         raise InputError(f"--chunk-length must be a positive number of bp, got {args.chunk_length}")
@@ -107,17 +108,14 @@ def run(args: argparse.Namespace) -> int:
     for path in args.inputs:
         try:
             counts = translate_file(path, out_dir, args.chunk_length)
-        except InputError as err:
-            print(f"vnp: error: {err}", file=sys.stderr)
-            failed += 1
+        except InputError as err:  # said, and the next file is translated
+            failed += exit_code(err) != 0
             continue
         print(counts.summary(path), file=sys.stderr)
     return 2 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
 
 

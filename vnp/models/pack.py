@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vnp.support.atomic import write_text
 from vnp.support.config import MIN_CHUNK_LENGTH, read_yaml_mapping
-from vnp.support.errors import InputError, exit_on_input_error
+from vnp.support.command import command, module_main
+from vnp.support.errors import InputError
 from vnp.models.identity import file_digest, folder_digest, hub_snapshot_commit
 
 # Built-in packs are package data (read with importlib.resources), so any install has them.
@@ -186,7 +187,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("-o", "--out-dir", required=True)
 
 
-@exit_on_input_error
+@command
 def run(args: argparse.Namespace) -> int:
     if args.pack_command == "tiny":
         if args.chunk_length <= 0:
@@ -201,8 +202,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vnp.cli import module_main
-
     return module_main(sys.modules[__name__], argv)
 
 

@@ -36,7 +36,7 @@ from vnp.run.plan import SEQUENCES, ChunkPlan, iter_ids
 from vnp.results.regions import Regions, find_regions, region_scores, territories, viterbi
 from vnp.run.folder import RunFolder
 from vnp.support.atomic import AtomicFiles
-from vnp.seq.frames import FRAME_NAMES
+from vnp.seq.frames import frame_id
 
 FRAME_TABLE = "prediction_results.txt"
 RESULT_FILES = ("prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv", "regions.tsv", "regions.bed",
@@ -105,7 +105,7 @@ def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores
             cid = chunk_id(rid, c - first + 1)
             for i in range(lo, hi):
                 label = "virus" if scores[i, 1] > scores[i, 0] else "others"
-                fh.write(f"{cid}{FRAME_NAMES[keys[i] % 6]}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
+                fh.write(f"{frame_id(cid, keys[i] % 6)}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
             written += hi - lo
     if written != len(keys):
         raise RuntimeError(f"tables: wrote {written} frames of {len(keys)} scored")
@@ -204,7 +204,7 @@ def _counts(results: Results, plan: ChunkPlan, frames: int) -> TableCounts:
 BLOCK = 1 << 16  # rows formatted at a time: memory stays flat however many sequences
 
 
-def _blocks(n: int) -> Iterator[slice]:
+def _row_blocks(n: int) -> Iterator[slice]:
     for lo in range(0, n, BLOCK):
         yield slice(lo, min(lo + BLOCK, n))
 
@@ -227,7 +227,7 @@ def _highestscore(fh, results: Results, with_scores: bool) -> None:
     chunks = results.chunks
     fh.write("Modified_ID\tIs_Virus" + ("\tmax_score_0\tmax_score_1" if with_scores else "") + "\n")
     with_frames = np.flatnonzero(chunks.has_frames)
-    for block in _blocks(len(with_frames)):
+    for block in _row_blocks(len(with_frames)):
         rows = with_frames[block]
         ids = _chunk_ids(results, rows)
         is_virus = (chunks.max_virus[rows] >= chunks.max_other[rows]).tolist()  # the original's rule, in float32
@@ -242,7 +242,7 @@ def _chunks(fh, results: Results) -> None:
     chunks = results.chunks
     fh.write("chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel\n")
     labels = np.array(["others", "virus", "no_frames"])
-    for rows in _blocks(len(chunks.frames)):
+    for rows in _row_blocks(len(chunks.frames)):
         label = labels[np.where(chunks.has_frames[rows], results.viral[rows], 2)].tolist()
         seq_ids = [results.ids[r] for r in results.chunk_record[rows].tolist()]
         fh.writelines(f"{c}\t{r}\t{start}\t{end}\t{n}\t{a}\t{b}\t{lab}\n" for c, r, start, end, n, a, b, lab in zip(
@@ -257,7 +257,7 @@ def _contigs(fh, results: Results, plan: ChunkPlan, filters) -> None:
     filter_settings = asdict(filters)
     reasons = {r: reason(int(plan.filtered[r]), int(plan.lengths[r]), int(plan.n_bases[r]), filter_settings)
                for r in np.flatnonzero(calls.label == vcalls.FILTERED).tolist()}
-    for rows in _blocks(plan.n_records):
+    for rows in _row_blocks(plan.n_records):
         decided = calls.label[rows] <= vcalls.VIRUS
         support = np.where(decided, calls.support[rows].astype(str), "NA").tolist()
         why = [reasons.get(r, "") for r in range(rows.start, rows.stop)]
@@ -287,7 +287,7 @@ class _RegionBlock:
 
 def _region_blocks(results: Results) -> Iterator[_RegionBlock]:
     regions = results.regions
-    for rows in _blocks(len(regions)):
+    for rows in _row_blocks(len(regions)):
         record, start, end = regions.record[rows].tolist(), regions.start[rows].tolist(), regions.end[rows].tolist()
         seq_ids = [results.ids[r] for r in record]
         yield _RegionBlock(record, seq_ids, [f"{i}|region_{s + 1}_{e}" for i, s, e in zip(seq_ids, start, end)],

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from vnp.support.config import usable_cores
-from vnp.support.errors import InputError
+from vnp.support.errors import InputError, PeerFailure
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,7 @@ class Context:
 def pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda was asked for but CUDA is not available")
+            raise InputError("device=cuda: CUDA is not available on this machine")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
@@ -273,7 +273,10 @@ def set_cpu_threads(threads: int, env: Env) -> int:
 def init(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0) -> Context:
     """Start this rank: pick its device and, for several ranks, join the process group."""
     env = detect_env()
-    dev = pick_device(device, env.local_rank)
+    try:
+        dev = pick_device(device, env.local_rank)
+    except InputError as err:  # every rank finds it; rank 0 says it
+        raise InputError(str(err), reported=env.rank != 0) from None
     if device == "auto" and dev.type == "cpu" and env.launcher == "accelerate" and env.local_world_size > 1 and env.rank == 0:
         print(f"vnp: warning: no GPU found: {env.local_world_size} ranks on this node run on the CPU and share its "
               "cores (for GPUs check CUDA_VISIBLE_DEVICES; on a CPU, one rank uses every core)", file=sys.stderr)
@@ -323,14 +326,6 @@ def print0(ctx: Context, *args, **kwargs) -> None:
         print(*args, **kwargs)
 
 
-class PeerFailure(RuntimeError):
-    """Another rank failed or stopped answering; this rank stops quietly (that rank reports)."""
-
-    def __init__(self, message: str, reported: bool = False) -> None:
-        super().__init__(message)
-        self.reported = reported  # True where the failing rank has said why
-
-
 def broadcast_object(ctx: Context, obj=None):
     """Rank 0's object on every rank (a small, quick collective)."""
     if ctx.world_size == 1:
@@ -339,7 +334,9 @@ def broadcast_object(ctx: Context, obj=None):
     try:
         dist.broadcast_object_list(box, src=0)
     except RuntimeError as err:
-        raise PeerFailure(f"broadcast failed: {err}") from None
+        # A failed collective: the rank that failed says why (rank 0 names a rank killed without a word,
+        # vnp.run.lifecycle.silent_ranks), so every other rank stops quietly.
+        raise PeerFailure(f"broadcast failed: {err}", reported=True) from None
     return box[0]
 
 
@@ -350,7 +347,7 @@ def all_gather_object(ctx: Context, obj) -> list:
     try:
         dist.all_gather_object(items, obj)
     except RuntimeError as err:
-        raise PeerFailure(f"all_gather failed: {err}") from None
+        raise PeerFailure(f"all_gather failed: {err}", reported=True) from None
     return items
 
 

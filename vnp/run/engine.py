@@ -35,11 +35,13 @@ import numpy as np
 import torch
 
 from vnp.run import dist as vdist
+from vnp.support.config import EngineConfig
+from vnp.support.errors import PeerFailure
 from vnp.run.exchange import NO_UNIT, CollectiveFailed, Computed, Exchange, UnitResult
 
 log = logging.getLogger("vnp")
 
-__all__ = ["EngineSettings", "EngineStats", "Sink", "StopFlag", "UnitResult", "Work", "run_units"]
+__all__ = ["EngineStats", "Sink", "StopFlag", "UnitResult", "Work", "run_units"]
 
 
 class Sink(Protocol):
@@ -64,18 +66,6 @@ class Work(Protocol):
     def prepare(self, unit: int) -> Any: ...
 
     def compute(self, unit: int, prepared: Any) -> Computed: ...
-
-
-@dataclass
-class EngineSettings:
-    balance: bool = True  # deal units in cost order (False: input order, as before)
-    prefetch: int = 1  # units prepared ahead on the helper thread (0: prepare inline)
-    window: int = 4  # steps in flight before a rank waits (1: wait every step)
-
-    @classmethod
-    def from_config(cls, engine) -> "EngineSettings":
-        """From the `engine` section of a configuration (vnp.support.config.EngineConfig)."""
-        return cls(engine.balance, engine.prefetch, engine.window)
 
 
 @dataclass
@@ -268,7 +258,7 @@ class SinkThread:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineSettings) -> EngineStats:
+def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineConfig) -> EngineStats:
     """Run every unit of `work` on the ranks; rank 0 hands results to `sink` (None elsewhere) and
     closes it at the end, also when the loop fails. Returns this rank's stats with every rank's in
     `per_rank`. `stop.requested` is polled (set by a signal handler) and set on every rank when any
@@ -297,7 +287,7 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
         try:
             results, stop_any = exchange.complete_oldest()
         except CollectiveFailed as err:
-            raise vdist.PeerFailure(f"collective failed ({err})") from None
+            raise PeerFailure(f"collective failed ({err})", reported=True) from None
         stats.wait_s += time.perf_counter() - t0
         timer.settle(keep=len(exchange))
         if consumer is not None:
@@ -324,7 +314,7 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
             try:
                 exchange.post(computed, stop.requested)
             except CollectiveFailed as err:
-                raise vdist.PeerFailure(f"step {step}: collective failed ({err})") from None
+                raise PeerFailure(f"step {step}: collective failed ({err})", reported=True) from None
             if len(exchange) >= window and complete_one():
                 stats.stopped = True  # every rank learns it after posting this same step
                 break

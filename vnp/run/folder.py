@@ -64,12 +64,8 @@ class RunFolder:
         return self.root / "logs"
 
     def log(self, rank: int) -> Path:
-        """This rank's log file."""
+        """This rank's log file (every command that has a run folder: predict, train)."""
         return self.logs / f"rank{rank}.log"
-
-    def train_log(self, rank: int) -> Path:
-        """`vnp train`: the traceback of this rank's unexpected failure."""
-        return self.logs / f"train-rank{rank}.log"
 
     @property
     def checkpoint(self) -> Path:

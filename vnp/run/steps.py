@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -19,23 +20,20 @@ import torch
 from tqdm import tqdm
 
 from vnp.run import dist as vdist
-from vnp.support.config import PredictConfig
-from vnp.run.engine import EngineSettings, run_units
+from vnp.support.config import ModelRunConfig, PredictConfig
+from vnp.run.engine import run_units
 from vnp.support.errors import InputError
 from vnp.seq.chunking import chunk_id
 from vnp.run.exchange import Computed, UnitResult
-from vnp.models import token_budget
-from vnp.run.plan import IDS, SEQUENCES, read_chunks
+from vnp.models import token_budget, torch_dtype
+from vnp.run.plan import ChunkPlan, read_chunks
 from vnp.run.state import RunState
 from vnp.run.folder import PART_FILES
 from vnp.run.store import PartWriter, part_number, write_atomic
 from vnp.support import atomic
-from vnp.seq.frames import FRAME_NAMES, Chunk, Frame, translate_chunks
+from vnp.seq.frames import Chunk, Frame, frame_id, translate_chunks
 
 log = logging.getLogger("vnp")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 @dataclass
 class EmbedTimes:
@@ -53,16 +51,16 @@ class Models:
     classifier: object | None  # rank 0 only
 
     @classmethod
-    def load_everywhere(cls, ctx: vdist.Context, state: RunState, config: PredictConfig) -> "Models":
+    def load_everywhere(cls, ctx: vdist.Context, state: RunState, config: ModelRunConfig) -> "Models":
         """Every rank loads its models before any work; one rank's failure stops them all."""
         from vnp.models.dnabert import load_dnabert
         from vnp.models.esm import load_esm
 
         models, error = None, None
-        dtype = DTYPES[state.precision]
+        dtype = torch_dtype(state.spec.precision)
         try:
-            dnabert = load_dnabert(state.pack.dnabert, device=ctx.device, dtype=dtype)
-            esm = load_esm(state.pack.esm, layer=state.pack.esm_layer, device=ctx.device, dtype=dtype,
+            dnabert = load_dnabert(state.spec.pack.dnabert, device=ctx.device, dtype=dtype)
+            esm = load_esm(state.spec.pack.esm, layer=state.spec.pack.esm_layer, device=ctx.device, dtype=dtype,
                            attention=config.esm_attention)
             _check_dims(state, dnabert.dim, esm.dim)
             classifier = state.classifier.to(ctx.device) if ctx.is_main and state.classifier is not None else None
@@ -78,9 +76,10 @@ class Models:
 
 
 def _check_dims(state: RunState, dnabert_dim: int, esm_dim: int) -> None:
-    if (dnabert_dim, esm_dim) != (state.pack.dnabert_dim, state.pack.esm_dim):
-        raise InputError(f"model pack {state.pack.name}: models give {dnabert_dim}+{esm_dim} dimensions, "
-                         f"the pack says {state.pack.dnabert_dim}+{state.pack.esm_dim}")
+    pack = state.spec.pack
+    if (dnabert_dim, esm_dim) != (pack.dnabert_dim, pack.esm_dim):
+        raise InputError(f"model pack {pack.name}: models give {dnabert_dim}+{esm_dim} dimensions, "
+                         f"the pack says {pack.dnabert_dim}+{pack.esm_dim}")
 
 
 def keep_every_frame(chunk: Chunk, frames: list[Frame]) -> list[Frame]:
@@ -95,25 +94,25 @@ class FrameWork:
     passes its own rule); prediction keeps every stop-free frame.
     """
 
-    def __init__(self, state: RunState, config: PredictConfig, models: Models,
+    def __init__(self, state: RunState, config: ModelRunConfig, models: Models,
                  select_frames: Callable[[Chunk, list[Frame]], list[Frame]] | None = None):
         self.state, self.models = state, models
         self.select_frames = select_frames or keep_every_frame
-        self.unit_chunks = state.record["unit_chunks"]
-        self.dim = state.pack.embedding_dim
+        self.unit_chunks = state.spec.unit_chunks
+        self.dim = state.spec.pack.embedding_dim
         self.rows = 6 * self.unit_chunks
         device = models.dnabert.device.type
         self.dnabert_tokens = token_budget("dnabert", device, config.batch.dnabert_tokens)
         self.esm_tokens = token_budget("esm", device, config.batch.esm_tokens)
         self.translate_s = 0.0  # on the helper thread
 
-    def units(self) -> list[int]:
-        return self.state.remaining
+    def units(self) -> tuple[int, ...]:
+        return self.state.spec.remaining
 
     def frames(self, unit: int) -> list[tuple[int, Frame]]:
         """(global chunk, frame) of the unit's selected frames, in chunk and frame order."""
         c0, c1 = self.state.plan.unit_range(unit, self.unit_chunks)
-        chunks = read_chunks(self.state.plan, self.state.work / SEQUENCES, c0, c1)
+        chunks = read_chunks(self.state.plan, self.state.folder.sequences, c0, c1)
         return [(chunk.index, f) for chunk, kept in zip(chunks, translate_chunks(chunks))
                 for f in self.select_frames(chunk, kept)]
 
@@ -151,9 +150,8 @@ class IdLookup:
     """Frame IDs for any frame keys: record IDs read at their offsets in ids.txt (the plan's
     `id_offsets`), since balanced dealing delivers units out of input order."""
 
-    def __init__(self, state: RunState):
-        self.plan = state.plan
-        self.path = state.work / IDS
+    def __init__(self, plan: ChunkPlan, ids: Path):
+        self.plan, self.path = plan, ids
 
     def frame_ids(self, keys: np.ndarray) -> list[str]:
         chunks = keys // 6
@@ -167,7 +165,7 @@ class IdLookup:
                     fh.seek(int(offsets[record]))
                     names[record] = fh.read(int(offsets[record + 1]) - int(offsets[record]) - 1).decode("ascii")
                 number = chunk - int(self.plan.first_chunk[record]) + 1
-                out.append(chunk_id(names[record], number) + FRAME_NAMES[key % 6])
+                out.append(frame_id(chunk_id(names[record], number), key % 6))
         return out
 
 
@@ -197,7 +195,7 @@ class Collector:
     """Rank 0's sink for predict: classify each arriving unit, keep its scores (and embeddings),
     commit by time and size in the background, show progress. (Training brings its own sink and
     `select_frames` to the same engine: `run_units(ctx, FrameWork(state, config, models,
-    select_frames), sink, stop, EngineSettings.from_config(config.engine))`.)"""
+    select_frames), sink, stop, config.engine)`.)"""
 
     def __init__(self, state: RunState, config: PredictConfig, models: Models, device: torch.device):
         self.state, self.models, self.device = state, models, device
@@ -207,7 +205,7 @@ class Collector:
         if self.embeddings_dir is not None:
             self.embeddings_dir.mkdir(parents=True, exist_ok=True)
             self._drop_orphan_embeddings()
-            self.id_lookup = IdLookup(state)
+            self.id_lookup = IdLookup(state.plan, state.folder.ids)
         else:  # embeddings parts are paired with score parts by number: compact only without them
             replaced = state.store.compact()
             if replaced:
@@ -220,12 +218,12 @@ class Collector:
         self.classify_s = 0.0
         self.progress = Progress()
         self.started = time.time()
-        total = sum(self._unit_chunks(u) for u in state.remaining)
+        total = sum(self._unit_chunks(u) for u in state.spec.remaining)
         self.bar = tqdm(total=total, unit="chunk", desc="vnp predict", disable=not config.progress,
                         dynamic_ncols=True, mininterval=1.0)
 
     def _unit_chunks(self, unit: int) -> int:
-        c0, c1 = self.state.plan.unit_range(unit, self.state.record["unit_chunks"])
+        c0, c1 = self.state.plan.unit_range(unit, self.state.spec.unit_chunks)
         return c1 - c0
 
     def _drop_orphan_embeddings(self) -> None:
@@ -285,18 +283,18 @@ class Collector:
             self.bar.close()
 
 
-def run_steps(ctx: vdist.Context, state: RunState, config: PredictConfig, models: Models, stop, sink=None,
+def run_steps(ctx: vdist.Context, state: RunState, config: ModelRunConfig, models: Models, stop, sink=None,
               select_frames: Callable[[Chunk, list[Frame]], list[Frame]] | None = None) -> EmbedTimes:
     """Every unit through the engine. Rank 0 hands the results to `sink` (training's), or by
     default to the Collector that classifies and commits scores, and then checks completeness.
-    `select_frames` picks the frames to embed (training's CDS rule; predict keeps them all)."""
+    `select_frames` picks the frames to embed (training's CDS rule; predict keeps them all).
+    `config` is a PredictConfig when no `sink` is given (the Collector reads its keys)."""
     times = EmbedTimes()
     t_start = time.time()
     collector = Collector(state, config, models, ctx.device) if ctx.is_main and sink is None else None
     work = FrameWork(state, config, models, select_frames)
-    log.info("%d units to do (%d done before)", len(state.remaining), state.resumed_units)
-    settings = EngineSettings.from_config(config.engine)
-    stats = run_units(ctx, work, (collector or sink) if ctx.is_main else None, stop, settings)
+    log.info("%d units to do (%d done before)", len(state.spec.remaining), state.spec.resumed_units)
+    stats = run_units(ctx, work, (collector or sink) if ctx.is_main else None, stop, config.engine)
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
     mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3)}
     if collector is not None:

@@ -20,6 +20,13 @@ from vnp.seq.chunking import chunk_id, chunk_spans
 from vnp.seq.seqio import Record
 
 FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
+
+
+def frame_id(chunk: str, frame: int) -> str:
+    """The original's frame ID, the only place one is built: the chunk ID (`chunking.chunk_id`)
+    and the frame's name, e.g. `seq1_chunk_3R1` for frame 3 (0-based) of chunk 3 of seq1."""
+    return chunk + FRAME_NAMES[frame]
+
 _BASES = "TCAG"
 _AMINO = "FFLLSSSSYY**CC*WLLLLPPPPHHQQRRRRIIIMTTTTNNKKSSRRVVVVAAAADDEEGGGG"  # NCBI table 1, TCAG order
 _COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")  # ACGT only, as the original
@@ -142,7 +149,7 @@ def _kept_frames(chunk: Chunk, proteins: list[bytes | None]) -> list[Frame]:
             strand = reverse
         offset = index % 3 + 1  # the original's 1-based frame number on its strand
         nucleotide = strand[offset - 1:offset + 3 * len(protein)]
-        frames.append(Frame(cid + FRAME_NAMES[index], index, nucleotide, protein.decode("ascii")))
+        frames.append(Frame(frame_id(cid, index), index, nucleotide, protein.decode("ascii")))
     return frames
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf._yaml import get_yaml_loader  # YAML's safe loader, refusing duplicate keys
 from omegaconf.errors import OmegaConfBaseException
 
 from vnp.support.errors import InputError
@@ -196,6 +196,30 @@ def usable_cores() -> int:
 MAX_YAML_BYTES = 1 << 20
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader (no tags beyond YAML's own) that refuses a key given twice in a mapping,
+    and reads `1e-3` as a number, as YAML 1.2 does (1.1 wants `1.0e-3`)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value in seen:
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        f"found duplicate key {key_node.value}", key_node.start_mark)
+            seen.add(getattr(key_node, "value", None))
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     """A small YAML file holding a mapping, read safely: a regular file of at most 1 MiB, no
     aliases (an alias bomb expands exponentially), no tags beyond YAML's own (no
@@ -209,7 +233,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
             if isinstance(event, yaml.AliasEvent):
                 raise InputError(f"{path}: line {event.start_mark.line + 1}: YAML aliases (*name) are not allowed "
                                  f"in a {what}")
-        data = yaml.load(text, Loader=get_yaml_loader())
+        data = yaml.load(text, Loader=_StrictLoader)
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: {what} is not UTF-8 text (byte {err.start})") from None
     except yaml.MarkedYAMLError as err:

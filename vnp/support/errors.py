@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-from typing import Callable
-
 
 class InputError(Exception):
     """Bad input or settings supplied by the user (exit code 2).
@@ -32,21 +28,18 @@ def where(path, record: str | None = None, line: int | None = None) -> str:
     return text
 
 
-def exit_on_input_error(fn: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a CLI entry point: an InputError becomes one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs) -> int:
-        try:
-            return fn(*args, **kwargs) or 0
-        except InputError as err:
-            print(f"vnp: error: {err}", file=sys.stderr)
-            return InputError.exit_code
-
-    return wrapper
-
-
 class Stopped(Exception):
     """A stop signal (SIGTERM, SIGUSR1) arrived: the run ends with exit code 143, resumable."""
 
     exit_code = 143
+
+
+class PeerFailure(RuntimeError):
+    """Another rank failed or stopped answering (exit code 1). `reported`: that rank, or rank 0,
+    says why, so this rank stops quietly; otherwise this rank's message is said (it is complete)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported

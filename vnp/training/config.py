@@ -6,9 +6,6 @@ from dataclasses import dataclass, field
 
 from vnp.support.config import ModelRunConfig, _help
 
-LABELS = {"others": 0, "virus": 1}  # column 1 of the classifier's softmax is P(virus), as published
-
-
 AMBIGUOUS = frozenset("NRYMKSWHBVD")  # the original's training filter (U is not in it)
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vnp.models import resolve_precision
 from vnp.models.pack import ModelPack, load_pack
-from vnp.run import dist as vdist
 from vnp.run.folder import RunFolder, input_entries, new_run_record
 from vnp.run.plan import load_plan, pack_inputs
 from vnp.run.store import part_number, read_checked, write_atomic
@@ -111,18 +111,21 @@ def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str,
     return new_run_record(inputs, pack, chunk_length, precision, config, device)
 
 
-def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
-    """Rank 0: checks, the input pack and CDS table (once), and what feature units are left."""
-    from vnp.run.state import RunSpec, resolved_precision
+def check(config: TrainConfig, manifest: Path, folder: RunFolder):
+    """Rank 0, in DIR locked: the manifest's entries and the model pack (quick)."""
+    entries = read_manifest(manifest)
+    pack = load_pack(config.pack, tiny_dir=folder.root / "tiny_pack", chunk_length=config.chunk_length,
+                     require_classifier=False)
+    return entries, pack
+
+
+def prepare(ctx, config: TrainConfig, entries, pack: ModelPack, folder: RunFolder):
+    """Rank 0: the input pack and CDS table (once), and what feature units are left."""
+    from vnp.run.state import RunSpec
 
     out = folder.root
-    folder.check_usable()
-    folder.lock()
-    entries = read_manifest(manifest)
-    pack = load_pack(config.pack, tiny_dir=out / "tiny_pack", chunk_length=config.chunk_length,
-                     require_classifier=False)
     chunk_length = config.chunk_length or pack.chunk_length
-    precision = resolved_precision(config, ctx.device)
+    precision = resolve_precision(config.precision, ctx.device.type)
     features = out / FEATURES
     run_record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
     run_record_path = features / FEATURE_RECORD
@@ -154,23 +157,3 @@ def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     done = set(range(n_units)) if (features / "features.npy").exists() else committed_units(features / "parts")
     return RunSpec(pack, chunk_length, precision, unit_chunks,
                    tuple(u for u in range(n_units) if u not in done), run_record, resumed_units=len(done))
-
-
-def shared(ctx, produce):
-    """Rank 0 runs `produce()`; every rank gets its result, or stops with rank 0's failure (an
-    InputError is said once, by rank 0), so no rank waits for a broadcast that will not come."""
-    if ctx.is_main:
-        try:
-            value = produce()
-        except Exception as err:
-            vdist.broadcast_object(ctx, {"error": str(err), "input": isinstance(err, InputError)})
-            raise
-        vdist.broadcast_object(ctx, {"value": value})
-        return value
-    message = vdist.broadcast_object(ctx)
-    if "error" in message:
-        if message["input"]:
-            raise InputError(message["error"], reported=True)
-        raise vdist.PeerFailure("rank 0 failed", reported=True)
-    return message["value"]
-

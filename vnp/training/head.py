@@ -16,8 +16,9 @@ from torch import nn
 
 from vnp.run import dist as vdist
 from vnp.run.folder import RunFolder
+from vnp.models import CLASSES
 from vnp.support.atomic import open_atomic
-from vnp.training.config import FEATURES, LABELS, TrainConfig, TrainParams
+from vnp.training.config import FEATURES, TrainConfig, TrainParams
 
 
 def _global_sum(x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,7 @@ def new_classifier(input_dim: int, params: TrainParams, device: torch.device):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
-        model = MLPClassifier(input_dim, params.hidden, len(LABELS))
+        model = MLPClassifier(input_dim, params.hidden, len(CLASSES))
         nn.init.xavier_uniform_(model.hidden_layer.weight)
         nn.init.xavier_uniform_(model.output_layer.weight)
     if device.type == "cuda":

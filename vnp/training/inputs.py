@@ -16,8 +16,9 @@ from vnp.seq.frames import Chunk, Frame
 from vnp.seq.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary
 from vnp.support.atomic import AtomicFiles
 from vnp.support.errors import InputError, where
+from vnp.models import CLASSES
 from vnp.support.labelled import labelled_lines
-from vnp.training.config import AMBIGUOUS, LABELS
+from vnp.training.config import AMBIGUOUS
 
 
 @dataclass
@@ -31,7 +32,7 @@ def read_manifest(manifest: Path) -> list[ManifestEntry]:
     classes present."""
     entries = []
     for number, (name, label) in labelled_lines(manifest, "manifest", ("path", "label")):
-        if label not in LABELS:
+        if label not in CLASSES:
             raise InputError(f"{where(manifest, line=number)}: unknown label {label!r} (expected virus or others)")
         path = Path(name) if Path(name).is_absolute() else manifest.parent / name
         try:
@@ -40,7 +41,7 @@ def read_manifest(manifest: Path) -> list[ManifestEntry]:
             raise InputError(f"{where(manifest, line=number)}: {err}") from None
         entries.append(ManifestEntry(path, label))
     check_inputs([str(e.path) for e in entries])
-    missing = [name for name in LABELS if name not in {e.label for e in entries}]
+    missing = [name for name in CLASSES if name not in {e.label for e in entries}]
     if missing:
         raise InputError(f"{manifest}: no file labelled {' or '.join(missing)}; training needs both virus and others")
     return entries
@@ -145,7 +146,7 @@ class TrainingRecords:
         self.labels: list[int] = []
 
     def __call__(self, path: Path) -> Iterator[Record]:
-        label = LABELS[self.labels_of_path[path]]
+        label = CLASSES.index(self.labels_of_path[path])
         if is_genbank(path):
             for record, proteins in genbank_records(path):
                 # One string per record: a frame's protein is in it iff it is in one of the

@@ -10,19 +10,17 @@ import numpy as np
 from vnp.models.pack import ModelPack
 from vnp.results.plots import pyplot, save_png
 from vnp.run.folder import RunFolder
-from vnp.run.plan import iter_ids, load_plan
-from vnp.seq.frames import FRAME_NAMES
-from vnp.training.config import FEATURES, LABELS, TrainConfig
+from vnp.run.plan import load_plan
+from vnp.training.config import FEATURES, TrainConfig
 from vnp.training.head import Trainer
+from vnp.models import CLASSES
 
 
-def frame_ids(work: Path, chunk_length: int, keys: np.ndarray) -> list[str]:
-    plan = load_plan(work, chunk_length)
-    ids = list(iter_ids(work))
-    chunks = keys // 6
-    records = plan.record_of(chunks)
-    return [f"{ids[r]}_chunk_{c - int(plan.first_chunk[r]) + 1}{FRAME_NAMES[k % 6]}"
-            for k, c, r in zip(keys.tolist(), chunks.tolist(), records.tolist())]
+def frame_ids(folder: RunFolder, chunk_length: int, keys: np.ndarray) -> list[str]:
+    """The frame IDs of these frame keys of DIR/features (packed in its work folder)."""
+    from vnp.run.steps import IdLookup
+
+    return IdLookup(load_plan(folder.work, chunk_length), folder.ids).frame_ids(keys)
 
 
 def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
@@ -33,7 +31,7 @@ def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_
     keys = np.load(features / "keys.npy")
     labels = np.load(features / "labels.npy")
     dim = pack.embedding_dim
-    model = MLPClassifier(dim, config.train.hidden, len(LABELS))
+    model = MLPClassifier(dim, config.train.hidden, len(CLASSES))
     state, split = trainer.state, trainer.split
     model.load_state_dict(state["best"])
     save_classifier(model.eval(), out / "classifier",
@@ -45,7 +43,7 @@ def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_
                "frames": {"train": int(len(split.train)), "val": int(len(split.val)),
                           "virus": int((labels == 1).sum()), "others": int((labels == 0).sum())},
                "settings": asdict(config.train), "world_size": world_size, "chunk_length": spec.chunk_length,
-               "held_out": frame_ids(RunFolder(features).work, spec.chunk_length, keys[split.val])}
+               "held_out": frame_ids(RunFolder(features), spec.chunk_length, keys[split.val])}
     RunFolder.write_json(out / "metrics.json", metrics, indent=None)
     plot_learning_curve(state["history"], out / "learning_curve.png")
 

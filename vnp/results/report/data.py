@@ -288,20 +288,25 @@ def _setting(value: object) -> str:
 @dataclass
 class CallRules:
     """The call settings in run.json's "calls" (`call.min_score`, `call.min_fraction`). Without them
-    (older runs) the original's rules hold: a chunk is viral when its highest virus score is at least
-    its highest other score, a sequence when at least half of its chunks with frames are."""
+    (older runs) the defaults of `vnp.support.config.CallConfig` hold, the original's rules: a chunk
+    is viral when its highest virus score is at least its highest other score, a sequence when at
+    least half of its chunks with frames are."""
 
-    min_score: float = 0.0
-    min_fraction: float = 0.5
-    recorded: bool = False
+    min_score: float
+    min_fraction: float
+    recorded: bool  # whether run.json records them
 
 
 def call_rules(run: dict) -> CallRules:
+    from vnp.support.config import CallConfig
+
+    default = CallConfig()
     calls = run.get("calls")
     call = calls.get("call") if isinstance(calls, dict) else None
     if not isinstance(call, dict):
-        return CallRules()
-    return CallRules(float(call.get("min_score", 0.0)), float(call.get("min_fraction", 0.5)), True)
+        return CallRules(default.min_score, default.min_fraction, False)
+    return CallRules(float(call.get("min_score", default.min_score)),
+                     float(call.get("min_fraction", default.min_fraction)), True)
 
 
 def _is_number(text: str) -> bool:

@@ -91,9 +91,10 @@ def test_only_temporaries_of_vnp_s_name_form_are_leftovers(tmp_path):
 
 
 def test_a_log_on_a_full_disk_prints_no_logging_dump(tmp_path, capsys):
-    from vnp.run.state import log, open_log
+    from vnp.run.folder import RunFolder
+    from vnp.run.lifecycle import log, open_log
 
-    open_log(tmp_path, 0)
+    open_log(RunFolder(tmp_path), 0)
     handler = log.handlers[0]
 
     class Full:

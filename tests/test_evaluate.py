@@ -211,9 +211,9 @@ def test_a_labels_path_that_is_not_a_labels_file(prediction, capsys, kind, messa
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("file", "report: output folder is an existing file"),
+    ("file", "report: -o is an existing file, not a folder"),
     ("dangling", "report: output folder is a broken symbolic link"),
-    ("unwritable", "cannot write the evaluation"),
+    ("unwritable", "cannot create the folder"),
 ])
 def test_an_output_folder_that_cannot_be_one(prediction, capsys, kind, message):
     labels = prediction / "labels.tsv"

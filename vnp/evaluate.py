@@ -213,8 +213,8 @@ def check_report_dir(report_dir: Path, out: Path) -> None:
 
 
 def evaluate(out: Path, labels_path: Path, report_dir: Path) -> dict:
-    check_output_folder(report_dir)
     check_report_dir(report_dir, out)
+    check_output_folder(report_dir)
     labels = read_labels(labels_path)
     levels = score_tables(out, labels)
     result, curves = {}, {}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from vnp.run import dist as vdist
-from vnp.run.engine import EngineSettings, StopFlag, run_units
+from vnp.run.engine import EngineSettings, RowSink, StopFlag, run_units
 from vnp.support.errors import InputError, where
 from vnp.run.exchange import Computed, UnitResult
 from vnp.models import token_budget
@@ -319,7 +319,7 @@ class RecordWork:
         return Computed(unit, keys, self.embedder.run(batches))
 
 
-class NpzSink:
+class NpzSink(RowSink):
     """Rank 0's sink for `vnp embed`: rows written into the .npz in input order as units arrive."""
 
     def __init__(self, writer: NpzRowWriter):

@@ -281,12 +281,12 @@ class SinkStage:
         scores = kept = None
         forward_s = waited_s = 0.0
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            if n:
-                batch = rows if n >= MIN_BATCH_ROWS else torch.cat([rows, rows.new_zeros((MIN_BATCH_ROWS - n, rows.shape[1]))])
-                timer = _ForwardTimer(stream)
-                scored = self.sink.score(batch)
-                forward_s = timer.stop()
-                scores = None if scored is None else _to_host(scored[:n])
+            # a step without rows still asks the sink, so that a scoring sink always sees (0, C) scores
+            batch = rows if n >= MIN_BATCH_ROWS else torch.cat([rows, rows.new_zeros((MIN_BATCH_ROWS - n, rows.shape[1]))])
+            timer = _ForwardTimer(stream)
+            scored = self.sink.score(batch)
+            forward_s = timer.stop()
+            scores = None if scored is None else _to_host(scored[:n])
             if self.sink.keep_rows:
                 kept = _to_host(rows)
             if stream is not None:
@@ -295,7 +295,7 @@ class SinkStage:
                 t1 = time.perf_counter()
                 done.synchronize()  # this thread only: neither the compute stream nor the main thread
                 waited_s = time.perf_counter() - t1
-                forward_s = timer.elapsed() if n else 0.0
+                forward_s = timer.elapsed()
         scores_np = None if scores is None else _numpy(scores)
         kept_np = None if kept is None else _numpy(kept)
         results = [UnitResult(u.unit, u.keys, None if kept_np is None else kept_np[u.start:u.stop],

@@ -243,8 +243,7 @@ class Collector:
         """Keep one step's fresh units with their scores; commit when enough time or steps passed."""
         chunks = 0
         for result in results:
-            scores = result.scores if result.scores is not None else np.zeros((0, 2), np.float32)  # a step without rows
-            self.state.store.add(result.unit, result.keys, scores)
+            self.state.store.add(result.unit, result.keys, result.scores)
             if self.keep_rows:
                 self.pending_embeddings.append(result)
             self.frames += len(result.keys)

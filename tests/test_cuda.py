@@ -81,3 +81,59 @@ def test_gpus_flag_on_one_gpu(tmp_path):
     proc = run([sys.executable, "-m", "vnp.cli", "predict", "--gpus", "0", str(fasta), "-o", str(tmp_path / "o"),
                 "pack=tiny", "progress=false"], env=child_env())
     assert proc.returncode == 0, proc.stderr
+
+
+def test_engine_loop_never_waits_on_the_device():
+    """Between posting a step and completing it nothing reads the device back: the whole loop (one
+    rank, forwards and rank 0's per-step scoring on the GPU) runs under sync debug mode "error"."""
+    from vnp.run import dist as vdist
+    from vnp.run.engine import RowSink, StopFlag, run_units
+    from vnp.support.config import EngineConfig
+    from vnp.run.exchange import Computed
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    ctx = vdist.Context(vdist.Env(0, 0, 1, 1, "single"), device, None)
+    weight = torch.randn(16, 64, device=device)
+    head = torch.randn(64, 2, device=device)
+
+    class Work:
+        dim, rows = 64, 12
+
+        def units(self):
+            return list(range(20))
+
+        def costs(self, units):
+            return None
+
+        def prepare(self, unit):
+            keys = np.arange(unit % 7, dtype=np.int64) + 12 * unit
+            return keys, torch.randn(len(keys), 16).pin_memory()
+
+        def compute(self, unit, prepared):
+            keys, x = prepared
+            return Computed(unit, keys, torch.tanh(x.to(device, non_blocking=True) @ weight))
+
+    class Sink(RowSink):
+        def __init__(self):
+            self.got = {}
+
+        def score(self, rows):
+            return rows @ head
+
+        def consume(self, results):
+            for r in results:
+                self.got[r.unit] = (r.embeddings, r.scores)
+
+        def close(self):
+            pass
+
+    sink = Sink()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = run_units(ctx, Work(), sink, StopFlag(), EngineConfig(window=4))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert sorted(sink.got) == list(range(20))
+    for rows, scores in sink.got.values():
+        assert np.allclose(scores, rows @ head.cpu().numpy(), atol=1e-4)
+    assert stats.per_rank[0]["sink_forward_s"] > 0

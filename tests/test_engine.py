@@ -12,7 +12,7 @@ import torch
 
 from vnp.run import dist as vdist
 from vnp.support.config import EngineConfig
-from vnp.run.engine import StopFlag, run_units, snake
+from vnp.run.engine import RowSink, StopFlag, run_units, snake
 from vnp.run.exchange import Computed
 from vnp.run.plan import IDS, iter_ids, load_plan, pack_inputs
 from vnp.run.steps import IdLookup, Progress
@@ -48,7 +48,7 @@ class CountingWork:
         return Computed(unit, keys, torch.full((frames, self.dim), float(unit)))
 
 
-class ListSink:
+class ListSink(RowSink):
     def __init__(self):
         self.calls: list[list[int]] = []
         self.rows: dict[int, np.ndarray] = {}

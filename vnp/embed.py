@@ -36,7 +36,7 @@ import torch
 from vnp.run import dist as vdist
 from vnp.support.atomic import AtomicFiles
 from vnp.run.lifecycle import run_rank
-from vnp.run.engine import StopFlag, run_units
+from vnp.run.engine import RowSink, StopFlag, run_units
 from vnp.support.config import EngineConfig
 from vnp.support.command import command, module_main
 from vnp.support.errors import InputError, where
@@ -311,7 +311,7 @@ class RecordWork:
         return Computed(unit, keys, self.embedder.run(batches))
 
 
-class NpzSink:
+class NpzSink(RowSink):
     """Rank 0's sink for `vnp embed`: rows written into the .npz in input order as units arrive."""
 
     def __init__(self, writer: NpzRowWriter):

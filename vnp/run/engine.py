@@ -3,17 +3,19 @@
     rank r:  [prepare k+1 (helper thread)]  [compute k (device)]  post k --+
                                                                           |  up to `window`
     rank 0:  ... complete step k-window+1 <-------------------------------+  steps in flight
-             -> sink.consume(results in ascending unit order)
+             -> sink stage (helper thread): one batched forward over the step's rows on the
+                device (a side stream on CUDA), scores to the host -> sink.consume(units ascending)
 
 A `Work` describes the units: how many, what each costs (optional), how to prepare one on the
 CPU and how to compute it on the device. The units are put in dealing order (by estimated cost,
 largest first, in a snake over the ranks, when the work can estimate it; else in input order) and
-a DistributedSampler deals that order to the ranks, so the units of one step cost about the same
-on every rank and no rank gets the larger unit of every step. A unit is
+a DistributedSampler deals that order to the ranks, so the units of one step cost about the same on
+every rank and no rank gets the larger unit of every step. A unit is
 batched only with itself, so its results do not depend on the world size or the order.
 
-Each step every rank posts a fixed-shape message (gather.Exchange); it waits for the oldest step
-only once `window` steps are in flight. A stop request (SIGTERM/SIGUSR1) rides in the message: the
+Each step every rank posts a small header and then exactly its rows (run.exchange.Exchange); it
+waits for the oldest step only once `window` steps are in flight, and nothing between posting a step
+and completing it reads the device back. A stop request (SIGTERM/SIGUSR1) rides in the header: the
 rank that completes step s with a stop in it has just posted step s + window - 1 (the same on every
 rank), stops posting after it and drains, so every rank stops after the same step.
 """
@@ -27,6 +29,7 @@ import signal
 import sys
 import time
 from collections import deque
+from contextlib import nullcontext
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -37,19 +40,38 @@ import torch
 from vnp.run import dist as vdist
 from vnp.support.config import EngineConfig
 from vnp.support.errors import PeerFailure
-from vnp.run.exchange import NO_UNIT, CollectiveFailed, Computed, Exchange, UnitResult
+from vnp.run.exchange import NO_UNIT, CollectiveFailed, Computed, Delivery, Exchange, UnitResult, UnitRows
 
 log = logging.getLogger("vnp")
 
-__all__ = ["EngineStats", "Sink", "StopFlag", "UnitResult", "Work", "run_units"]
+__all__ = ["EngineStats", "RowSink", "Sink", "StopFlag", "UnitResult", "Work", "run_units"]
+
+MIN_BATCH_ROWS = 4  # a step's forward sees at least this many rows (zero rows added): see SinkStage
 
 
 class Sink(Protocol):
-    """Rank 0's consumer of results: fresh units only, ascending unit order within a call, each once."""
+    """Rank 0's consumer of results: fresh units only, ascending unit order within a call, each once.
+
+    `score` runs once per completed step over all of its rows, on rank 0's device; its output rows
+    (and, with `keep_rows`, the embeddings) reach `consume` on the host as each unit's `scores`
+    (`embeddings`)."""
+
+    keep_rows: bool
+
+    def score(self, rows: torch.Tensor) -> torch.Tensor | None: ...
 
     def consume(self, results: list[UnitResult]) -> None: ...
 
     def close(self) -> None: ...
+
+
+class RowSink:
+    """A sink that takes the embeddings and scores nothing (vnp embed, training's features)."""
+
+    keep_rows = True
+
+    def score(self, rows: torch.Tensor) -> None:
+        return None
 
 
 class Work(Protocol):
@@ -71,7 +93,9 @@ class Work(Protocol):
 @dataclass
 class EngineStats:
     """Seconds this rank spent: in model forwards (busy), waiting on the exchange, waiting for its
-    next prepared unit, estimating costs, waiting for rank 0's sink, and in the whole loop."""
+    next prepared unit, estimating costs, waiting for rank 0's sink, and in the whole loop; what it
+    sent in the loop (bytes) and the rows it computed; on rank 0 the sink stage's forward and the
+    rest of its host work (decoding the exchange's headers included)."""
 
     busy_s: float = 0.0
     wait_s: float = 0.0
@@ -81,6 +105,10 @@ class EngineStats:
     loop_s: float = 0.0
     steps: int = 0
     units: int = 0
+    exchange_bytes: int = 0
+    frames: int = 0
+    sink_forward_s: float = 0.0
+    sink_other_s: float = 0.0
     stopped: bool = False
     per_rank: list = field(default_factory=list)
 
@@ -90,6 +118,9 @@ class EngineStats:
                 "prepare_wait_s": round(self.prepare_wait_s, 3), "cost_s": round(self.cost_s, 3),
                 "sink_wait_s": round(self.sink_wait_s, 3),
                 "loop_s": round(self.loop_s, 3), "steps": self.steps, "units": self.units,
+                "exchange_bytes": self.exchange_bytes, "frames": self.frames,
+                **({"sink_forward_s": round(self.sink_forward_s, 6), "sink_other_s": round(self.sink_other_s, 6)}
+                   if rank == 0 else {}),
                 "peak_rss_mib": round(peak_mib, 1)}
 
 
@@ -164,11 +195,18 @@ def snake(order: list[int], world_size: int) -> list[int]:
     return [unit for g, group in enumerate(groups) for unit in (group[::-1] if g % 2 else group)]
 
 
-def helper_thread(name: str) -> ThreadPoolExecutor:
-    """One worker thread that computes with this rank's torch thread count: OpenMP's count is
-    per thread, and a different count changes float summation order (and so the tables)."""
-    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=torch.set_num_threads,
-                              initargs=(torch.get_num_threads(),))
+def helper_thread(name: str, device: torch.device | None = None) -> ThreadPoolExecutor:
+    """One worker thread that computes with this rank's torch thread count (OpenMP's count is
+    per thread, and a different count changes float summation order, and so the tables) and, on
+    CUDA, this rank's device (the current device is per thread too)."""
+    return ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_helper_init,
+                              initargs=(torch.get_num_threads(), device))
+
+
+def _helper_init(threads: int, device: torch.device | None) -> None:
+    torch.set_num_threads(threads)
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 class Prefetcher:
@@ -229,20 +267,59 @@ class ComputeTimer:
             self.seconds += started.elapsed_time(end) / 1000
 
 
-class SinkThread:
+class SinkStage:
     """Rank 0 hands each completed step to the sink on one helper thread, in order, so that
     classifying and committing do not hold up its next step (and with it every other rank).
-    At most `depth` steps wait for the sink; a failure in the sink is raised on the main thread."""
 
-    def __init__(self, sink: Sink, depth: int):
+    Per step: one `sink.score` over all of the step's rows (at least MIN_BATCH_ROWS: a matrix
+    product of one to three rows takes another kernel whose sums round differently, and which units
+    share a step depends on the world size), then the scores (and, with `keep_rows`, the rows) to
+    the host, then `sink.consume` with the fresh units ascending. On CUDA the forward and the copies
+    run on the side stream the rows arrived on, into pinned buffers, and only this thread waits for
+    them; on CPU the same steps run in turn. At most `depth` steps wait for the sink; a failure in
+    the sink is raised on the main thread."""
+
+    def __init__(self, sink: Sink, depth: int, device: torch.device):
         self.sink, self.depth = sink, depth
-        self.pool = helper_thread("vnp-sink")
+        self.pool = helper_thread("vnp-sink", device)
         self.futures: deque[Future] = deque()
+        self.forward_s = 0.0  # the sink's forwards (device time on CUDA)
+        self.other_s = 0.0  # the rest of the stage's host work (waiting for the device left out)
 
-    def submit(self, results: list[UnitResult]) -> None:
+    def submit(self, delivery: Delivery, fresh: list[UnitRows]) -> None:
         while self.futures and (self.futures[0].done() or len(self.futures) >= self.depth):
             self.futures.popleft().result()
-        self.futures.append(self.pool.submit(self.sink.consume, results))
+        self.futures.append(self.pool.submit(self._run, delivery, fresh))
+
+    def _run(self, delivery: Delivery, fresh: list[UnitRows]) -> None:
+        t0 = time.perf_counter()
+        rows, stream = delivery.rows, delivery.stream
+        n = rows.shape[0]
+        scores = kept = None
+        forward_s = waited_s = 0.0
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            # a step without rows still asks the sink, so that a scoring sink always sees (0, C) scores
+            batch = rows if n >= MIN_BATCH_ROWS else torch.cat([rows, rows.new_zeros((MIN_BATCH_ROWS - n, rows.shape[1]))])
+            timer = _ForwardTimer(stream)
+            scored = self.sink.score(batch)
+            forward_s = timer.stop()
+            scores = None if scored is None else _to_host(scored[:n])
+            if self.sink.keep_rows:
+                kept = _to_host(rows)
+            if stream is not None:
+                done = torch.cuda.Event()
+                done.record(stream)
+                t1 = time.perf_counter()
+                done.synchronize()  # this thread only: neither the compute stream nor the main thread
+                waited_s = time.perf_counter() - t1
+                forward_s = timer.elapsed()
+        scores_np = None if scores is None else _numpy(scores)
+        kept_np = None if kept is None else _numpy(kept)
+        results = [UnitResult(u.unit, u.keys, None if kept_np is None else kept_np[u.start:u.stop],
+                              None if scores_np is None else scores_np[u.start:u.stop]) for u in fresh]
+        self.sink.consume(results)
+        self.forward_s += forward_s
+        self.other_s += time.perf_counter() - t0 - waited_s - (0.0 if stream is not None else forward_s)
 
     def drain(self, quiet: bool = False) -> None:
         """Wait for the sink; `quiet` (the loop already failed): log a sink failure, keep the first."""
@@ -258,18 +335,55 @@ class SinkThread:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineConfig) -> EngineStats:
+class _ForwardTimer:
+    """Wall time of the sink's forward on CPU; on CUDA, events on the side stream read after it
+    has been waited for."""
+
+    def __init__(self, stream: torch.cuda.Stream | None):
+        self.stream, self.t0 = stream, time.perf_counter()
+        if stream is not None:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record(stream)
+
+    def stop(self) -> float:
+        if self.stream is None:
+            return time.perf_counter() - self.t0
+        self.end.record(self.stream)
+        return 0.0
+
+    def elapsed(self) -> float:
+        return self.start.elapsed_time(self.end) / 1000
+
+
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A host copy begun now: into pinned memory, non-blocking, from a GPU; the tensor itself on CPU."""
+    if tensor.device.type != "cuda":
+        return tensor
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
+
+
+def _numpy(host: torch.Tensor) -> np.ndarray:
+    """NumPy of a finished host copy; pinned buffers are copied out (pinned memory is scarce)."""
+    array = host.detach().numpy()
+    return array.copy() if host.is_pinned() else array
+
+
+def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineConfig,
+              recorder: Callable[[str, int], None] | None = None) -> EngineStats:
     """Run every unit of `work` on the ranks; rank 0 hands results to `sink` (None elsewhere) and
     closes it at the end, also when the loop fails. Returns this rank's stats with every rank's in
     `per_rank`. `stop.requested` is polled (set by a signal handler) and set on every rank when any
-    rank asked."""
+    rank asked. `recorder` sees the exchange's events (tests: see Exchange)."""
     stats = EngineStats()
     t_start = time.perf_counter()
     order = dealing_order(ctx, work, settings.balance, stats)
     slots = vdist.shard(len(order), ctx)
     units = [None if slot is None else order[slot] for slot in slots]
-    device = ctx.device if ctx.backend == "nccl" else torch.device("cpu")
-    exchange = Exchange(ctx.world_size, ctx.rank, device, work.rows, work.dim)
+    device = torch.device("cpu") if ctx.backend == "gloo" else ctx.device
+    side = torch.cuda.Stream(ctx.device) if sink is not None and ctx.device.type == "cuda" else None
+    exchange = Exchange(ctx.world_size, ctx.rank, device, work.rows, work.dim, side, recorder)
     prefetch = Prefetcher(work.prepare, units, settings.prefetch)
     window = max(1, settings.window)
     # The main thread feeds the device and mostly waits (on it, on the exchange) with the GIL
@@ -278,25 +392,30 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(min(switch_interval, 0.0005))
     delivered: set[int] = set()
-    consumer = SinkThread(sink, window) if sink is not None else None
+    consumer = SinkStage(sink, window, ctx.device) if sink is not None else None
+    unit_rows_s = 0.0  # rank 0: decoding the headers and picking the fresh units
     log.info("%d units, %d steps on this rank (balance=%s, prefetch=%d, window=%d)", len(order), len(units),
              settings.balance, settings.prefetch, window)
 
     def complete_one() -> bool:
+        nonlocal unit_rows_s
         t0 = time.perf_counter()
         try:
-            results, stop_any = exchange.complete_oldest()
+            delivery, stop_any = exchange.complete_oldest()
         except CollectiveFailed as err:
             raise PeerFailure(f"collective failed ({err})", reported=True) from None
-        stats.wait_s += time.perf_counter() - t0
+        stats.wait_s += time.perf_counter() - t0 - exchange.decode_s
+        unit_rows_s += exchange.decode_s
         timer.settle(keep=len(exchange))
         if consumer is not None:
-            fresh = sorted((r for r in results if r.unit not in delivered), key=lambda r: r.unit)
-            delivered.update(r.unit for r in fresh)
+            t1 = time.perf_counter()
+            fresh = sorted((u for u in delivery.units if u.unit not in delivered), key=lambda u: u.unit)
+            delivered.update(u.unit for u in fresh)
+            t2 = time.perf_counter()
+            unit_rows_s += t2 - t1
             if fresh:
-                t1 = time.perf_counter()
-                consumer.submit(fresh)
-                stats.sink_wait_s += time.perf_counter() - t1
+                consumer.submit(delivery, fresh)
+                stats.sink_wait_s += time.perf_counter() - t2
         return stop_any
 
     timer = ComputeTimer(ctx.device)
@@ -339,6 +458,9 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
         sys.setswitchinterval(switch_interval)
     timer.settle()
     stats.busy_s = timer.seconds
+    stats.exchange_bytes, stats.frames = exchange.sent_bytes, exchange.frames
+    if consumer is not None:
+        stats.sink_forward_s, stats.sink_other_s = consumer.forward_s, consumer.other_s + unit_rows_s
     if stats.stopped:
         stop.requested = True
         log.info("stop requested: left after step %d", stats.steps - 1)

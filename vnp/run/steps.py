@@ -192,7 +192,8 @@ class Progress:
 
 
 class Collector:
-    """Rank 0's sink for predict: classify each arriving unit, keep its scores (and embeddings),
+    """Rank 0's sink for predict: classify each completed step's rows in one forward on rank 0's
+    device (`score`, run by the engine's sink stage), keep each unit's scores (and embeddings),
     commit by time and size in the background, show progress. (Training brings its own sink and
     `select_frames` to the same engine: `run_units(ctx, FrameWork(state, config, models,
     select_frames), sink, stop, config.engine)`.)"""
@@ -210,12 +211,13 @@ class Collector:
             replaced = state.store.compact()
             if replaced:
                 log.info("compacted %d progress parts into one", replaced)
+        self.keep_rows = self.embeddings_dir is not None
+        self.unit_chunks, self.n_chunks = state.spec.unit_chunks, state.plan.n_chunks
         self.writer = PartWriter()
         self.pending_embeddings: list[UnitResult] = []
         self.steps_since_commit, self.last_commit = 0, time.time()
         self.frames = 0
         self.chunks = 0
-        self.classify_s = 0.0
         self.progress = Progress()
         self.started = time.time()
         total = sum(self._unit_chunks(u) for u in state.spec.remaining)
@@ -232,29 +234,30 @@ class Collector:
             if atomic.is_temporary(path) or (PART_FILES.fullmatch(path.name) and part_number(path) not in committed):
                 path.unlink()
 
-    def consume(self, results: list[UnitResult]) -> None:
-        """Classify and keep one step's fresh units; commit when enough time or steps passed."""
+    def score(self, rows: torch.Tensor) -> torch.Tensor:
+        """One step's rows (N, D) on rank 0's device -> (N, 2) probabilities there."""
         from vnp.models.classifier import score
 
-        t0 = time.perf_counter()
+        return score(self.models.classifier, rows)
+
+    def consume(self, results: list[UnitResult]) -> None:
+        """Keep one step's fresh units with their scores; commit when enough time or steps passed."""
+        chunks = 0
         for result in results:
-            probs = np.zeros((0, 2), np.float32)
-            if len(result.keys):
-                with torch.inference_mode():
-                    probs = score(self.models.classifier, torch.from_numpy(result.embeddings).to(self.device)).cpu().numpy()
-            self.state.store.add(result.unit, result.keys, probs)
-            if self.embeddings_dir is not None:
+            self.state.store.add(result.unit, result.keys, result.scores)
+            if self.keep_rows:
                 self.pending_embeddings.append(result)
             self.frames += len(result.keys)
-            self.chunks += self._unit_chunks(result.unit)
-            self.bar.update(self._unit_chunks(result.unit))
+            chunks += self._unit_chunks(result.unit)
+        self.chunks += chunks
+        self.bar.update(chunks)
         self.steps_since_commit += 1
         if self.steps_since_commit >= self.commit_every_steps or time.time() - self.last_commit >= self.commit_every_s:
             self.commit()
-        elapsed = max(time.time() - self.started, 1e-9)
-        self.bar.set_postfix(frames=self.frames, frames_per_s=f"{self.frames / elapsed:.1f}", refresh=False)
+        if not self.bar.disable:
+            elapsed = max(time.time() - self.started, 1e-9)
+            self.bar.set_postfix(frames=self.frames, frames_per_s=f"{self.frames / elapsed:.1f}", refresh=False)
         self.progress.sample(self.chunks, self.frames)
-        self.classify_s += time.perf_counter() - t0
 
     def commit(self) -> None:
         """Hand the kept units to the background writer as one part (embeddings part first: the
@@ -298,7 +301,9 @@ def run_steps(ctx: vdist.Context, state: RunState, config: ModelRunConfig, model
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
     mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3)}
     if collector is not None:
-        mine["classify_s"] = round(collector.classify_s, 3)
+        per_chunk = 1e6 / max(1, collector.chunks)
+        mine["sink_us_per_chunk"] = {"forward": round(stats.sink_forward_s * per_chunk, 2),
+                                     "other": round(stats.sink_other_s * per_chunk, 2)}
         times.progress = collector.progress.samples
     times.per_rank = vdist.all_gather_object(ctx, mine)
     if ctx.is_main and not stop.requested and sink is None:

@@ -11,6 +11,7 @@ import torch
 
 from vnp.models import resolve_precision
 from vnp.models.pack import ModelPack, load_pack
+from vnp.run.engine import RowSink
 from vnp.run.folder import RunFolder, input_entries, new_run_record
 from vnp.run.plan import load_plan, pack_inputs
 from vnp.run.store import part_number, read_checked, write_atomic
@@ -21,7 +22,7 @@ from vnp.training.config import FEATURES, TrainConfig
 from vnp.training.inputs import CDS_TEXT, FEATURE_RECORD, TrainingRecords, read_manifest
 
 
-class FeatureSink:
+class FeatureSink(RowSink):
     """Rank 0's sink: each step's embeddings as one checked part in DIR/features/parts."""
 
     def __init__(self, parts: Path, units: int, progress: bool):

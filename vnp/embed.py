@@ -37,7 +37,7 @@ from vnp import dist as vdist
 from vnp.engine import EngineSettings, StopFlag, run_units
 from vnp.errors import InputError, where
 from vnp.gather import Computed, UnitResult
-from vnp.models import token_budget
+from vnp.models.memory import token_budget
 from vnp.seqio import iter_records, open_binary
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -258,7 +258,8 @@ def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
             error = str(err)
     _agree(ctx, error)
     count = vdist.broadcast_object(ctx, len(ids))
-    max_tokens = token_budget(args.model_kind, ctx.device.type, args.max_tokens or 0)
+    # the same budget on every rank (the smallest card's), so a record's vector does not depend on its rank
+    max_tokens = min(vdist.all_gather_object(ctx, token_budget(args.model_kind, embedder, args.max_tokens or 0)))
     start = time.perf_counter()
     writer = NpzRowWriter(output, count, embedder.dim) if ctx.is_main else None
     try:

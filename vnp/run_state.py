@@ -30,7 +30,7 @@ from vnp.config import PredictConfig
 from vnp.errors import InputError, Stopped
 from vnp.models.pack import ModelPack, load_pack
 from vnp.plan import ChunkPlan, check_inputs, load_plan, pack_inputs
-from vnp.run_folder import RunFolder, input_entries, new_run_record
+from vnp.run_folder import RunFolder, input_entries, keep_unit_size, new_run_record
 from vnp.store import ScoreStore
 
 log = logging.getLogger("vnp")
@@ -122,15 +122,20 @@ class RunState:
             "work_units": self.n_units, "resumed_units": self.resumed_units,
             "rejected_progress_parts": self.rejected_parts,
             "world_size": ctx.world_size, "launcher": ctx.env.launcher,
-            "device": str(ctx.device), "precision": self.precision,
+            "device": str(ctx.device), "precision": self.precision, "batches": times.batches,
             "timings_s": {**self.stages, **times.stages, "per_rank": times.per_rank},
         }
 
 
 def resolved_precision(config: PredictConfig, device: torch.device) -> str:
+    """`precision=auto`: bf16 where the GPU computes it natively (compute capability 8.0 and later:
+    A100, H100, L4, RTX 30xx...), fp16 on older GPUs (V100, T4: no native bf16, and fp16 tensor
+    cores), fp32 on the CPU."""
     if config.precision != "auto":
         return config.precision
-    return "bf16" if device.type == "cuda" else "fp32"
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp16"
 
 
 def open_log(out: Path, rank: int) -> Path:
@@ -333,6 +338,7 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, folder: Ru
     precision = resolved_precision(config, ctx.device)
     run_record = new_run_record(input_entries(paths), pack, chunk_length, precision, config, ctx.device,
                                 save_embeddings=config.save_embeddings, filters=asdict(config.filter))
+    run_record = keep_unit_size(run_record, folder.read_run_record(), config.batch.unit_chunks)
     same = folder.holds_same_run(run_record, pack, config.force)
     fresh = not (same and folder.index.exists()) or config.force
     if fresh:

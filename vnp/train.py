@@ -54,7 +54,7 @@ from vnp.errors import InputError, where
 from vnp.models.pack import ModelPack, load_pack
 from vnp.plan import ChunkPlan, check_inputs, iter_ids, load_plan, pack_inputs
 from vnp.plots import pyplot, save_png
-from vnp.run_folder import RunFolder, input_entries, new_run_record
+from vnp.run_folder import RunFolder, input_entries, keep_unit_size, new_run_record
 from vnp.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary, record_pieces
 from vnp.store import part_number, read_checked, write_atomic
 from vnp.translate import FRAME_NAMES, Chunk, Frame
@@ -355,6 +355,7 @@ def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     run_record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
     run_record_path = features / FEATURE_RECORD
     old = folder.read_json(run_record_path) if run_record_path.exists() else None
+    run_record = keep_unit_size(run_record, old, config.batch.unit_chunks)
     if old is not None and old != run_record:
         if not config.force:
             changed = sorted(k for k in run_record if old.get(k) != run_record[k])

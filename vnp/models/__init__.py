@@ -1,17 +1,4 @@
-"""The three models of VirNucPro: DNABERT-S (`dnabert`), ESM2 (`esm`), the MLP (`classifier`)."""
+"""The three models of VirNucPro: DNABERT-S (`dnabert`), ESM2 (`esm`), the MLP (`classifier`).
 
-# Padded tokens per forward pass when not configured. On CPU a forward is bound by matrix products
-# that already run near peak at ~2k rows, and bigger batches only spill activations out of cache
-# (benchmarks/bench_embed.py: 2048 beats 16384 by 1.3x for DNABERT-S); on GPU bigger batches keep
-# the device busy (not yet tuned on hardware).
-TOKEN_BUDGETS = {
-    "dnabert": {"cpu": 2048, "cuda": 16384},
-    "esm": {"cpu": 2048, "cuda": 8192},
-}
-
-
-def token_budget(model: str, device_type: str, configured: int = 0) -> int:
-    """The configured budget, or the default for this model on this kind of device."""
-    if configured > 0:
-        return configured
-    return TOKEN_BUDGETS[model]["cuda" if device_type == "cuda" else "cpu"]
+Token budgets and the GPU work-unit size come from `vnp.models.memory` (2,048 tokens on the CPU;
+on a GPU sized to its free memory by an activation model of each architecture)."""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tests.helpers import TABLES, write_mixed_input
 from vnp.config import BatchConfig, PredictConfig
 from vnp.models import memory
-from vnp.models.batches import BATCH_PENALTY, Budget, FrameTooLarge, is_out_of_memory, token_batches
+from vnp.models.batches import BATCH_PENALTY, UNDER_HALF_PENALTY, Budget, FrameTooLarge, is_out_of_memory, token_batches
 from vnp.predict import main as predict_main
 from vnp.run_folder import keep_unit_size
 
@@ -41,7 +41,9 @@ def padded(lengths, batches):
 
 
 def cost(lengths, batches, budget):
-    return padded(lengths, batches) + int(BATCH_PENALTY * budget) * len(batches)
+    sizes = [len(b) * max(lengths[i] for i in b) for b in batches]
+    return sum(sizes) + int(BATCH_PENALTY * budget) * len(sizes) + \
+        int(UNDER_HALF_PENALTY * budget) * sum(2 * size < budget for size in sizes)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -65,9 +67,10 @@ def test_token_batches_exact_on_a_small_case():
     # batches pads nothing: [100] [60 60 60], 100 + 180
     assert greedy([100, 60, 60, 60], 240) == [[0, 1], [2, 3]]
     assert token_batches([100, 60, 60, 60], 240) == [[0], [1, 2, 3]]
-    # one more batch costs 0.2 x 240 = 48: worth it for 50 padded tokens, not for 40
+    # one more batch under half the budget costs (0.1 + 0.05) x 240 = 36: worth it to save 50 padded
+    # tokens, not 30
     assert token_batches([100, 100, 60, 60, 60, 10], 240) == [[0, 1], [2, 3, 4], [5]]
-    assert token_batches([100, 100, 60, 60, 60, 20], 240) == [[0, 1], [2, 3, 4, 5]]
+    assert token_batches([100, 100, 60, 60, 60, 30], 240) == [[0, 1], [2, 3, 4, 5]]
     assert token_batches([], 100) == []
 
 

@@ -13,10 +13,12 @@ import torch
 log = logging.getLogger("vnp")
 
 # What one more batch costs in `token_batches`, as a share of the budget: fewer, fuller batches are
-# worth a little padding (about 0.2 x the budget of padded tokens per batch saved). benchmarks/
-# bench_batches.py measured it on a metagenome-like mix: fill >= 90%, < 5% of batches under half
-# the budget and < 1% padding at 2,048 tokens x 128-chunk units and at 65,536 x the GPU unit size.
-BATCH_PENALTY = 0.2
+# worth a little padding (0.1 x the budget of padded tokens per batch saved, 0.15 x when the batch
+# would be under half full). benchmarks/bench_batches.py chose them on a metagenome-like mix: fill
+# >= 90%, < 5% of batches under half the budget and < 1% padding, both at 2,048 tokens x 128-chunk
+# units (the CPU default) and at 65,536 tokens x the GPU default unit.
+BATCH_PENALTY = 0.1
+UNDER_HALF_PENALTY = 0.05
 
 
 @dataclass
@@ -42,9 +44,9 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     (special tokens included), so the budget is the padded batch size.
 
     Among all ways to cut the sorted items into consecutive batches, the one with the fewest padded
-    tokens plus BATCH_PENALTY x max_tokens per batch (a shortest path over the cut points, exact):
-    few, full batches with little padding. Ties go to the earliest cut, so the same lengths always
-    give the same batches.
+    tokens plus BATCH_PENALTY x max_tokens per batch and UNDER_HALF_PENALTY x max_tokens more per
+    batch under half the budget (a shortest path over the cut points, exact): few, full batches with
+    little padding. Ties go to the earliest cut, so the same lengths always give the same batches.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     count = len(order)
@@ -52,14 +54,15 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
         return []
     longest = np.asarray([max(1, lengths[i]) for i in order], dtype=np.int64)
     rows = np.maximum(1, max_tokens // longest)  # most rows a batch starting at each item may hold
-    penalty = int(BATCH_PENALTY * max_tokens)
+    penalty, under_half = int(BATCH_PENALTY * max_tokens), int(UNDER_HALF_PENALTY * max_tokens)
     cost = np.full(count + 1, np.iinfo(np.int64).max, dtype=np.int64)  # best cost of the first b items
     cost[0] = 0
     start = np.zeros(count + 1, dtype=np.int64)  # where the last batch of that best cut starts
     for a in range(count):
         stop = min(count, a + int(rows[a]))
         ends = np.arange(a + 1, stop + 1)
-        candidate = cost[a] + penalty + (ends - a) * longest[a]
+        tokens = (ends - a) * longest[a]
+        candidate = cost[a] + penalty + tokens + np.where(2 * tokens < max_tokens, under_half, 0)
         better = candidate < cost[a + 1:stop + 1]
         cost[a + 1:stop + 1][better] = candidate[better]
         start[a + 1:stop + 1][better] = a

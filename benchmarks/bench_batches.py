@@ -24,8 +24,8 @@ from pathlib import Path
 from benchmarks.bench_engine import write_metagenome
 from vnp.models.batches import token_batches
 from vnp.models.memory import CPU_TOKENS, CPU_UNIT_CHUNKS, unit_chunks_for
-from vnp.seqio import iter_records
-from vnp.translate import batched_chunks, translate_chunks
+from vnp.seq.seqio import iter_records
+from vnp.seq.frames import batched_chunks, translate_chunks
 
 CHUNK_LENGTH = 500
 GPU_TOKENS = 65536

@@ -154,7 +154,7 @@ def check_memory_model(device: torch.device, esm_arch: dict, dnabert_arch: dict)
 
 def predict_sync_debug(argv: list[str]) -> int:
     """`vnp predict` with each unit's forwards under torch.cuda.set_sync_debug_mode("error")."""
-    from vnp import steps
+    from vnp.run import steps
     from vnp.predict import main as predict_main
 
     compute = steps.FrameWork.compute

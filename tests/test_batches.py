@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import TABLES, write_mixed_input
-from vnp.config import BatchConfig, PredictConfig
+from vnp.support.config import BatchConfig, PredictConfig
 from vnp.models import memory
 from vnp.models.batches import BATCH_PENALTY, UNDER_HALF_PENALTY, Budget, FrameTooLarge, is_out_of_memory, token_batches
 from vnp.predict import main as predict_main
-from vnp.run_folder import keep_unit_size
+from vnp.run.folder import keep_unit_size
 
 GIB = 1 << 30
 
@@ -155,7 +155,7 @@ def test_a_resume_keeps_the_recorded_unit_size():
 @pytest.mark.parametrize("capability, expected", [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp16"),
                                                   ((7, 0), "fp16")])
 def test_precision_auto_by_capability(monkeypatch, capability, expected):
-    from vnp.run_state import resolved_precision
+    from vnp.run.state import resolved_precision
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert resolved_precision(PredictConfig(), torch.device("cuda", 0)) == expected

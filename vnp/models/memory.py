@@ -30,7 +30,7 @@ On the CPU the budgets stay 2,048 (measured fastest there, benchmarks/bench_embe
 On a GPU the default work unit follows the ESM budget: a unit holds UNIT_BATCHES full batches of
 one-frame chunks (chunk_length / 3 + 2 tokens a chunk), so that batches fill even though a unit is
 batched only with itself; at 65,536 tokens and 500 bp chunks that is 6,272 chunks. The unit size is
-part of the run record and a resume keeps it, whatever the card (run_folder.keep_unit_size).
+part of the run record and a resume keeps it, whatever the card (vnp.run.folder.keep_unit_size).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import torch
 
 from vnp.demo import coding_like
 from vnp.embed import BATCH_RECORDS, embed_records
-from vnp.models import TOKEN_BUDGETS
+from vnp.models.memory import CPU_TOKENS
 from vnp.models.batches import token_batches
 from vnp.models.dnabert import build_tiny_dnabert, load_dnabert
 from vnp.models.esm import build_tiny_esm, load_esm
@@ -223,7 +223,7 @@ def run_all(args: argparse.Namespace) -> None:
 def bench_dnabert(seqs: list[str], subset: list[int], folder: Path, peak: float) -> None:
     embedder = build_dnabert(folder)
     lengths = embedder.token_lengths(seqs)
-    budget = TOKEN_BUDGETS["dnabert"]["cpu"]
+    budget = CPU_TOKENS
     tokenizer = "real DNABERT-S tokenizer" if REAL_TOKENIZER.is_file() else "tiny trained tokenizer"
     print(f"dnabert: 4 layers x 768, {tokenizer}, {np.mean(lengths):.0f} tokens/frame, max_tokens {budget}")
     report("dnabert", seqs, lengths, subset, lambda s: ours(embedder, s, budget),
@@ -234,7 +234,7 @@ def bench_dnabert(seqs: list[str], subset: list[int], folder: Path, peak: float)
 def bench_esm(proteins: list[str], subset: list[int], folder: Path, peak: float) -> None:
     embedder = build_esm(folder)
     lengths = embedder.token_lengths(proteins)
-    budget = TOKEN_BUDGETS["esm"]["cpu"]
+    budget = CPU_TOKENS
     print(f"esm: ESM2 8M architecture (6 x 320, 20 heads), {np.mean(lengths):.0f} tokens/frame, "
           f"max_tokens {budget}")
     report("esm", proteins, lengths, subset, lambda s: ours(embedder, s, budget),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["benchmarks.bench_startup", "benchmarks.bench_translate", "benchmarks.bench_embed", "benchmarks.bench_predict",
+BENCHMARKS = ["benchmarks.bench_startup", "benchmarks.bench_translate", "benchmarks.bench_batches", "benchmarks.bench_embed", "benchmarks.bench_predict",
               "benchmarks.bench_call", "benchmarks.bench_report", "benchmarks.bench_engine", "benchmarks.bench_sink", "benchmarks.gpu"]
 
 

@@ -137,3 +137,20 @@ def test_engine_loop_never_waits_on_the_device():
     for rows, scores in sink.got.values():
         assert np.allclose(scores, rows @ head.cpu().numpy(), atol=1e-4)
     assert stats.per_rank[0]["sink_forward_s"] > 0
+
+
+def test_predict_forwards_under_sync_debug_mode(tmp_path):
+    """No host sync inside the forwards of either model: every unit's compute runs under
+    torch.cuda.set_sync_debug_mode("error") (benchmarks/gpu.py --predict-sync-debug), at the memory
+    model's budgets and the GPU default unit size, and precision=auto as the card supports it."""
+    import json
+
+    fasta = write_mixed_input(tmp_path / "mixed.fa")
+    out = tmp_path / "out"
+    proc = run([sys.executable, "-m", "benchmarks.gpu", "--predict-sync-debug", str(fasta), "-o", str(out),
+                "pack=tiny", "progress=false", "device=cuda"], env=child_env())
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((out / "run.json").read_text())
+    expected = "bf16" if torch.cuda.get_device_capability() >= (8, 0) else "fp16"
+    assert record["precision"] == expected
+    assert record["batches"]["esm"]["oom_retries"] == 0 and record["batches"]["esm"]["tokens"] >= 2048

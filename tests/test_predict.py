@@ -259,7 +259,7 @@ def test_help_documents_every_key(capsys):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("nope=1", "key 'nope'"), ("batch.unit_chunks=0", "batch.unit_chunks must be positive"),
+    ("nope=1", "key 'nope'"), ("batch.unit_chunks=-1", "batch.unit_chunks must be positive"),
     ("precision=fp8", "precision must be"),
 ])
 def test_bad_config_is_one_line(tmp_path, mixed, capsys, override, message):

@@ -41,7 +41,8 @@ from vnp.support.config import EngineConfig
 from vnp.support.command import command, module_main
 from vnp.support.errors import InputError, where
 from vnp.run.exchange import Computed, UnitResult
-from vnp.models import PRECISIONS, resolve_precision, token_budget, torch_dtype
+from vnp.models import PRECISIONS, resolve_precision, torch_dtype
+from vnp.models.memory import token_budget
 from vnp.seq.seqio import iter_records, open_binary
 
 BATCH_RECORDS = 4096  # records per slice: tokenised, sorted by length and batched together
@@ -164,7 +165,7 @@ class NpzRowWriter:
 
 def load_embedder(args: argparse.Namespace, device: torch.device) -> Embedder:
     """The model named by -m, on this rank's device in --precision."""
-    dtype = torch_dtype(resolve_precision(args.precision, device.type))
+    dtype = torch_dtype(resolve_precision(args.precision, device))
     if args.model_kind == "dnabert":
         from vnp.models.dnabert import load_dnabert
 
@@ -250,7 +251,8 @@ def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
             error = str(err)
     _agree(ctx, error)
     count = vdist.broadcast_object(ctx, len(ids))
-    max_tokens = token_budget(args.model_kind, ctx.device.type, args.max_tokens or 0)
+    # the same budget on every rank (the smallest card's), so a record's vector does not depend on its rank
+    max_tokens = min(vdist.all_gather_object(ctx, token_budget(args.model_kind, embedder, args.max_tokens or 0)))
     start = time.perf_counter()
     writer = NpzRowWriter(output, count, embedder.dim) if ctx.is_main else None
     try:

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vnp.support.errors import InputError
-from vnp.models.batches import PreparedBatches, pinned, token_batches
+from vnp.models.batches import Budget, PreparedBatches, pinned, run_batch, token_batches
 from vnp.support.paths import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
@@ -121,19 +121,38 @@ def alibi_slopes(n_heads: int) -> list[float]:
     return power_of_2(closest) + power_of_2(2 * closest)[0::2][: n_heads - closest]
 
 
-def attention_bias(key_mask: torch.Tensor, slopes: list[float], dtype: torch.dtype) -> torch.Tensor:
+def attention_bias(key_mask: torch.Tensor, slopes: torch.Tensor | list[float], dtype: torch.dtype) -> torch.Tensor:
     """Float SDPA mask (B, h, T, T): symmetric ALiBi, and the dtype's minimum on padded keys.
 
-    key_mask: (B, T) bool, True on real tokens. A finite minimum (not -inf) keeps a row whose keys
-    are all padding finite instead of NaN; rows with any real key give padded keys weight 0.
+    key_mask: (B, T) bool, True on real tokens; slopes: (h,) float32 on its device (a list is
+    copied there). A finite minimum (not -inf) keeps a row whose keys are all padding finite
+    instead of NaN; rows with any real key give padded keys weight 0. Nothing here waits for the
+    device: no tensor is built from Python data on it (`DnabertModel` caches its slopes there).
     """
+    if not isinstance(slopes, torch.Tensor):
+        slopes = host_to(key_mask.device, torch.tensor(slopes, dtype=torch.float32))
     seq_len = key_mask.shape[1]
     pos = torch.arange(seq_len, device=key_mask.device)
     distance = (pos[None, :] - pos[:, None]).abs().float()                        # (T, T)
-    slope = torch.tensor(slopes, dtype=torch.float32, device=key_mask.device)    # (h,)
-    alibi = (-slope[:, None, None] * distance).to(dtype)                          # (h, T, T)
-    fill = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=key_mask.device)
-    return torch.where(key_mask[:, None, None, :], alibi[None], fill)             # (B, h, T, T)
+    alibi = (-slopes[:, None, None] * distance).to(dtype)                         # (h, T, T)
+    return torch.where(key_mask[:, None, None, :], alibi[None], torch.finfo(dtype).min)  # (B, h, T, T)
+
+
+def host_to(device: torch.device, tensor: torch.Tensor) -> torch.Tensor:
+    """A host tensor on `device` without waiting for it: pinned, then copied asynchronously."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def add_norm(norm: nn.LayerNorm, branch: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """norm(branch + residual). In fp16 the sum and the LayerNorm run in float32 (then back to fp16):
+    the sum of two fp16 values near its 65,504 limit would overflow, and squares of large values
+    inside the norm would too. bf16 and fp32 have float32's range and run as they are."""
+    if branch.dtype != torch.float16:
+        return norm(branch + residual)
+    return F.layer_norm(branch.float() + residual.float(), norm.normalized_shape, norm.weight.float(),
+                        norm.bias.float(), norm.eps).to(torch.float16)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -153,8 +172,8 @@ class DnabertEmbeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # every token has type 0, so its embedding is one row broadcast over (B, T)
-        hidden = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
-        return self.dropout(self.LayerNorm(hidden))                               # (B, T, H)
+        hidden = add_norm(self.LayerNorm, self.word_embeddings(input_ids), self.token_type_embeddings.weight[0])
+        return self.dropout(hidden)                                               # (B, T, H)
 
 
 class DnabertSelfAttention(nn.Module):
@@ -186,7 +205,7 @@ class DnabertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, attended: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(attended)) + residual)
+        return add_norm(self.LayerNorm, self.dropout(self.dense(attended)), residual)
 
 
 class DnabertAttention(nn.Module):
@@ -216,7 +235,7 @@ class DnabertGatedMlp(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         gated, value = self.gated_layers(hidden).split(self.intermediate_size, dim=-1)  # (B, T, I)
         inner = self.dropout(F.gelu(gated) * value)
-        return self.layernorm(self.wo(inner) + hidden)
+        return add_norm(self.layernorm, self.wo(inner), hidden)
 
 
 class DnabertLayer(nn.Module):
@@ -263,6 +282,7 @@ class DnabertModel(nn.Module):
         super().__init__()
         self.config = config
         self.slopes = alibi_slopes(config.num_attention_heads)
+        self._slopes_on: dict[torch.device, torch.Tensor] = {}  # float32 slopes per device, copied once
         self.embeddings = DnabertEmbeddings(config)
         self.encoder = DnabertEncoder(config)
         self.pooler = DnabertPooler(config)
@@ -276,8 +296,15 @@ class DnabertModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         hidden = self.embeddings(input_ids)                                       # (B, T, H)
-        bias = attention_bias(attention_mask.bool(), self.slopes, hidden.dtype)   # (B, h, T, T)
+        bias = attention_bias(attention_mask.bool(), self.slopes_on(hidden.device), hidden.dtype)  # (B, h, T, T)
         return self.encoder(hidden, bias)
+
+    def slopes_on(self, device: torch.device) -> torch.Tensor:
+        """The (h,) float32 ALiBi slopes on `device`, copied there once (no copy per batch)."""
+        slopes = self._slopes_on.get(device)
+        if slopes is None:
+            slopes = self._slopes_on[device] = host_to(device, torch.tensor(self.slopes, dtype=torch.float32))
+        return slopes
 
     def load_checkpoint(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load published weights in place (keys with or without ``bert.``).
@@ -396,13 +423,35 @@ class DnabertEmbedder:
         return PreparedBatches(len(seqs), batches)
 
     @torch.inference_mode()
-    def run(self, prepared: PreparedBatches) -> torch.Tensor:
-        """The device half of `embed`: (N, H) float32 on the device, no host synchronisation."""
+    def run(self, prepared: PreparedBatches, budget: Budget | None = None) -> torch.Tensor:
+        """The device half of `embed`: (N, H) float32 on the device, no host synchronisation.
+
+        With a `budget`, a batch that runs out of memory is split and retried (`run_batch`)."""
         out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
-        for rows, input_ids, mask in prepared.batches:
-            input_ids, mask = (t.to(self.device, non_blocking=True) for t in (input_ids, mask))
-            out[rows.to(self.device, non_blocking=True)] = masked_mean(self.model(input_ids, mask), mask)
+        for batch in prepared.batches:
+            run_batch(self._forward, batch, split_batch, batch_tokens, budget, out)
         return out
+
+    def _forward(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        _, input_ids, mask = batch
+        input_ids, mask = (t.to(self.device, non_blocking=True) for t in (input_ids, mask))
+        return masked_mean(self.model(input_ids, mask), mask)
+
+
+def batch_tokens(batch: tuple[torch.Tensor, ...]) -> int:
+    """Padded tokens of a prepared batch (rows x longest)."""
+    return int(batch[1].numel())
+
+
+def split_batch(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """A prepared batch (host tensors) in two halves by rows, each trimmed to its own longest."""
+    rows, input_ids, mask = batch
+    half = (len(rows) + 1) // 2
+    parts = []
+    for part in (slice(0, half), slice(half, len(rows))):
+        length = int(mask[part].sum(dim=1).max())
+        parts.append((rows[part], input_ids[part, :length], mask[part, :length]))
+    return tuple(parts)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -25,7 +25,7 @@ from esm.multihead_attention import MultiheadAttention
 
 from vnp.support.errors import InputError
 from vnp.models.checkpoints import restricted_load
-from vnp.models.batches import PreparedBatches, pinned, token_batches
+from vnp.models.batches import Budget, PreparedBatches, pinned, run_batch, token_batches
 
 Attention = Literal["sdpa", "fair-esm"]
 
@@ -100,14 +100,21 @@ class EsmEmbedder:
         return PreparedBatches(len(encoded), batches)
 
     @torch.inference_mode()
-    def run(self, prepared: PreparedBatches) -> torch.Tensor:
-        """The device half of `embed`: (N, D) float32 on the device, no host synchronisation."""
+    def run(self, prepared: PreparedBatches, budget: Budget | None = None) -> torch.Tensor:
+        """The device half of `embed`: (N, D) float32 on the device, no host synchronisation (the
+        sdpa path; fair-esm's own forward asks the device whether a batch has padding).
+
+        With a `budget`, a batch that runs out of memory is split and retried (`run_batch`)."""
         out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
-        for rows, tokens, residues, padding, has_padding in prepared.batches:
-            tokens, residues, padding = (t.to(self.device, non_blocking=True) for t in (tokens, residues, padding))
-            reps = self.representations(tokens, padding if bool(has_padding) else None)
-            out[rows.to(self.device, non_blocking=True)] = _mean_residues(reps, residues)
+        for batch in prepared.batches:
+            run_batch(self._forward, batch, split_batch, batch_tokens, budget, out)
         return out
+
+    def _forward(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        _, tokens, residues, padding, has_padding = batch
+        tokens, residues, padding = (t.to(self.device, non_blocking=True) for t in (tokens, residues, padding))
+        reps = self.representations(tokens, padding if bool(has_padding) else None)  # a host tensor: no sync
+        return _mean_residues(reps, residues)
 
     def _batch_tokens(self, encoded: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) token ids laid out as fair-esm's BatchConverter does: BOS, residues, EOS, padding."""
@@ -125,6 +132,23 @@ class EsmEmbedder:
         if self.attention == "fair-esm":
             return self.model(tokens, repr_layers=[self.layer])["representations"][self.layer]
         return forward_sdpa(self.model, tokens, self.layer, padding)
+
+
+def batch_tokens(batch: tuple[torch.Tensor, ...]) -> int:
+    """Padded tokens of a prepared batch (rows x longest)."""
+    return int(batch[1].numel())
+
+
+def split_batch(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """A prepared batch (host tensors) in two halves by rows, each trimmed to its own longest."""
+    rows, tokens, residues, padding, _ = batch
+    half = (len(rows) + 1) // 2
+    parts = []
+    for part in (slice(0, half), slice(half, len(rows))):
+        length = int(residues[part].max()) + 2
+        pad = padding[part, :length]
+        parts.append((rows[part], tokens[part, :length], residues[part], pad, pad.any()))
+    return tuple(parts)
 
 
 def _mean_residues(reps: torch.Tensor, residues: torch.Tensor) -> torch.Tensor:
@@ -148,14 +172,25 @@ def forward_sdpa(model: ESM2, tokens: torch.Tensor, layer: int, padding: torch.T
     x = _embed_tokens(model, tokens)  # (B, T, D)
     if layer == 0:
         return x
-    cos, sin = _rotary_tables(tokens.shape[1], model.embed_dim // model.attention_heads, x.device, x.dtype)
+    dtype = x.dtype
+    if dtype == torch.float16:
+        x = x.float()  # the residual stream in float32: sums of fp16 branches could pass 65,504
+    cos, sin = _rotary_tables(tokens.shape[1], model.embed_dim // model.attention_heads, x.device, dtype)
     attend = None if padding is None else ~padding[:, None, None, :]  # (B, 1, 1, T): True = key is real
     for block in model.layers[:layer]:
-        x = x + _self_attention(block.self_attn, block.self_attn_layer_norm(x), cos, sin, attend)
-        x = x + block.fc2(F.gelu(block.fc1(block.final_layer_norm(x))))
+        x = x + _self_attention(block.self_attn, _norm(block.self_attn_layer_norm, x, dtype), cos, sin, attend)
+        x = x + block.fc2(F.gelu(block.fc1(_norm(block.final_layer_norm, x, dtype))))
     if layer == model.num_layers:
-        x = model.emb_layer_norm_after(x)
+        x = _norm(model.emb_layer_norm_after, x, x.dtype)
     return x
+
+
+def _norm(norm: torch.nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """norm(x) as `dtype`. A float32 residual stream (fp16 runs) is normalised in float32 and only
+    then cast to fp16, so no value above fp16's range is ever formed; otherwise the module as is."""
+    if x.dtype == norm.weight.dtype:
+        return norm(x)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.bias.to(x.dtype), norm.eps).to(dtype)
 
 
 def _embed_tokens(model: ESM2, tokens: torch.Tensor) -> torch.Tensor:

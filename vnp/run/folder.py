@@ -268,12 +268,23 @@ def input_entries(paths) -> list[dict]:
 def new_run_record(inputs: list[dict], pack, chunk_length: int, precision: str, config, device, **more) -> dict:
     """What makes a run's results what they are: inputs by content, models by content, and the
     settings that change results (`config.batch.unit_chunks`, `config.esm_attention`), then `more`."""
+    from vnp.models.memory import planned_unit_chunks
     from vnp.models.pack import fingerprint, model_digests  # imports torch: only runs that embed get here
 
     digests = model_digests(pack)  # models by content: a changed file is another model
+    unit_chunks = planned_unit_chunks(config.batch, device, chunk_length, pack, precision)
     return {"inputs": inputs, "models": digests, "pack": fingerprint(pack, digests), "chunk_length": chunk_length,
-            "unit_chunks": config.batch.unit_chunks, "precision": precision,
+            "unit_chunks": unit_chunks, "precision": precision,
             "esm_attention": config.esm_attention, "device": device.type, **more}
+
+
+def keep_unit_size(record: dict, old: dict | None, configured: int) -> dict:
+    """With the default unit size (`batch.unit_chunks=0`), a run resumed in OUT keeps the unit size
+    its run record holds, whatever the card now (a GPU's default follows its memory)."""
+    if configured or not isinstance(old, dict) or not isinstance(old.get("unit_chunks"), int):
+        return record
+    kept = {**record, "unit_chunks": old["unit_chunks"]}
+    return kept if not differences(old, kept) else record
 
 
 def differences(old: dict, new: dict) -> list[str]:

@@ -30,7 +30,7 @@ from vnp.support.errors import PeerFailure, Stopped
 from vnp.models import resolve_precision
 from vnp.models.pack import ModelPack, load_pack
 from vnp.run.plan import ChunkPlan, check_inputs, load_plan, pack_inputs, packed_problem
-from vnp.run.folder import RunFolder, input_entries, new_run_record
+from vnp.run.folder import RunFolder, input_entries, keep_unit_size, new_run_record
 from vnp.run.lifecycle import Heartbeat, Rank, open_log, outcome, raise_outcome, shared
 from vnp.run.store import ScoreStore
 from vnp.support.atomic import open_atomic
@@ -110,7 +110,7 @@ class RunState:
             "work_units": self.n_units, "resumed_units": spec.resumed_units,
             "rejected_progress_parts": spec.rejected_parts,
             "world_size": ctx.world_size, "launcher": ctx.env.launcher,
-            "device": str(ctx.device), "precision": spec.precision,
+            "device": str(ctx.device), "precision": spec.precision, "batches": times.batches,
             "timings_s": {**self.stages, **times.stages, "per_rank": times.per_rank},
         }
 
@@ -247,9 +247,10 @@ def _fetch_models(pack: ModelPack) -> None:
 def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, classifier, folder: RunFolder):
     _fetch_models(pack)
     chunk_length = config.chunk_length or pack.chunk_length
-    precision = resolve_precision(config.precision, ctx.device.type)
+    precision = resolve_precision(config.precision, ctx.device)
     run_record = new_run_record(input_entries(paths), pack, chunk_length, precision, config, ctx.device,
                                 save_embeddings=config.save_embeddings, filters=asdict(config.filter))
+    run_record = keep_unit_size(run_record, folder.read_run_record(), config.batch.unit_chunks)
     same = folder.holds_same_run(run_record, pack, config.force)
     fresh = not (same and folder.index.exists()) or config.force
     damage = None if fresh else packed_problem(folder.work)

@@ -25,8 +25,9 @@ from vnp.run.engine import run_units
 from vnp.support.errors import InputError
 from vnp.seq.chunking import chunk_id
 from vnp.run.exchange import Computed, UnitResult
-from vnp.models import token_budget, torch_dtype
-from vnp.run.plan import ChunkPlan, read_chunks
+from vnp.models.batches import Budget, FrameTooLarge
+from vnp.models.memory import DTYPES, token_budget
+from vnp.run.plan import IDS, SEQUENCES, ChunkPlan, read_chunks
 from vnp.run.state import RunState
 from vnp.run.folder import PART_FILES
 from vnp.run.store import PartWriter, part_number, write_atomic
@@ -35,6 +36,7 @@ from vnp.seq.frames import Chunk, Frame, frame_id, translate_chunks
 
 log = logging.getLogger("vnp")
 
+
 @dataclass
 class EmbedTimes:
     """Run-level timings (stages), every rank's loop timings, and rank 0's progress samples."""
@@ -42,6 +44,7 @@ class EmbedTimes:
     stages: dict = field(default_factory=dict)
     per_rank: list = field(default_factory=list)
     progress: list = field(default_factory=list)
+    batches: dict = field(default_factory=dict)  # run.json "batches": unit size, budgets, out-of-memory retries
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Models:
     dnabert: object
     esm: object
     classifier: object | None  # rank 0 only
+    budgets: dict = field(default_factory=dict)  # {"dnabert": tokens, "esm": tokens}, the same on every rank
 
     @classmethod
     def load_everywhere(cls, ctx: vdist.Context, state: RunState, config: ModelRunConfig) -> "Models":
@@ -56,8 +60,8 @@ class Models:
         from vnp.models.dnabert import load_dnabert
         from vnp.models.esm import load_esm
 
-        models, error = None, None
-        dtype = torch_dtype(state.spec.precision)
+        models, error, budgets = None, None, None
+        dtype = DTYPES[state.spec.precision]
         try:
             dnabert = load_dnabert(state.spec.pack.dnabert, device=ctx.device, dtype=dtype)
             esm = load_esm(state.spec.pack.esm, layer=state.spec.pack.esm_layer, device=ctx.device, dtype=dtype,
@@ -65,13 +69,19 @@ class Models:
             _check_dims(state, dnabert.dim, esm.dim)
             classifier = state.classifier.to(ctx.device) if ctx.is_main and state.classifier is not None else None
             models = cls(dnabert, esm, classifier)
+            # measured once the models are loaded (on a GPU, from the memory they left free)
+            budgets = {"dnabert": token_budget("dnabert", dnabert, config.batch.dnabert_tokens, state.chunk_length),
+                       "esm": token_budget("esm", esm, config.batch.esm_tokens, state.chunk_length)}
         except InputError as err:
             error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)
-        errors = vdist.all_gather_object(ctx, error)
+        answers = vdist.all_gather_object(ctx, (error, budgets))
+        errors = [e for e, _ in answers]
         failed = [e for e in errors if e]
         if failed:
             first = next(r for r, e in enumerate(errors) if e)
             raise InputError(failed[0], reported=ctx.rank != first)  # the first failing rank says it, once
+        # every rank batches with the smallest card's budgets: a unit's embeddings do not depend on its rank
+        models.budgets = {name: min(b[name] for _, b in answers) for name in ("dnabert", "esm")}
         return models
 
 
@@ -101,9 +111,10 @@ class FrameWork:
         self.unit_chunks = state.spec.unit_chunks
         self.dim = state.spec.pack.embedding_dim
         self.rows = 6 * self.unit_chunks
-        device = models.dnabert.device.type
-        self.dnabert_tokens = token_budget("dnabert", device, config.batch.dnabert_tokens)
-        self.esm_tokens = token_budget("esm", device, config.batch.esm_tokens)
+        budgets = models.budgets or {name: token_budget(name, getattr(models, name), getattr(config.batch, f"{name}_tokens"),
+                                                       state.chunk_length) for name in ("dnabert", "esm")}
+        # lowered for the rest of the run when a batch runs out of memory (split and retried)
+        self.budgets = {name: Budget(name, tokens) for name, tokens in budgets.items()}
         self.translate_s = 0.0  # on the helper thread
 
     def units(self) -> tuple[int, ...]:
@@ -116,14 +127,22 @@ class FrameWork:
         return [(chunk.index, f) for chunk, kept in zip(chunks, translate_chunks(chunks))
                 for f in self.select_frames(chunk, kept)]
 
+    @property
+    def esm_tokens(self) -> int:
+        return self.budgets["esm"].tokens
+
+    @property
+    def dnabert_tokens(self) -> int:
+        return self.budgets["dnabert"].tokens
+
     def costs(self, units) -> np.ndarray:
-        """Padded ESM tokens of each unit's batches (ESM2-3B dominates: DNABERT-S is ~25x cheaper
-        a frame), batched as `EsmEmbedder.prepare` will batch them."""
-        from vnp.models.batches import padded_tokens
+        """ESM tokens of each unit (ESM2-3B dominates: DNABERT-S is ~25x cheaper a frame); its
+        batches pad them by under 1-2% (benchmarks/bench_batches.py), so the real tokens estimate
+        the device time without batching every unit here."""
         from vnp.models.esm import MAX_RESIDUES
 
-        return np.asarray([padded_tokens([min(len(f.protein), MAX_RESIDUES) + 2 for _, f in self.frames(u)],
-                                         self.esm_tokens) for u in units], dtype=np.float64)
+        return np.asarray([sum(min(len(f.protein), MAX_RESIDUES) + 2 for _, f in self.frames(u)) for u in units],
+                          dtype=np.float64)
 
     def prepare(self, unit: int):
         """Read, translate and tokenize one unit (helper thread)."""
@@ -141,9 +160,21 @@ class FrameWork:
         keys, batches = prepared
         if batches is None:
             return Computed(unit, keys, torch.zeros((0, self.dim), dtype=torch.float32))
-        nucleotide = self.models.dnabert.run(batches[0])
-        protein = self.models.esm.run(batches[1])
+        try:
+            nucleotide = self.models.dnabert.run(batches[0], self.budgets["dnabert"])
+            protein = self.models.esm.run(batches[1], self.budgets["esm"])
+        except FrameTooLarge as err:
+            key = keys[err.row]
+            name = IdLookup(self.state).frame_ids(keys[err.row:err.row + 1])[0]
+            raise InputError(f"frame {name} (chunk {key // 6}, {err.tokens} {err.model} tokens) runs out of "
+                             f"{self.models.esm.device.type} memory even alone; use a device with more "
+                             "memory or a shorter chunk_length") from None
         return Computed(unit, keys, torch.cat([nucleotide, protein], dim=1))
+
+    def batch_summary(self) -> dict:
+        """For run.json: each model's token budget, the one it ended with, and the batches that ran
+        out of memory and were split."""
+        return {name: budget.summary() for name, budget in self.budgets.items()}
 
 
 class IdLookup:
@@ -299,13 +330,18 @@ def run_steps(ctx: vdist.Context, state: RunState, config: ModelRunConfig, model
     log.info("%d units to do (%d done before)", len(state.spec.remaining), state.spec.resumed_units)
     stats = run_units(ctx, work, (collector or sink) if ctx.is_main else None, stop, config.engine)
     times.stages["embed_loop_s"] = round(time.time() - t_start, 3)
-    mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3)}
+    mine = {**stats.mine(ctx.rank), "translate_s": round(work.translate_s, 3), "batches": work.batch_summary()}
     if collector is not None:
         per_chunk = 1e6 / max(1, collector.chunks)
         mine["sink_us_per_chunk"] = {"forward": round(stats.sink_forward_s * per_chunk, 2),
                                      "other": round(stats.sink_other_s * per_chunk, 2)}
         times.progress = collector.progress.samples
     times.per_rank = vdist.all_gather_object(ctx, mine)
+    times.batches = {"unit_chunks": state.spec.unit_chunks, **{
+        name: {"tokens": budget.initial,
+               "final_tokens": min(r["batches"][name]["final_tokens"] for r in times.per_rank),
+               "oom_retries": sum(r["batches"][name]["oom_retries"] for r in times.per_rank)}
+        for name, budget in work.budgets.items()}}
     if ctx.is_main and not stop.requested and sink is None:
         _check_complete(state)  # a sink checks its own
     return times

@@ -32,14 +32,16 @@ def _help(text: str, default: Any) -> Any:  # a config field with its one-line h
 class BatchConfig:
     unit_chunks: int = _help(
         "chunks per work unit: the unit of sharding, batching and progress. Changes the batch "
-        "composition, so it is part of the run record", 128)
-    dnabert_tokens: int = _help("token budget of one DNABERT-S batch (padded tokens); 0 = 2048 on CPU, "
-                                "16384 on GPU", 0)
-    esm_tokens: int = _help("token budget of one ESM2 batch (padded tokens); 0 = 2048 on CPU, 8192 on GPU", 0)
+        "composition, so it is part of the run record (a resume keeps the recorded one). 0 = 128 on CPU; "
+        "on GPU enough chunks for 16 full ESM batches", 0)
+    dnabert_tokens: int = _help("token budget of one DNABERT-S batch (padded tokens); 0 = 2048 on CPU, on GPU "
+                                "sized to the free memory (2048-65536)", 0)
+    esm_tokens: int = _help("token budget of one ESM2 batch (padded tokens); 0 = 2048 on CPU, on GPU sized to "
+                            "the free memory (2048-65536)", 0)
 
     def __post_init__(self) -> None:
-        if self.unit_chunks <= 0:
-            raise ValueError(f"batch.unit_chunks must be positive, got {self.unit_chunks}")
+        if self.unit_chunks < 0:
+            raise ValueError(f"batch.unit_chunks must be positive (or 0 for the default), got {self.unit_chunks}")
         for name in ("dnabert_tokens", "esm_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"batch.{name} must be positive (or 0 for the default), got {getattr(self, name)}")
@@ -148,7 +150,8 @@ class ModelRunConfig:
     pack: str = _help("model pack: 500, 300, tiny (built on the fly) or a pack folder / YAML file", "500")
     chunk_length: int = _help("chunk length in bp; 0 takes the pack's (300 or 500 for the published models)", 0)
     device: str = _help("auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu or cuda", "auto")
-    precision: str = _help("auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16", "auto")
+    precision: str = _help("auto (bf16 on GPUs of compute capability 8.0 and later, fp16 on older ones, fp32 on "
+                           "CPU), fp32, bf16 or fp16", "auto")
     threads: int = _help("CPU threads per rank; 0 = the cores of this node divided by its local ranks", 0)
     esm_attention: str = _help("sdpa (fast path) or fair-esm (fair-esm's own forward, the reference)", "sdpa")
     force: bool = _help("start afresh even if the output folder holds a run with other inputs, models or "

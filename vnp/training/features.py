@@ -11,8 +11,9 @@ import torch
 
 from vnp.models import resolve_precision
 from vnp.models.pack import ModelPack, load_pack
+from vnp.run import dist as vdist
 from vnp.run.engine import RowSink
-from vnp.run.folder import RunFolder, input_entries, new_run_record
+from vnp.run.folder import RunFolder, input_entries, keep_unit_size, new_run_record
 from vnp.run.plan import load_plan, pack_inputs
 from vnp.run.store import part_number, read_checked, write_atomic
 from vnp.seq.seqio import record_pieces
@@ -126,11 +127,12 @@ def prepare(ctx, config: TrainConfig, entries, pack: ModelPack, folder: RunFolde
 
     out = folder.root
     chunk_length = config.chunk_length or pack.chunk_length
-    precision = resolve_precision(config.precision, ctx.device.type)
+    precision = resolve_precision(config.precision, ctx.device)
     features = out / FEATURES
     run_record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
     run_record_path = features / FEATURE_RECORD
     old = folder.read_json(run_record_path) if run_record_path.exists() else None
+    run_record = keep_unit_size(run_record, old, config.batch.unit_chunks)
     if old is not None and old != run_record:
         if not config.force:
             changed = sorted(k for k in run_record if old.get(k) != run_record[k])

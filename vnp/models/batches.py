@@ -157,3 +157,8 @@ def run_batch(forward: Callable[[tuple[torch.Tensor, ...]], torch.Tensor], batch
         torch.cuda.empty_cache()  # hand the failed batch's cached blocks back before retrying
     for half in split(batch):
         run_batch(forward, half, split, tokens, budget, out)
+
+
+def batch_tokens(batch: tuple) -> int:
+    """Padded tokens of a prepared batch of either language model (its second tensor: rows x longest)."""
+    return int(batch[1].numel())

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from vnp.support.errors import InputError
-from vnp.models.batches import Budget, PreparedBatches, pinned, run_batch, token_batches
+from vnp.models.batches import Budget, PreparedBatches, batch_tokens, pinned, run_batch, token_batches
 from vnp.support.paths import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
@@ -429,7 +429,7 @@ class DnabertEmbedder:
         With a `budget`, a batch that runs out of memory is split and retried (`run_batch`)."""
         out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
         for batch in prepared.batches:
-            run_batch(self._forward, batch, split_batch, batch_tokens, budget, out)
+            run_batch(self._forward, batch, split_dnabert_batch, batch_tokens, budget, out)
         return out
 
     def _forward(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -438,12 +438,7 @@ class DnabertEmbedder:
         return masked_mean(self.model(input_ids, mask), mask)
 
 
-def batch_tokens(batch: tuple[torch.Tensor, ...]) -> int:
-    """Padded tokens of a prepared batch (rows x longest)."""
-    return int(batch[1].numel())
-
-
-def split_batch(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
+def split_dnabert_batch(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
     """A prepared batch (host tensors) in two halves by rows, each trimmed to its own longest."""
     rows, input_ids, mask = batch
     half = (len(rows) + 1) // 2

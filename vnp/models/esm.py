@@ -25,7 +25,7 @@ from esm.multihead_attention import MultiheadAttention
 
 from vnp.support.errors import InputError
 from vnp.models.checkpoints import restricted_load
-from vnp.models.batches import Budget, PreparedBatches, pinned, run_batch, token_batches
+from vnp.models.batches import Budget, PreparedBatches, batch_tokens, pinned, run_batch, token_batches
 
 Attention = Literal["sdpa", "fair-esm"]
 
@@ -107,7 +107,7 @@ class EsmEmbedder:
         With a `budget`, a batch that runs out of memory is split and retried (`run_batch`)."""
         out = torch.zeros((prepared.rows, self.dim), dtype=torch.float32, device=self.device)
         for batch in prepared.batches:
-            run_batch(self._forward, batch, split_batch, batch_tokens, budget, out)
+            run_batch(self._forward, batch, split_esm_batch, batch_tokens, budget, out)
         return out
 
     def _forward(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -134,12 +134,7 @@ class EsmEmbedder:
         return forward_sdpa(self.model, tokens, self.layer, padding)
 
 
-def batch_tokens(batch: tuple[torch.Tensor, ...]) -> int:
-    """Padded tokens of a prepared batch (rows x longest)."""
-    return int(batch[1].numel())
-
-
-def split_batch(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
+def split_esm_batch(batch: tuple[torch.Tensor, ...]) -> tuple[tuple[torch.Tensor, ...], ...]:
     """A prepared batch (host tensors) in two halves by rows, each trimmed to its own longest."""
     rows, tokens, residues, padding, _ = batch
     half = (len(rows) + 1) // 2

@@ -70,8 +70,8 @@ class Models:
             classifier = state.classifier.to(ctx.device) if ctx.is_main and state.classifier is not None else None
             models = cls(dnabert, esm, classifier)
             # measured once the models are loaded (on a GPU, from the memory they left free)
-            budgets = {"dnabert": token_budget("dnabert", dnabert, config.batch.dnabert_tokens, state.chunk_length),
-                       "esm": token_budget("esm", esm, config.batch.esm_tokens, state.chunk_length)}
+            budgets = {"dnabert": token_budget("dnabert", dnabert, config.batch.dnabert_tokens, state.spec.chunk_length),
+                       "esm": token_budget("esm", esm, config.batch.esm_tokens, state.spec.chunk_length)}
         except InputError as err:
             error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)
         answers = vdist.all_gather_object(ctx, (error, budgets))
@@ -112,7 +112,7 @@ class FrameWork:
         self.dim = state.spec.pack.embedding_dim
         self.rows = 6 * self.unit_chunks
         budgets = models.budgets or {name: token_budget(name, getattr(models, name), getattr(config.batch, f"{name}_tokens"),
-                                                       state.chunk_length) for name in ("dnabert", "esm")}
+                                                       state.spec.chunk_length) for name in ("dnabert", "esm")}
         # lowered for the rest of the run when a batch runs out of memory (split and retried)
         self.budgets = {name: Budget(name, tokens) for name, tokens in budgets.items()}
         self.translate_s = 0.0  # on the helper thread
@@ -165,7 +165,7 @@ class FrameWork:
             protein = self.models.esm.run(batches[1], self.budgets["esm"])
         except FrameTooLarge as err:
             key = keys[err.row]
-            name = IdLookup(self.state).frame_ids(keys[err.row:err.row + 1])[0]
+            name = IdLookup(self.state.plan, self.state.folder.ids).frame_ids(keys[err.row:err.row + 1])[0]
             raise InputError(f"frame {name} (chunk {key // 6}, {err.tokens} {err.model} tokens) runs out of "
                              f"{self.models.esm.device.type} memory even alone; use a device with more "
                              "memory or a shorter chunk_length") from None

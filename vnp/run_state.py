@@ -165,7 +165,7 @@ def _quick_checks(ctx, config: PredictConfig, inputs: list[str], folder: RunFold
     folder.remove_leftovers()
     paths = check_inputs(inputs)
     pack = load_pack(config.pack, config.classifier or None, tiny_dir=folder.tiny_pack,
-                     chunk_length=config.chunk_length)
+                     chunk_length=config.chunk_length, models_dir=config.models.dir)
     from vnp.models.classifier import load_classifier
 
     classifier = load_classifier(pack.classifier, input_dim=pack.embedding_dim)  # refused before any work

@@ -348,7 +348,7 @@ def prepare(ctx, config: TrainConfig, manifest: Path, folder: RunFolder):
     folder.lock()
     entries = read_manifest(manifest)
     pack = load_pack(config.pack, tiny_dir=out / "tiny_pack", chunk_length=config.chunk_length,
-                     require_classifier=False)
+                     require_classifier=False, models_dir=config.models.dir)
     chunk_length = config.chunk_length or pack.chunk_length
     precision = resolved_precision(config, ctx.device)
     features = out / FEATURES

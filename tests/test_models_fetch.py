@@ -80,6 +80,14 @@ def sources(tmp_path_factory) -> dict:
             "esm": (tiny / "esm2_tiny.pt").read_bytes()}
 
 
+def published_size_classifier(folder: Path) -> Path:
+    """A random classifier of the published pack's input width (3328), so that the models are
+    what a run with pack=500 reaches next."""
+    from vnp.models.classifier import build_tiny_classifier, save_classifier
+
+    return save_classifier(build_tiny_classifier(3328, seed=0), folder)
+
+
 def mirror_of(sources: dict) -> Mirror:
     return Mirror(files={ESM_PATH: sources["esm"], PTH_PATH: sources["pth"]},
                   repos={REPO: (COMMIT, dict(sources["dnabert"]))})
@@ -220,12 +228,12 @@ def test_offline_opens_no_connection(tmp_path, how):
     fasta = write_mixed_input(tmp_path / "mixed.fa")
     env = {**child_env(), "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"),
            "HF_ENDPOINT": "http://127.0.0.1:9", "VNP_MODELS": ""}
-    items = [str(fasta), "-o", str(tmp_path / "out"), "pack=500", "classifier=x.pth", *COMMON]
+    classifier = published_size_classifier(tmp_path / "classifier")
+    items = [str(fasta), "-o", str(tmp_path / "out"), "pack=500", f"classifier={classifier}", *COMMON]
     if how == "offline=true":
         items.append(how)
     else:
         env["HF_HUB_OFFLINE"] = "1"
-    (tmp_path / "x.pth").write_bytes(b"")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", NO_NETWORK, "predict", *items], capture_output=True, text=True,
                           env=env, timeout=120, cwd=tmp_path)
@@ -240,12 +248,12 @@ def test_blackhole_hub_is_one_line_within_the_timeout(tmp_path):
     """A server that accepts and never answers: predict (pack=500, nothing cached) and fetch end
     with one line each, after about models.timeout_s, not a hang."""
     fasta = write_mixed_input(tmp_path / "mixed.fa")
-    (tmp_path / "x.pth").write_bytes(b"")
+    classifier = published_size_classifier(tmp_path / "classifier")
     with Blackhole() as url:
         env = {"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"), "HF_ENDPOINT": url,
                "VNP_MODELS": ""}
         proc = vnp("predict", str(fasta), "-o", str(tmp_path / "out"), "pack=500",
-                   f"classifier={tmp_path / 'x.pth'}", "models.timeout_s=1", *COMMON, env=env, timeout=60)
+                   f"classifier={classifier}", "models.timeout_s=1", *COMMON, env=env, timeout=60)
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "no answer within 1 s (models.timeout_s)" in proc.stderr
@@ -264,9 +272,10 @@ def test_wrong_classifier_blob_is_refused(sources, tmp_path):
     assert not (tmp_path / "pack" / "pack.yaml").exists() and not list((tmp_path / "pack").glob("*.pth*"))
 
 
-def test_fetch_refuses_without_the_free_space(sources, tmp_path, monkeypatch):
+def test_fetch_refuses_without_the_free_space(tmp_path, monkeypatch):
     from vnp.models import fetch as fetch_module
 
-    monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda path: shutil.disk_usage(path)._replace(free=1000))
+    usage = shutil.disk_usage(tmp_path)._replace(free=1000)
+    monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(fetch_module.InputError, match="GB free, the pack needs"):
         fetch_module._check_space(tmp_path, {"big.pt": 10 ** 9})

@@ -279,3 +279,30 @@ def test_fetch_refuses_without_the_free_space(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(fetch_module.InputError, match="GB free, the pack needs"):
         fetch_module._check_space(tmp_path, {"big.pt": 10 ** 9})
+
+
+@pytest.mark.slow
+def test_one_download_per_node(sources, tmp_path):
+    """Two ranks under torchrun, DNABERT by hub id (HF_ENDPOINT = the mirror), nothing cached: each
+    file is downloaded once; the tables equal the tiny pack's. (On one node rank 0 resolves the
+    models during its checks, before the others load; the leader step for further nodes,
+    vnp.steps._resolve_once_per_node, is not separately exercised here.)"""
+    torch_home = tmp_path / "torch"
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    (torch_home / "hub" / "checkpoints" / "esm2_tiny.pt").write_bytes(sources["esm"])
+    pack = tmp_path / "hub_pack.yaml"
+    pack.write_text(PACK_YAML.replace("classifier: null", f"classifier: {sources['tiny'] / 'classifier'}"))
+    fasta = write_mixed_input(tmp_path / "mixed.fa")
+    mirror = mirror_of(sources)
+    with MirrorServer(mirror) as url:
+        env = {**child_env(), "HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(torch_home),
+               "VNP_MODELS": ""}
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "vnp.predict", str(fasta), "-o", str(tmp_path / "hub"), f"pack={pack}", *COMMON],
+                              capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    gets = [path for method, path, _ in mirror.requests if method == "GET" and "/resolve/" in path]
+    assert sorted(gets) == sorted(f"/{REPO}/resolve/{COMMIT}/{name}" for name in sources["dnabert"])
+    proc = vnp("predict", str(fasta), "-o", str(tmp_path / "direct"), f"pack={sources['tiny'] / 'pack.yaml'}", *COMMON)
+    assert proc.returncode == 0, proc.stderr
+    assert tables(tmp_path / "hub") == tables(tmp_path / "direct")

@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nDemo results are in {out}/: prediction_results.txt (per frame), "
               "prediction_results_highestscore.csv (per chunk), chunks.tsv, contigs.tsv, run.json, report.html.\n"
               "The tiny pack has RANDOM weights: its labels are meaningless; it exercises the pipeline.\n"
-              "For real predictions point vnp at the published models, e.g.\n"
-              "  vnp predict input.fa -o out pack=500 classifier=/path/to/500_model.pth\n"
-              "(DNABERT-S and ESM2-3B are fetched from their hubs when the network allows, or give local\n"
-              " copies in a pack folder: see README.md).\n"
+              "For real predictions get the published models (DNABERT-S, ESM2-3B ~5.7 GB, the classifier)\n"
+              "once, on a machine with internet, check them, and point vnp at the folder:\n"
+              "  vnp models fetch 500 -o models/500 && vnp models verify models/500\n"
+              "  vnp predict input.fa -o out pack=models/500/pack.yaml      (or VNP_MODELS=models, pack=500)\n"
+              "See 'Model packs' in README.md for offline clusters.\n"
               f"Report (open it in a browser): {(out / 'report.html').resolve()}")
     return code
 

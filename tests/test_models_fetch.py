@@ -286,7 +286,7 @@ def test_one_download_per_node(sources, tmp_path):
     """Two ranks under torchrun, DNABERT by hub id (HF_ENDPOINT = the mirror), nothing cached: each
     file is downloaded once; the tables equal the tiny pack's. (On one node rank 0 resolves the
     models during its checks, before the others load; the leader step for further nodes,
-    vnp.steps._resolve_once_per_node, is not separately exercised here.)"""
+    vnp.run.steps._resolve_once_per_node, is not separately exercised here.)"""
     torch_home = tmp_path / "torch"
     (torch_home / "hub" / "checkpoints").mkdir(parents=True)
     (torch_home / "hub" / "checkpoints" / "esm2_tiny.pt").write_bytes(sources["esm"])

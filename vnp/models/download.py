@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.sources import network
 
 log = logging.getLogger("vnp")

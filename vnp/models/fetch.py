@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models import sources
 from vnp.models.download import content_length, download_file, get_json
 from vnp.models.identity import file_digest

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vnp.errors import InputError, exit_on_input_error
+from vnp.support.errors import InputError, exit_on_input_error
 from vnp.models import sources
 
 PACK_CHOICES = ("500", "300", "both")
@@ -75,7 +75,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
 
 def _pack_settings(name: str) -> dict:
-    from vnp.config import read_yaml_mapping
+    from vnp.support.config import read_yaml_mapping
     from vnp.models.pack import BUILTIN, builtin_pack_data
 
     if name in BUILTIN:

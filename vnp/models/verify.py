@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.identity import file_digest
 
 SUMS = "SHA256SUMS"

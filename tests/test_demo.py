@@ -14,6 +14,8 @@ def test_bundled_example_is_what_the_generator_makes(tmp_path):
 def test_demo_runs_and_says_the_labels_are_meaningless(tmp_path, capsys):
     assert demo_main([str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "RANDOM weights" in out and "classifier=" in out
+    assert "RANDOM weights" in out
+    last = out.strip().splitlines()[-4:]  # the last lines: how to get the real models
+    assert "vnp models fetch 500 -o models/500" in last[1] and "pack=models/500/pack.yaml" in last[2]
     rows = (tmp_path / "demo" / "contigs.tsv").read_text().splitlines()
     assert len(rows) == 1 + 11  # every bundled sequence has a row

@@ -65,12 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nDemo results are in {out}/: prediction_results.txt (per frame), "
               "prediction_results_highestscore.csv (per chunk), chunks.tsv, contigs.tsv, run.json, report.html.\n"
               "The tiny pack has RANDOM weights: its labels are meaningless; it exercises the pipeline.\n"
+              f"Report (open it in a browser): {(out / 'report.html').resolve()}\n\n"
               "For real predictions get the published models (DNABERT-S, ESM2-3B ~5.7 GB, the classifier)\n"
               "once, on a machine with internet, check them, and point vnp at the folder:\n"
               "  vnp models fetch 500 -o models/500 && vnp models verify models/500\n"
               "  vnp predict input.fa -o out pack=models/500/pack.yaml      (or VNP_MODELS=models, pack=500)\n"
-              "See 'Model packs' in README.md for offline clusters.\n"
-              f"Report (open it in a browser): {(out / 'report.html').resolve()}")
+              "See 'Model packs' in README.md for offline clusters.")
     return code
 
 

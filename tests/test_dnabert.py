@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from vnp.support.errors import InputError
+from vnp.models import download
 from vnp.models.batches import token_batches
 from vnp.models.dnabert import (
     DnabertConfig,
@@ -240,9 +241,20 @@ def test_load_errors_are_input_errors(tiny_dir, tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise ConnectionError("no network")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(InputError, match="hub failed"):
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)  # nothing cached either
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(InputError, match="not in the Hugging Face cache, and the hub did not tell .* cannot be "
+                                         "reached .*vnp models fetch"):
         load_dnabert("zhihan1996/DNABERT-S")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on: a connection is refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_hub_id_downloads_then_falls_back_to_bin(tiny_dir, tmp_path, monkeypatch):
@@ -252,13 +264,18 @@ def test_hub_id_downloads_then_falls_back_to_bin(tiny_dir, tmp_path, monkeypatch
                             load_file(str(tiny_dir / "model.safetensors")), "pytorch_model.bin")
     calls = []
 
-    def fake_download(repo_id, allow_patterns):
-        calls.append(allow_patterns)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+
+    def fake_download(repo_id, revision, allow_patterns, local_files_only, **kwargs):
+        if local_files_only:
+            raise FileNotFoundError("not cached")
+        calls.append((revision, allow_patterns))
         return str(snapshot)
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    monkeypatch.setattr(download, "get_json", lambda url, timeout_s: {"sha": commit})  # the hub's revision API
     assert load_dnabert("org/model").dim == 64
-    assert calls == [["config.json", "tokenizer.json", "model.safetensors"], ["pytorch_model.bin"]]
+    assert calls == [(commit, ["config.json", "tokenizer.json", "model.safetensors"]), (commit, ["pytorch_model.bin"])]
 
 
 # ----------------------------------------------------------------------------- config

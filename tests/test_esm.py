@@ -3,6 +3,7 @@
 import argparse
 import pickle
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -149,12 +150,13 @@ def test_named_model_from_hub_cache(checkpoint, tmp_path, monkeypatch):
 
 
 def test_named_model_download_failure(tmp_path, monkeypatch):
-    def offline(url, dst, progress=True):
+    def offline(request, timeout):
         raise urllib.error.URLError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(InputError, match="esm2_t36_3B_UR50D.pt failed"):
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(InputError, match="esm2_t36_3B_UR50D: not in .*esm2_t36_3B_UR50D.pt: cannot be reached "
+                                         r"\(network is unreachable\); get it with `vnp models fetch"):
         load_esm("esm2_t36_3B_UR50D")
 
 

@@ -145,7 +145,7 @@ def test_a_hub_snapshot_is_named_by_its_commit(tiny_pack, tmp_path, monkeypatch)
     copy_folder(tiny_pack / "dnabert", snapshot)
     import vnp.models.dnabert as dnabert
 
-    monkeypatch.setattr(dnabert, "download_snapshot", lambda repo_id: snapshot)
+    monkeypatch.setattr(dnabert, "download_snapshot", lambda repo_id, revision, pack_name: snapshot)
     pack = load_pack(str(tiny_pack))
     pack.dnabert = "org/dnabert"
     assert model_digests(pack)["dnabert"] == f"git:{commit}"

@@ -4,6 +4,7 @@
     vnp translate INPUT... -L 500 -o DIR           chunking and six-frame translation only
     vnp embed dnabert|esm INPUT -m MODEL -o OUT.npz
     vnp pack tiny DIR | vnp pack convert --classifier X.pth -o DIR
+    vnp models fetch 500 -o DIR | verify DIR | list   the published models for offline clusters
     vnp call OUT [key=value ...]                   new calls, regions, FASTA of a finished run
     vnp report OUT                                 OUT/report.html: plots and tables of a finished run
     vnp train MANIFEST.tsv -o DIR [key=value ...]   train a classifier head, under any launcher
@@ -28,6 +29,7 @@ SUBCOMMANDS = {
     "translate": ("vnp.translate", "chunk and six-frame translate sequences (the original's intermediate files)"),
     "embed": ("vnp.embed", "embed nucleotide frames with DNABERT-S or protein frames with ESM2 (.npz out)"),
     "pack": ("vnp.models.pack", "build the tiny test pack, or convert a published classifier to vnp's format"),
+    "models": ("vnp.models.manage", "fetch the published models for offline use, verify a fetched pack, list packs"),
     "predict": ("vnp.predict", "predict viral chunks and sequences (distributed over any number of ranks)"),
     "call": ("vnp.call", "recompute calls, regions, FASTA and summaries of a finished run (no model loaded)"),
     "report": ("vnp.report", "write OUT/report.html: plots and tables of a finished run (predict writes it too)"),

@@ -126,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
               "prediction_results_highestscore.csv, run.json, report.html.\n"
               "These are TINY models trained in seconds on SYNTHETIC biology (GC-rich \"viruses\", AT-rich\n"
               "\"hosts\"): the calls show what vnp reports, not real viruses.\n"
-              "For real predictions get the published models (README.md, \"Model packs\"), e.g.\n"
-              "  vnp predict input.fa -o out pack=500 classifier=/path/to/500_model.pth\n"
-              f"Report (open it in a browser): {(out / 'report.html').resolve()}")
+              f"Report (open it in a browser): {(out / 'report.html').resolve()}\n\n"
+              "For real predictions get the published models (DNABERT-S, ESM2-3B ~5.7 GB, the classifier)\n"
+              "once, on a machine with internet, check them, and point vnp at the folder:\n"
+              "  vnp models fetch 500 -o models/500 && vnp models verify models/500\n"
+              "  vnp predict input.fa -o out pack=models/500/pack.yaml      (or VNP_MODELS=models, pack=500)\n"
+              "See 'Model packs' in README.md for offline clusters.")
     return code
 
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -485,31 +486,74 @@ def check_fits(config: DnabertConfig, checkpoint: Path) -> None:
                          f"than its checkpoint's {size >> 20} MiB hold")
 
 
-def resolve_model_folder(name_or_path: str) -> Path:
-    """A local folder as is; a path-looking name that is no folder is an error; else download."""
+def resolve_model_folder(name_or_path: str, revision: str | None = None, pack_name: str | None = None) -> Path:
+    """A local folder as is; a path-looking name that is no folder is an error; else a hub id,
+    from the Hugging Face cache or downloaded (at `revision`, default main)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists() or str(name_or_path).startswith((".", "/", "~")):
         raise InputError(f"{name_or_path}: not a DNABERT model folder")
-    return download_snapshot(str(name_or_path))
+    return download_snapshot(str(name_or_path), revision or "main", pack_name)
 
 
-def download_snapshot(repo_id: str) -> Path:
-    """Fetch only the files we read from the hub (safetensors preferred over the .bin)."""
-    from huggingface_hub import (
-        snapshot_download,  # imported here: only needed for hub ids
-    )
+def download_snapshot(repo_id: str, revision: str = "main", pack_name: str | None = None) -> Path:
+    """Fetch only the files we read from the hub (safetensors preferred over the .bin). The hub is
+    asked which commit `revision` names first, within `models.timeout_s`; offline, or when it does
+    not answer, the snapshot in the Hugging Face cache is used if there is one."""
+    from vnp.models.download import get_json
+    from vnp.models.sources import fetch_hint, hf_endpoint, network
+
+    net = network()
+    cached = _cached_snapshot(repo_id, revision)
+    if net.offline or (cached and re.fullmatch(r"[0-9a-f]{40}", revision)):
+        if cached is None:
+            raise InputError(f"{repo_id} (revision {revision}): not in the Hugging Face cache ({_hub_cache()}) and "
+                             f"offline mode (offline=true or HF_HUB_OFFLINE=1) downloads nothing; "
+                             f"{fetch_hint(pack_name)}")
+        return cached
+    try:
+        commit = get_json(f"{hf_endpoint()}/api/models/{repo_id}/revision/{revision}", net.timeout_s)["sha"]
+    except (InputError, KeyError, TypeError) as err:
+        if cached is not None:
+            return cached
+        raise InputError(f"{repo_id}: not in the Hugging Face cache, and the hub did not tell its revision "
+                         f"{revision} ({err}); {fetch_hint(pack_name)}") from None
+    return _snapshot(repo_id, str(commit), net.timeout_s)
+
+
+def _snapshot(repo_id: str, commit: str, timeout_s: float, local_only: bool = False) -> Path:
+    from huggingface_hub import snapshot_download  # imported here: only needed for hub ids
+    from vnp.models.sources import hf_endpoint
+
+    def get(patterns: list[str]) -> Path:
+        return Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns, endpoint=hf_endpoint(),
+                                      etag_timeout=timeout_s, local_files_only=local_only))
 
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, TOKENIZER_FILE,
-                                                                 CHECKPOINT_FILES[0]]))
+        folder = get([CONFIG_FILE, TOKENIZER_FILE, CHECKPOINT_FILES[0]])
         if not (folder / CHECKPOINT_FILES[0]).is_file():
-            folder = Path(snapshot_download(repo_id, allow_patterns=[CHECKPOINT_FILES[1]]))
+            folder = get([CHECKPOINT_FILES[1]])
     except Exception as err:  # network, auth, unknown repo, invalid id: all mean "cannot get it"
+        if local_only:
+            raise
         raise InputError(f"{repo_id}: not a local folder, and downloading it from the Hugging "
-                         f"Face hub failed ({type(err).__name__}: {err})") from err
+                         f"Face hub failed ({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
     return folder
+
+
+def _cached_snapshot(repo_id: str, revision: str) -> Path | None:
+    """The complete snapshot of `revision` in the Hugging Face cache, found without the network."""
+    try:
+        return _snapshot(repo_id, revision, 0, local_only=True)
+    except Exception:  # not cached, or incomplete
+        return None
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
 
 
 def read_config(path: Path) -> DnabertConfig:

@@ -10,7 +10,9 @@ In float32 the two agree to ~1e-6.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -295,22 +297,31 @@ def load_esm(
     return EsmEmbedder(model, alphabet, layer, attention)
 
 
-def resolve_checkpoint(name_or_path: str) -> Path:
-    """A local file, or the hub cache copy of a named model (downloaded when missing)."""
+def resolve_checkpoint(name_or_path: str, pack_name: str | None = None) -> Path:
+    """A local file, or the torch hub cache copy of a named model (downloaded when missing, with
+    progress, unless offline)."""
+    from vnp.models.download import download_file
+    from vnp.models.sources import fetch_hint, network
+
     path = Path(name_or_path).expanduser()
     if path.suffix == ".pt" or len(path.parts) > 1 or path.exists():
         return path  # restricted_load reports a missing file
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name_or_path):
         raise InputError(f"{name_or_path!r}: not an ESM model name or a .pt path")
     cached = Path(torch.hub.get_dir()) / "checkpoints" / f"{name_or_path}.pt"
-    if not cached.is_file():
-        url = ESM_URL.format(name=name_or_path)
+    if cached.is_file():
+        return cached
+    if network().offline:
+        raise InputError(f"{cached}: missing, and offline mode (offline=true or HF_HUB_OFFLINE=1) downloads "
+                         f"nothing; {fetch_hint(pack_name)}")
+    url = ESM_URL.format(name=name_or_path)
+    part = cached.with_name(cached.name + ".part")
+    try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        try:  # downloads to a temporary file and renames it, so no partial file is left behind
-            torch.hub.download_url_to_file(url, str(cached), progress=False)
-        except Exception as err:  # urllib raises URLError/HTTPError/OSError/ValueError
-            message = f"{name_or_path}: not in {cached.parent} and download of {url} failed ({err})"
-            raise InputError(message) from None
+        download_file(url, part, network().timeout_s, retries=2, progress=sys.stderr.isatty())
+        os.replace(part, cached)  # complete: only now under its name
+    except (InputError, OSError) as err:
+        raise InputError(f"{name_or_path}: not in {cached.parent} and {err}; {fetch_hint(pack_name)}") from None
     return cached
 
 

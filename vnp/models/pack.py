@@ -46,6 +46,7 @@ class ModelPack:
     classifier: str | None  # legacy .pth or vnp classifier folder
     dnabert_dim: int
     esm_dim: int
+    dnabert_revision: str | None = None  # the hub commit (or branch) of a hub id; None: main
 
     def __post_init__(self) -> None:
         if self.chunk_length < MIN_CHUNK_LENGTH:
@@ -71,7 +72,7 @@ def _read_yaml(path: Path) -> dict:
 def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
     names = {f.name for f in fields(ModelPack)}
     unknown = set(data) - names
-    missing = names - set(data) - {"classifier", "esm_layer"}
+    missing = names - set(data) - {"classifier", "esm_layer", "dnabert_revision"}
     if unknown or missing:
         problem = f"unknown keys {sorted(unknown)}" if unknown else f"missing keys {sorted(missing)}"
         raise InputError(f"{origin}: model pack has {problem}")
@@ -90,23 +91,45 @@ def pack_from_dict(data: dict, base: Path, origin: str) -> ModelPack:
         raise InputError(f"{origin}: model pack {err}") from None
 
 
+def builtin_pack_data(name: str) -> dict:
+    """The settings of a built-in pack (500, 300) as its YAML holds them (hub id, model name)."""
+    with resources.as_file(resources.files("vnp") / "packs" / BUILTIN[name]) as path:
+        return _read_yaml(path)
+
+
+def installed_pack(name: str, models_dir: str = "") -> Path | None:
+    """`<models_dir>/<name>/pack.yaml` (models_dir: the `models.dir` key, else $VNP_MODELS) if it exists."""
+    from vnp.models.sources import models_dir as env_models_dir
+
+    folder = models_dir or env_models_dir()
+    path = Path(folder).expanduser() / name / "pack.yaml" if folder else None
+    return path if path is not None and path.is_file() else None
+
+
 def load_pack(spec: str, classifier: str | None = None, tiny_dir: Path | None = None,
-              chunk_length: int = 0, require_classifier: bool = True) -> ModelPack:
+              chunk_length: int = 0, require_classifier: bool = True, models_dir: str = "") -> ModelPack:
     """Resolve a pack by built-in name, folder or YAML file; `classifier` overrides the pack's
-    (training needs only the two language models: `require_classifier=False`)."""
+    (training needs only the two language models: `require_classifier=False`). A built-in name is
+    first looked for as a fetched pack in `models_dir` (else $VNP_MODELS): `<dir>/500/pack.yaml`.
+    A fetched pack folder (one with SHA256SUMS) must be complete and unchanged."""
+    from vnp.models.verify import check_pack_folder
+
+    installed = installed_pack(spec, models_dir) if spec in BUILTIN else None
     if spec == "tiny":
         if tiny_dir is None:
             raise InputError("pack=tiny needs a folder to build the tiny models in")
         pack = build_tiny_pack(tiny_dir, chunk_length or 500)
-    elif spec in BUILTIN:
+    elif spec in BUILTIN and installed is None:
         with resources.as_file(resources.files("vnp") / "packs" / BUILTIN[spec]) as path:
             pack = pack_from_dict(_read_yaml(path), path.parent, f"pack {spec}")
     else:
-        path = Path(spec)
+        path = installed or Path(spec)
         yaml_path = path / "pack.yaml" if path.is_dir() else path
         if not yaml_path.exists():
             raise InputError(f"pack={spec}: not a built-in pack (500, 300, tiny), a pack folder or a YAML file")
-        pack = pack_from_dict(_read_yaml(yaml_path), yaml_path.parent, str(yaml_path))
+        data = _read_yaml(yaml_path)
+        check_pack_folder(yaml_path.parent, str(data.get("name", spec)))
+        pack = pack_from_dict(data, yaml_path.parent, str(yaml_path))
     if classifier:
         pack.classifier = str(Path(classifier).resolve())
     if not pack.classifier and require_classifier:
@@ -122,13 +145,13 @@ def model_digests(pack: ModelPack) -> dict[str, str]:
     from vnp.models.dnabert import model_files, resolve_model_folder
     from vnp.models.esm import resolve_checkpoint
 
-    folder = resolve_model_folder(pack.dnabert)
+    folder = resolve_model_folder(pack.dnabert, pack.dnabert_revision, pack.name)
     commit = hub_snapshot_commit(folder)
     if commit and not Path(pack.dnabert).expanduser().exists():  # a hub id, resolved to a snapshot
         dnabert = f"git:{commit}"
     else:
         dnabert = "sha256:" + folder_digest(folder, model_files(folder), "DNABERT model file")
-    esm = "sha256:" + file_digest(resolve_checkpoint(pack.esm), "ESM checkpoint")
+    esm = "sha256:" + file_digest(resolve_checkpoint(pack.esm, pack.name), "ESM checkpoint")
     return {"dnabert": dnabert, "esm": esm, "classifier": _classifier_digest(pack.classifier)}
 
 
@@ -146,7 +169,8 @@ def _classifier_digest(classifier: str | None) -> str | None:
 def fingerprint(pack: ModelPack, digests: dict[str, str]) -> str:
     """One digest naming the pack: its settings and its models' content digests (not their paths,
     so a pack folder can move without changing it)."""
-    settings = {k: v for k, v in asdict(pack).items() if k not in ("dnabert", "esm", "classifier")}
+    # The revision is left out too: the DNABERT digest names the commit the revision resolved to.
+    settings = {k: v for k, v in asdict(pack).items() if k not in ("dnabert", "esm", "classifier", "dnabert_revision")}
     return hashlib.sha256(json.dumps([settings, digests], sort_keys=True).encode()).hexdigest()
 
 

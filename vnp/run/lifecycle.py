@@ -48,7 +48,11 @@ def rank_command(args: argparse.Namespace, config_class: type, check_inputs: Cal
             raise InputError(problem)
         if not args.out:
             raise InputError(f"no output folder given ({out_usage})")
-        return inputs, load_config(args.config, overrides, cls=config_class)
+        config = load_config(args.config, overrides, cls=config_class)
+        from vnp.models.sources import configure  # this process's network policy for models
+
+        configure(config.offline, config.models.timeout_s)
+        return inputs, config
     except InputError as err:  # the same error on every rank: rank 0 says it
         raise InputError(str(err), reported=env.rank != 0) from None
 

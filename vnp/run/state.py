@@ -228,7 +228,7 @@ def prepare_run(rank: Rank, config: PredictConfig, inputs: list[str]) -> RunStat
 def _quick_checks(config: PredictConfig, inputs: list[str], folder: RunFolder):
     paths = check_inputs(inputs)
     pack = load_pack(config.pack, config.classifier or None, tiny_dir=folder.tiny_pack,
-                     chunk_length=config.chunk_length)
+                     chunk_length=config.chunk_length, models_dir=config.models.dir)
     from vnp.models.classifier import load_classifier
 
     classifier = load_classifier(pack.classifier, input_dim=pack.embedding_dim)  # refused before any work

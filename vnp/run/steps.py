@@ -62,9 +62,11 @@ class Models:
 
         models, error, budgets = None, None, None
         dtype = DTYPES[state.spec.precision]
+        _resolve_once_per_node(ctx, state)
         try:
-            dnabert = load_dnabert(state.spec.pack.dnabert, device=ctx.device, dtype=dtype)
-            esm = load_esm(state.spec.pack.esm, layer=state.spec.pack.esm_layer, device=ctx.device, dtype=dtype,
+            dnabert_folder, esm_path = _resolve(state)  # on disk now: no rank downloads again
+            dnabert = load_dnabert(str(dnabert_folder), device=ctx.device, dtype=dtype)
+            esm = load_esm(str(esm_path), layer=state.spec.pack.esm_layer, device=ctx.device, dtype=dtype,
                            attention=config.esm_attention)
             _check_dims(state, dnabert.dim, esm.dim)
             classifier = state.classifier.to(ctx.device) if ctx.is_main and state.classifier is not None else None
@@ -83,6 +85,32 @@ class Models:
         # every rank batches with the smallest card's budgets: a unit's embeddings do not depend on its rank
         models.budgets = {name: min(b[name] for _, b in answers) for name in ("dnabert", "esm")}
         return models
+
+
+def _resolve(state: RunState):
+    """The pack's DNABERT folder and ESM checkpoint on disk (hub ids and model names downloaded
+    into their caches when missing and the network is allowed)."""
+    from vnp.models.dnabert import resolve_model_folder
+    from vnp.models.esm import resolve_checkpoint
+
+    pack = state.spec.pack
+    return resolve_model_folder(pack.dnabert, pack.dnabert_revision, pack.name), resolve_checkpoint(pack.esm, pack.name)
+
+
+def _resolve_once_per_node(ctx: vdist.Context, state: RunState) -> None:
+    """One download per node: local rank 0 resolves the models first (downloading what its node's
+    cache lacks, with progress in its log), the other ranks wait for it at a collective, then find
+    them on disk. A failure is said once, by the first failing rank."""
+    error = None
+    if ctx.env.local_rank == 0:
+        try:
+            _resolve(state)
+        except InputError as err:
+            error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)
+    errors = vdist.all_gather_object(ctx, error)
+    if any(errors):
+        first = next(r for r, e in enumerate(errors) if e)
+        raise InputError(errors[first], reported=ctx.rank != first)
 
 
 def _check_dims(state: RunState, dnabert_dim: int, esm_dim: int) -> None:

@@ -61,6 +61,18 @@ class DistConfig:
 
 
 @dataclass
+class ModelsConfig:
+    timeout_s: float = _help("seconds a model server (the hub, a mirror) may stay silent before loading a model "
+                             "that is not on disk fails", 60.0)
+    dir: str = _help("a folder of fetched packs (`vnp models fetch`): pack=500 is taken from DIR/500/pack.yaml "
+                     "when it exists; empty = $VNP_MODELS", "")
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.timeout_s) or self.timeout_s <= 0:
+            raise ValueError(f"models.timeout_s must be a positive number of seconds, got {self.timeout_s}")
+
+
+@dataclass
 class EngineConfig:
     balance: bool = _help("deal work units to the ranks in estimated-cost order (a translate pre-pass) so each "
                           "step costs about the same on every rank; false: input order", True)
@@ -157,6 +169,9 @@ class ModelRunConfig:
     force: bool = _help("start afresh even if the output folder holds a run with other inputs, models or "
                         "settings", False)
     progress: bool = _help("show a progress bar on rank 0", True)
+    offline: bool = _help("never open a network connection for models (as HF_HUB_OFFLINE=1): a model not on "
+                          "disk is an error naming it", False)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -117,7 +117,7 @@ def check(config: TrainConfig, manifest: Path, folder: RunFolder):
     """Rank 0, in DIR locked: the manifest's entries and the model pack (quick)."""
     entries = read_manifest(manifest)
     pack = load_pack(config.pack, tiny_dir=folder.root / "tiny_pack", chunk_length=config.chunk_length,
-                     require_classifier=False)
+                     require_classifier=False, models_dir=config.models.dir)
     return entries, pack
 
 

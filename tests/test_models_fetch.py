@@ -278,7 +278,7 @@ def test_fetch_refuses_without_the_free_space(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)._replace(free=1000)
     monkeypatch.setattr(fetch_module.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(fetch_module.InputError, match="GB free, the pack needs"):
-        fetch_module._check_space(tmp_path, {"big.pt": 10 ** 9})
+        fetch_module._check_free_space(tmp_path, {"big.pt": 10 ** 9})
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from vnp.models.sources import network
 
 log = logging.getLogger("vnp")
 
-BLOCK = 1 << 20
+DOWNLOAD_BLOCK = 1 << 20
 RETRY_STATUS = (429, 500, 502, 503, 504)
 
 
@@ -110,7 +110,7 @@ def _receive(response, part: Path, have: int, total: int | None, label: str, pro
              f", resuming at {have}" if have else "")
     try:
         with open(part, "ab" if have else "wb") as fh:
-            while block := response.read(BLOCK):
+            while block := response.read(DOWNLOAD_BLOCK):
                 fh.write(block)
                 received += len(block)
                 bar.update(len(block))

@@ -28,6 +28,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from vnp.support.errors import InputError
+from vnp.support import atomic
 from vnp.models import sources
 from vnp.models.download import content_length, download_file, get_json
 from vnp.models.identity import file_digest
@@ -63,7 +64,7 @@ def fetch_pack(pack: dict, out: Path, options: FetchOptions) -> Path:
     esm_name = esm_url.rsplit("/", 1)[-1]
     pth_name = classifier_url.rsplit("/", 1)[-1]
     dnabert_files = _plan_dnabert(repo, commit, out, options)
-    _check_space(out, {**{f"{DNABERT_DIR}/{n}": s for n, s in dnabert_files.items()},
+    _check_free_space(out, {**{f"{DNABERT_DIR}/{n}": s for n, s in dnabert_files.items()},
                        esm_name: content_length(esm_url, options.timeout_s)})
     _fetch_dnabert(repo, commit, list(dnabert_files), out, options)
     entries = {f"{DNABERT_DIR}/{name}": {"url": f"{options.hf_endpoint}/{repo}/resolve/{commit}/{name}",
@@ -74,7 +75,7 @@ def fetch_pack(pack: dict, out: Path, options: FetchOptions) -> Path:
     _write_records(out, pack, entries)
     data = {**pack, "dnabert": DNABERT_DIR, "dnabert_revision": commit, "esm": esm_name,
             "classifier": CLASSIFIER_DIR}
-    _write_atomic(out / "pack.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
+    atomic.write_text(out / "pack.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
     return out / "pack.yaml"
 
 
@@ -93,7 +94,7 @@ def _plan_dnabert(repo: str, commit: str, out: Path, options: FetchOptions) -> d
     """name -> size of the DNABERT files to fetch: config, tokenizer, safetensors else the .bin."""
     from vnp.models.dnabert import CHECKPOINT_FILES, CONFIG_FILE, TOKENIZER_FILE
 
-    listed = {info.filename: info.file_size or 0 for info in _snapshot(repo, commit, out, options, dry_run=True)}
+    listed = {info.filename: info.file_size or 0 for info in _fetch_snapshot(repo, commit, out, options, dry_run=True)}
     checkpoint = next((name for name in CHECKPOINT_FILES if name in listed), None)
     missing = [name for name in (CONFIG_FILE, TOKENIZER_FILE) if name not in listed]
     if checkpoint is None or missing:
@@ -101,7 +102,7 @@ def _plan_dnabert(repo: str, commit: str, out: Path, options: FetchOptions) -> d
     return {name: listed[name] for name in (CONFIG_FILE, TOKENIZER_FILE, checkpoint)}
 
 
-def _snapshot(repo: str, commit: str, out: Path, options: FetchOptions, dry_run: bool = False,
+def _fetch_snapshot(repo: str, commit: str, out: Path, options: FetchOptions, dry_run: bool = False,
               files: list[str] | None = None):
     from huggingface_hub import snapshot_download
 
@@ -120,7 +121,7 @@ def _fetch_dnabert(repo: str, commit: str, files: list[str], out: Path, options:
         return  # finished by an earlier run
     for attempt in range(options.retries + 1):
         try:
-            _snapshot(repo, commit, out, options, files=files)
+            _fetch_snapshot(repo, commit, out, options, files=files)
             break
         except InputError as err:
             if attempt == options.retries:
@@ -169,7 +170,7 @@ def _fetch_classifier(url: str, out: Path, pth_name: str, options: FetchOptions)
     return entries
 
 
-def _check_space(out: Path, sizes: dict[str, int]) -> None:
+def _check_free_space(out: Path, sizes: dict[str, int]) -> None:
     """Refuse before downloading when the bytes still to come do not fit."""
     needed = sum(max(size - _present(out / name), 0) for name, size in sizes.items())
     free = shutil.disk_usage(out).free
@@ -195,13 +196,7 @@ def _write_records(out: Path, pack: dict, entries: dict[str, dict]) -> None:
     write_sums(out, {name: entry["sha256"] for name, entry in files.items()})
     record = {"pack": pack["name"], "vnp_version": __version__,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "files": files}
-    _write_atomic(out / SOURCES, json.dumps(record, indent=2) + "\n")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(out / SOURCES, json.dumps(record, indent=2) + "\n")
 
 
 def link_shared(source: Path, dest: Path) -> None:

@@ -55,7 +55,7 @@ def file_digest(path: str | os.PathLike, what: str = "model file") -> str:
         log.info("hashed %s (%.1f GB) in %.0f s; the digest is cached in %s", real, info.st_size / 1e9, took,
                  cache_dir())
     if cached:
-        _write_atomic(entry, json.dumps({"key": key, "sha256": digest}))
+        _cache_entry(entry, json.dumps({"key": key, "sha256": digest}))
     return digest
 
 
@@ -70,7 +70,7 @@ def _sha256(path: Path, what: str) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _cache_entry(path: Path, text: str) -> None:
     """Best effort: a cache that cannot be written only costs a second hashing later."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,14 +25,14 @@ DEFAULT_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
-class Network:
+class ModelNetwork:
     offline: bool = False
     """never open a connection: models come from disk or not at all"""
     timeout_s: float = DEFAULT_TIMEOUT_S
     """seconds a server may stay silent before a request fails"""
 
 
-_policy = Network()
+_policy = ModelNetwork()
 
 
 def env_offline() -> bool:
@@ -41,16 +41,16 @@ def env_offline() -> bool:
     return value.strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
-def configure(offline: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> Network:
+def configure(offline: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> ModelNetwork:
     """Set this process's policy (`offline` or HF_HUB_OFFLINE makes it offline)."""
     global _policy
-    _policy = Network(offline=offline or env_offline(), timeout_s=timeout_s)
+    _policy = ModelNetwork(offline=offline or env_offline(), timeout_s=timeout_s)
     return _policy
 
 
-def network() -> Network:
+def network() -> ModelNetwork:
     """This process's policy; HF_HUB_OFFLINE counts even before `configure` is called."""
-    return Network(True, _policy.timeout_s) if env_offline() else _policy
+    return ModelNetwork(True, _policy.timeout_s) if env_offline() else _policy
 
 
 def hf_endpoint() -> str:

@@ -203,7 +203,8 @@ def test_presets_change_exactly_the_documented_keys(preset):
     assert changed == PRESETS[preset]
     assert changed == readme_presets()[preset]
     # keys given beside a preset override it, in either order
-    for items in ([f"call.preset={preset}", "call.min_fraction=0.9"], ["call.min_fraction=0.9", f"call.preset={preset}"]):
+    for items in ([f"call.preset={preset}", "call.min_fraction=0.9"],
+                  ["call.min_fraction=0.9", f"call.preset={preset}"]):
         assert load_config(None, items).call.min_fraction == 0.9
 
 
@@ -296,3 +297,25 @@ def test_the_report_shows_the_calibration(fitted):
 
     write_report(run)
     assert "no reliability diagram" in (run / "report.html").read_text()
+
+
+def test_predict_takes_a_calibration(fitted, tmp_path):
+    """`vnp predict ... calibration=`: the columns and the record at the end of a real run; a bad
+    file is refused at the start, before anything is embedded or written."""
+    from tests.helpers import write_mixed_input
+
+    path, _, _ = fitted
+    fasta = write_mixed_input(tmp_path / "mixed.fa")
+    common = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=4", "dist.timeout_s=60"]
+    (tmp_path / "bad.json").write_text("{}")
+    bad = f"calibration={tmp_path / 'bad.json'}"
+    refusal(vnp("predict", str(fasta), "-o", str(tmp_path / "refused"), *common, bad), "not a vnp calibration file")
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "out"
+    proc = vnp("predict", str(fasta), "-o", str(out), *common, f"calibration={path}", "call.max_fdr=0.2")
+    assert proc.returncode == 0, proc.stderr
+    rows = contigs(out)
+    assert all(r["virus_probability"] == "NA" for r in rows if r["label"] in ("no_frames", "filtered"))
+    assert all(0 < float(r["virus_probability"]) < 1 for r in rows if r["label"] in ("virus", "others"))
+    assert all((r["fdr"] == "NA") == (r["label"] != "virus") for r in rows)
+    assert json.loads((out / "run.json").read_text())["calls"]["calibration"]["sha256"] == load_calibration(path).sha256

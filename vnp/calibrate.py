@@ -90,6 +90,8 @@ def labelled_items(run: Path, labels_path: Path) -> tuple[dict, tuple[np.ndarray
 
 def calibrate(pairs: list[tuple[Path, Path]], output: Path) -> dict:
     """Fit the calibration of the labelled runs and write it to `output`; returns it."""
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: its folder does not exist")
     entries, parts = [], []
     for run, labels_path in pairs:
         entry, items = labelled_items(run, labels_path)
@@ -100,8 +102,6 @@ def calibrate(pairs: list[tuple[Path, Path]], output: Path) -> dict:
             "chunk": vcal.fit_level("chunk", chunk_x, chunk_y.astype(np.int64)),
             "sequence": vcal.fit_level("sequence", record_x.reshape(-1, len(vcal.FEATURES)),
                                        record_y.astype(np.int64))}
-    if not output.parent.is_dir():
-        raise InputError(f"{output}: its folder does not exist")
     RunFolder.write_json(output, data)
     return data
 
@@ -121,8 +121,8 @@ def summary(data: dict, output: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     items = list(args.pairs)
     if len(items) % 2:
-        raise InputError(f"vnp calibrate: {len(items)} paths given; give each run with its labels: "
-                         "RUN LABELS.tsv [RUN LABELS.tsv ...]")
+        given = f"{len(items)} path{'s' if len(items) > 1 else ''} given"
+        raise InputError(f"vnp calibrate: {given}; give each run with its labels: RUN LABELS.tsv [RUN LABELS.tsv ...]")
     pairs = [(Path(items[i]), Path(items[i + 1])) for i in range(0, len(items), 2)]
     output = Path(args.output)
     data = calibrate(pairs, output)

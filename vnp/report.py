@@ -666,8 +666,8 @@ def render(report: Report) -> str:
     run = report.run
     title = f"vnp report: {report.out.resolve().name}"
     sections = [_section_run(report), _section_labels(report, plt), _section_scores(report, plt),
-                _section_calibration(report, plt), _section_top(report), _section_tracks(report, plt), _section_performance(report, plt),
-                _section_resume(report)]
+                _section_calibration(report, plt), _section_top(report), _section_tracks(report, plt),
+                _section_performance(report, plt), _section_resume(report)]
     data = json.dumps(report.data(), separators=(",", ":")).replace("</", "<\\/")
     subtitle = (f"vnp {esc(run.get('vnp', '?'))} · pack {esc(run.get('models', {}).get('name', '?'))} · "
                 f"{esc(run.get('world_size', '?'))} rank(s) on {esc(run.get('device', '?'))} · "

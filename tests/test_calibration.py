@@ -99,11 +99,21 @@ def fitted(tmp_path_factory):
 
 
 def test_the_chunk_map_recovers_the_true_probability(fitted):
-    path, data, _ = fitted
+    path, data, tmp = fitted
     calibration = load_calibration(path)
     share = data["chunk"]["virus_share"]
     grid = np.linspace(0.05, 0.95, 91)
     error = np.abs(calibration.chunk.probability(grid) - true_probability(grid, share))
+    assert error.max() <= MAX_ERROR and error.mean() <= MEAN_ERROR, (error.max(), error.mean())
+    # and as chunks.tsv gives it
+    train = tmp / "train"
+    call(train, [f"calibration={path}"])
+    header, *rows = (train / "chunks.tsv").read_text().splitlines()
+    columns = header.split("\t")
+    s, p = (np.array([float(row.split("\t")[columns.index(name)]) for row in rows])
+            for name in ("max_score2", "virus_probability"))
+    inside = (s >= 0.05) & (s <= 0.95)
+    error = np.abs(p - true_probability(s, share))[inside]
     assert error.max() <= MAX_ERROR and error.mean() <= MEAN_ERROR, (error.max(), error.mean())
 
 

@@ -21,11 +21,11 @@ import pytest
 from tests.helpers import child_env
 from vnp.call import call
 from vnp.calibrate import calibrate
-from vnp.config import PRESETS, PredictConfig, load_config, to_yaml
-from vnp.outputs import RESULT_FILES
-from vnp.plan import load_plan, pack_inputs
+from vnp.support.config import PRESETS, PredictConfig, load_config, to_yaml
+from vnp.results.tables import RESULT_FILES
+from vnp.run.plan import load_plan, pack_inputs
 from vnp.results.calibration import estimated_fdr, load_calibration, select_by_fdr
-from vnp.store import write_atomic
+from vnp.run.store import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 L = 30  # chunk length: short sequences, many chunks
@@ -303,7 +303,7 @@ def test_the_report_shows_the_calibration(fitted):
     path_copy.write_bytes(path.read_bytes())
     call(run, [f"calibration={path_copy}"])
     path_copy.unlink()
-    from vnp.report import write_report
+    from vnp.results.report.page import write_report
 
     write_report(run)
     assert "no reliability diagram" in (run / "report.html").read_text()

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from vnp import __version__
-from vnp import calls as vcalls
-from vnp.errors import InputError, exit_on_input_error
 from vnp.results import calibration as vcal
-from vnp.run_folder import RunFolder
+from vnp.results import calls as vcalls
+from vnp.run.folder import RunFolder
+from vnp.support.errors import InputError, exit_on_input_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,7 @@ def labelled_items(run: Path, labels_path: Path) -> tuple[dict, tuple[np.ndarray
     of the labelled items with scores."""
     from vnp.call import finished_run
     from vnp.evaluate import read_labels
-    from vnp.plan import file_sha256, iter_ids
+    from vnp.run.plan import file_sha256, iter_ids
 
     folder = RunFolder(run)
     if not folder.run_record_path.is_file():

@@ -1,1 +1,1 @@
-"""What vnp derives from committed scores: calls, regions, tables, calibration, plots, the report."""
+"""The results of a run: calls, regions, the tables, calibration, the report (no model is loaded here)."""

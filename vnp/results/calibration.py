@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vnp import calls as vcalls
-from vnp.errors import InputError
-from vnp.plan import ChunkPlan
+from vnp.results import calls as vcalls
+from vnp.support.errors import InputError
+from vnp.run.plan import ChunkPlan
 
 FORMAT = "vnp-calibration/1"
 FEATURES = ("logit_mean_virus", "logit_max_virus", "fraction_viral", "log_chunks", "logit_mean_x_log_chunks")
@@ -222,7 +222,7 @@ def _level_map(path: Path, data: dict, level: str) -> LevelMap:
 
 def load_calibration(path: str | Path) -> Calibration:
     """A calibration.json written by `vnp calibrate`, checked; InputError names the file."""
-    from vnp.paths import regular_file
+    from vnp.support.paths import regular_file
 
     path = regular_file(path, "calibration file")
     if path.stat().st_size > MAX_FILE_BYTES:

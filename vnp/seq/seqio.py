@@ -1,7 +1,7 @@
 """Reading FASTA and FASTQ, plain or compressed, one record at a time.
 
 Every record is validated as it streams past, so bad input fails with one line that names the
-file, the record and the line (see `vnp.errors.InputError`). The record ID is the header up to
+file, the record and the line (see `vnp.support.errors.InputError`). The record ID is the header up to
 the first whitespace, like Biopython's `record.id`.
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-from vnp.errors import InputError, where
-from vnp.paths import kind_of
+from vnp.support.errors import InputError, where
+from vnp.support.paths import kind_of
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Magic bytes of the compressed formats we read.
@@ -161,7 +161,7 @@ class RecordStart:
 def iter_pieces(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
     """Stream a FASTA or FASTQ file (format detected from its first letter) as a RecordStart per
     record followed by its validated letters in pieces of at most a few MiB: a record of any
-    length is never held whole (`vnp.plan` packs them this way). `nucleotides=False` (protein
+    length is never held whole (`vnp.run.plan` packs them this way). `nucleotides=False` (protein
     input of `vnp embed esm`) accepts any ASCII letters; the caller checks them against its
     alphabet."""
     path = Path(path)

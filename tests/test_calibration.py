@@ -10,7 +10,6 @@ The folders are built through vnp's own packer and score store, as `vnp predict`
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -27,7 +27,8 @@ L = 500
 UNIT_CHUNKS = 65536
 
 
-def fake_run(out: Path, n: int, seed: int = 0) -> None:
+def fake_run(out: Path, n: int, seed: int = 0) -> np.ndarray:
+    """The finished run; returns each sequence's kind (0-9 viral, 10-17 host, 18-19 chimeric)."""
     rng = np.random.default_rng(seed)
     work = out / "work"
     (work / "parts").mkdir(parents=True)
@@ -60,6 +61,7 @@ def fake_run(out: Path, n: int, seed: int = 0) -> None:
                                                   "filters": {"min_length": 0, "max_n_fraction": 1.0}}))
     (out / "config.yaml").write_text(to_yaml(PredictConfig()))
     (out / "run.json").write_text(json.dumps({"counts": {}}))
+    return kind
 
 
 # `vnp call` in a fresh process that reports its peak RSS (VmHWM: ru_maxrss would include the

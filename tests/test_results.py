@@ -287,8 +287,8 @@ def test_vnp_call_reproduces_predict_then_a_stricter_cutoff_gives_a_subset(tmp_p
     ("regions.switch_penalty=-1", "regions.switch_penalty must be"),
     ("regions.min_length=abc", "regions.min_length"),
     ("call.nope=1", "call.nope"),
-    ("filter.min_length=10", "only call.*, regions.* and tables.* keys"),
-    ("chunk_length=300", "only call.*, regions.* and tables.* keys"),
+    ("filter.min_length=10", "only call.*, regions.*, tables.* and calibration keys"),
+    ("chunk_length=300", "only call.*, regions.*, tables.* and calibration keys"),
 ])
 def test_bad_call_settings_are_one_line(tmp_path, run, capsys, override, message):
     out, _ = run

@@ -5,8 +5,10 @@
 
 Reads the committed scores in OUT/work/parts, the packed sequences and the run record; loads no
 model (torch is not even imported): about 13 s of CPU for 1,000,000 sequences. Only `call.*`,
-`regions.*` and `tables.*` keys may change (the filters and everything else decide what was
-embedded: change them with `vnp predict`). Every file but prediction_results.txt is rewritten
+`regions.*`, `tables.*` and `calibration` keys may change (the filters and everything else decide
+what was embedded: change them with `vnp predict`). Each call starts from the settings of the last
+one (OUT/config.yaml); `call.preset=default` returns every call.* and regions.* key to its default
+in one step (`relaxed` and `conservative` likewise set all of them). Every file but prediction_results.txt is rewritten
 (each to a temporary name, renamed once all are complete); config.yaml and run.json (its "calls"
 and "counts") record the settings used. An unfinished run is refused.
 """
@@ -28,12 +30,18 @@ from vnp.support.atomic import AtomicFiles
 CHANGEABLE = ("call.", "regions.", "tables.")
 
 
+def changeable(key: str) -> bool:
+    """Keys `vnp call` may change: they decide the calls, not what was embedded."""
+    return key.startswith(CHANGEABLE) or key == "calibration"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="the output folder of a finished `vnp predict` run")
-    parser.add_argument("items", nargs="*", metavar="key=value", help="new call.*, regions.* or tables.* settings")
+    parser.add_argument("items", nargs="*", metavar="key=value",
+                        help="new call.*, regions.*, tables.* or calibration settings")
     lines = ["keys (the run's values, from OUT/config.yaml, are the defaults):"]
     for key, default, text in iter_help(PredictConfig):
-        if key.startswith(CHANGEABLE):
+        if changeable(key):
             lines.append(f"  {key} (built-in default: {str(default).lower() if isinstance(default, bool) else default})"
                          f"\n      {text}")
     parser.epilog = "\n".join(lines)
@@ -43,12 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_overrides(items: list[str]) -> None:
     for item in items:
         key = item.split("=", 1)[0]
-        if "=" not in item or not key.startswith(CHANGEABLE):
-            raise InputError(f"vnp call: {item!r}: only call.*, regions.* and tables.* keys can change after a run "
-                             "(give them as key=value; other keys need vnp predict)")
+        if "=" not in item or not changeable(key):
+            raise InputError(f"vnp call: {item!r}: only call.*, regions.*, tables.* and calibration keys can change "
+                             "after a run (give them as key=value; other keys need vnp predict)")
 
 
-def _finished_run(folder: RunFolder):
+def finished_run(folder: RunFolder):
     """The run record, plan and committed scores of a finished run in OUT, every file checked
     before anything is written."""
     from vnp.results.tables import input_names
@@ -107,7 +115,7 @@ def call(out: Path, overrides: list[str]) -> dict:
         raise InputError(f"{out}: not a vnp output folder (no work/record.json); run vnp predict first")
     with folder:
         folder.lock(busy="a vnp run is using this output folder")  # no call while a run is using OUT
-        run_record, plan, store = _finished_run(folder)
+        run_record, plan, store = finished_run(folder)
         run = _read_object(folder, folder.run_json)
         config = load_config(str(folder.config_yaml), overrides)
         keys, scores = store.sorted_scores()

@@ -9,6 +9,7 @@
     vnp report OUT                                 OUT/report.html: plots and tables of a finished run
     vnp train MANIFEST.tsv -o DIR [key=value ...]   train a classifier head, under any launcher
     vnp evaluate OUT LABELS.tsv                    metrics of a prediction run against true labels
+    vnp calibrate OUT LABELS.tsv [...] -o C.json   probabilities and FDR from labelled runs (then calibration=C.json)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SUBCOMMANDS = {
     "report": ("vnp.report", "write OUT/report.html: plots and tables of a finished run (predict writes it too)"),
     "train": ("vnp.train", "train a VirNucPro classifier head with DDP (features by the same engine)"),
     "evaluate": ("vnp.evaluate", "metrics of a finished prediction run against true labels"),
+    "calibrate": ("vnp.calibrate", "fit P(virus) per chunk and sequence from labelled runs (for calibration=)"),
 }
 
 

@@ -1,1 +1,1 @@
-"""The results of a run: calls, regions, the tables, the report (no model is loaded here)."""
+"""The results of a run: calls, regions, the tables, calibration, the report (no model is loaded here)."""

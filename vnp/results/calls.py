@@ -5,7 +5,8 @@
   (default 0: the original's rule alone).
 * Its *margin* is max_virus - max(max_other, call.min_score): >= 0 exactly when the chunk is viral,
   and the further from 0 the clearer the call.
-* A sequence is `virus` when at least `call.min_fraction` of its chunks with frames are viral,
+* A sequence is `virus` when at least `call.min_fraction` of its chunks with frames are viral
+  (with a calibration and `call.max_fdr`: when it is in the called set of vnp.results.calibration),
   else `others`; `no_frames` when no chunk has a frame; `filtered` when an input filter left it out.
 * Confidence of a virus/others call: the *supporting chunks* are those that agree with it (viral
   chunks for `virus`, the other chunks with frames for `others`) and the *margin* is the mean
@@ -91,7 +92,10 @@ class SequenceCalls:
 
 
 def sequence_calls(plan: ChunkPlan, chunks: ChunkScores, viral: np.ndarray, margins: np.ndarray,
-                   min_fraction: float, high_margin: float, high_chunks: int, medium_margin: float) -> SequenceCalls:
+                   min_fraction: float, high_margin: float, high_chunks: int, medium_margin: float,
+                   called: np.ndarray | None = None) -> SequenceCalls:
+    """The calls of every record; `called` (per record, from `call.max_fdr`) replaces the
+    `min_fraction` rule when given."""
     n_records = plan.n_records
     counts = np.diff(plan.first_chunk)
     record = np.repeat(np.arange(n_records), counts)
@@ -106,9 +110,9 @@ def sequence_calls(plan: ChunkPlan, chunks: ChunkScores, viral: np.ndarray, marg
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = np.where(with_frames > 0, viral_chunks / np.maximum(with_frames, 1), np.nan)
         mean_virus = np.where(with_frames > 0, per_record(virus_scores, has) / np.maximum(with_frames, 1), np.nan)
-    max_virus = _record_max(virus_scores, has, plan.first_chunk)
+    max_virus = record_max(virus_scores, has, plan.first_chunk)
 
-    label = np.where(fraction >= min_fraction, VIRUS, OTHERS).astype(np.int8)
+    label = np.where(fraction >= min_fraction if called is None else called, VIRUS, OTHERS).astype(np.int8)
     label[with_frames == 0] = NO_FRAMES
     if plan.filtered is not None:
         label[plan.filtered != 0] = FILTERED
@@ -125,7 +129,7 @@ def sequence_calls(plan: ChunkPlan, chunks: ChunkScores, viral: np.ndarray, marg
                          label, support, margin, confidence)
 
 
-def _record_max(values: np.ndarray, mask: np.ndarray, first_chunk: np.ndarray) -> np.ndarray:
+def record_max(values: np.ndarray, mask: np.ndarray, first_chunk: np.ndarray) -> np.ndarray:
     """Per record, the max of `values` over its chunks where `mask` (NaN when none)."""
     masked = np.where(mask, values, -np.inf)
     out = np.full(len(first_chunk) - 1, -np.inf)

@@ -5,7 +5,9 @@
 * `prediction_results_highestscore.csv`: the original's per-chunk call (tab-separated despite its
   name): `True` when the chunk's highest virus score >= its highest non-virus score
   (`tables.highestscore_scores=true` adds the two maxima as max_score_0 and max_score_1).
-* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, with the calls of `vnp.results.calls`.
+* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, with the calls of `vnp.results.calls`;
+  with `calibration=` also `virus_probability` (both) and `fdr` (contigs.tsv), from
+  `vnp.results.calibration`. Without one these columns are absent.
 * `regions.tsv`, `regions.bed`, `regions.gff3`: viral regions (`vnp.results.regions`).
 * `viral_sequences.fna`, `viral_regions.fna`: letters of viral sequences and partial regions,
   read from the packed sequences in OUT/work.
@@ -29,6 +31,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from vnp.results import calibration as vcal
 from vnp.results import calls as vcalls
 from vnp.seq.chunking import chunk_id
 from vnp.seq.filters import reason
@@ -48,6 +51,7 @@ CONTIG_COLUMNS = ("sequence_id", "input", "length", "chunks", "viral_chunks", "c
                   "supporting_chunks", "margin", "regions")
 REGION_COLUMNS = ("sequence_id", "region_id", "start", "end", "length", "chunks", "mean_virus_score",
                   "max_virus_score", "kind")
+CALIBRATED_COLUMNS = ("virus_probability", "fdr")  # appended to contigs.tsv with a calibration
 SUMMARY_COLUMNS = ("input", "sequences", "bp", "viral_sequences", "viral_bp", "regions", "no_frames", "filtered",
                    "region_bp")
 
@@ -66,9 +70,12 @@ class TableCounts:
 
 
 def settings_record(config, written_by: str) -> dict:
-    """The settings behind the calls, for run.json's "calls" (filter: what was embedded)."""
-    return {**{name: asdict(getattr(config, name)) for name in ("call", "regions", "tables", "filter")},
-            "written_by": written_by}
+    """The settings behind the calls, for run.json's "calls" (filter: what was embedded; calibration:
+    the file behind the probabilities, with its checksum)."""
+    record = {name: asdict(getattr(config, name)) for name in ("call", "regions", "tables", "filter")}
+    if config.calibration:
+        record["calibration"] = vcal.file_record(vcal.load_calibration(config.calibration))
+    return {**record, "written_by": written_by}
 
 
 def input_names(inputs: list[dict]) -> list[str]:
@@ -130,6 +137,9 @@ class Results:
     region_mean: np.ndarray
     region_max: np.ndarray
     regions_per_record: np.ndarray
+    chunk_probability: np.ndarray | None = None  # with a calibration: P(virus) per chunk (NaN without frames)
+    probability: np.ndarray | None = None  # ... per record (NaN without a scored chunk)
+    fdr: np.ndarray | None = None  # ... estimated FDR per record called virus (NaN otherwise)
 
 
 def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
@@ -144,8 +154,14 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
     call = config.call
     margins = vcalls.chunk_margins(chunks, call.min_score)
     viral = vcalls.chunk_viral(margins)
+    chunk_p = record_p = called = fdr = None
+    if config.calibration:
+        chunk_p, record_p = vcal.probabilities(vcal.load_calibration(config.calibration), plan, chunks, call.prior)
+        called = vcal.select_by_fdr(record_p, call.max_fdr) if call.max_fdr else None
     calls = vcalls.sequence_calls(plan, chunks, viral, margins, call.min_fraction, call.high_margin,
-                                  call.high_chunks, call.medium_margin)
+                                  call.high_chunks, call.medium_margin, called)
+    if record_p is not None:
+        fdr = vcal.estimated_fdr(record_p, calls.label == vcalls.VIRUS)
     starts, ends = plan.chunk_bounds()
     lo, hi = territories(starts, ends, plan.first_chunk, plan.lengths)
     decided = (calls.label == vcalls.VIRUS) | (calls.label == vcalls.OTHERS)
@@ -161,7 +177,8 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
     numbers = np.arange(plan.n_chunks) - plan.first_chunk[record_of_chunk] + 1
     input_of = np.repeat(np.arange(len(plan.records_per_input)), plan.records_per_input)
     return Results(np.array(ids, dtype=object), inputs, input_of, record_of_chunk, numbers, chunks, viral, starts,
-                   ends, calls, regions, whole, mean, top, np.bincount(regions.record, minlength=plan.n_records))
+                   ends, calls, regions, whole, mean, top, np.bincount(regions.record, minlength=plan.n_records),
+                   chunk_p, record_p, fdr)
 
 
 def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
@@ -239,21 +256,27 @@ def _highestscore(fh, results: Results, with_scores: bool) -> None:
 
 
 def _chunks(fh, results: Results) -> None:
-    chunks = results.chunks
-    fh.write("chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel\n")
+    chunks, probability = results.chunks, results.chunk_probability
+    extra = "" if probability is None else "\tvirus_probability"
+    fh.write(f"chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel{extra}\n")
     labels = np.array(["others", "virus", "no_frames"])
     for rows in _row_blocks(len(chunks.frames)):
         label = labels[np.where(chunks.has_frames[rows], results.viral[rows], 2)].tolist()
         seq_ids = [results.ids[r] for r in results.chunk_record[rows].tolist()]
-        fh.writelines(f"{c}\t{r}\t{start}\t{end}\t{n}\t{a}\t{b}\t{lab}\n" for c, r, start, end, n, a, b, lab in zip(
+        lines = (f"{c}\t{r}\t{start}\t{end}\t{n}\t{a}\t{b}\t{lab}" for c, r, start, end, n, a, b, lab in zip(
             _chunk_ids(results, np.arange(rows.start, rows.stop)), seq_ids, (results.starts[rows] + 1).tolist(),
             results.ends[rows].tolist(), chunks.frames[rows].tolist(), _fixed_column(chunks.max_other[rows]),
             _fixed_column(chunks.max_virus[rows]), label))
+        if probability is None:
+            fh.writelines(line + "\n" for line in lines)
+        else:
+            fh.writelines(f"{line}\t{p}\n" for line, p in zip(lines, _fixed_column(probability[rows])))
 
 
 def _contigs(fh, results: Results, plan: ChunkPlan, filters) -> None:
     calls = results.calls
-    fh.write("\t".join(CONTIG_COLUMNS) + "\n")
+    calibrated = results.probability is not None
+    fh.write("\t".join(CONTIG_COLUMNS + (CALIBRATED_COLUMNS if calibrated else ())) + "\n")
     filter_settings = asdict(filters)
     reasons = {r: reason(int(plan.filtered[r]), int(plan.lengths[r]), int(plan.n_bases[r]), filter_settings)
                for r in np.flatnonzero(calls.label == vcalls.FILTERED).tolist()}
@@ -262,13 +285,15 @@ def _contigs(fh, results: Results, plan: ChunkPlan, filters) -> None:
         support = np.where(decided, calls.support[rows].astype(str), "NA").tolist()
         why = [reasons.get(r, "") for r in range(rows.start, rows.stop)]
         inputs = [results.inputs[i] for i in results.input_of[rows].tolist()]
-        fh.writelines("\t".join(map(str, row)) + "\n" for row in zip(
-            results.ids[rows], inputs, plan.lengths[rows].tolist(), calls.chunks[rows].tolist(),
-            calls.viral_chunks[rows].tolist(), (calls.chunks - calls.with_frames)[rows].tolist(),
-            _fixed_column(calls.fraction[rows]), _fixed_column(calls.max_virus[rows]),
-            _fixed_column(calls.mean_virus[rows]), vcalls.LABELS[calls.label[rows]].tolist(),
-            vcalls.CONFIDENCE[calls.confidence[rows]].tolist(), why, support, _fixed_column(calls.margin[rows]),
-            results.regions_per_record[rows].tolist()))
+        columns = [results.ids[rows], inputs, plan.lengths[rows].tolist(), calls.chunks[rows].tolist(),
+                   calls.viral_chunks[rows].tolist(), (calls.chunks - calls.with_frames)[rows].tolist(),
+                   _fixed_column(calls.fraction[rows]), _fixed_column(calls.max_virus[rows]),
+                   _fixed_column(calls.mean_virus[rows]), vcalls.LABELS[calls.label[rows]].tolist(),
+                   vcalls.CONFIDENCE[calls.confidence[rows]].tolist(), why, support,
+                   _fixed_column(calls.margin[rows]), results.regions_per_record[rows].tolist()]
+        if calibrated:
+            columns += [_fixed_column(results.probability[rows]), _fixed_column(results.fdr[rows])]
+        fh.writelines("\t".join(map(str, row)) + "\n" for row in zip(*columns))
 
 
 @dataclass

@@ -10,8 +10,8 @@ import dataclasses
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -114,6 +114,15 @@ class CallConfig:
                                0.5)
     high_chunks: int = _help("confidence high: at least this many chunks support the call", 2)
     medium_margin: float = _help("confidence medium: mean margin of the supporting chunks >= this", 0.2)
+    max_fdr: float = _help("with a calibration: call virus the largest set of sequences (by virus probability) whose "
+                           "estimated false discovery rate is <= this, instead of the call.min_fraction rule (0: off)",
+                           0.0)
+    prior: float = _help("with a calibration: the expected share of viral sequences (and chunks) in this sample; "
+                         "probabilities are shifted from the calibration set's share by the odds ratio (0: keep the "
+                         "calibration set's share)", 0.0)
+    preset: str = _help("relaxed, default or conservative: sets every call.* and regions.* key to the preset's "
+                        "values (README table); keys given with it override the preset. In vnp call, "
+                        "call.preset=default returns every call.*/regions.* key to its default", "default")
 
     def __post_init__(self) -> None:
         for name in ("min_score", "high_margin", "medium_margin"):
@@ -126,6 +135,12 @@ class CallConfig:
         if self.medium_margin > self.high_margin:
             raise ValueError(f"call.medium_margin ({self.medium_margin}) must not exceed call.high_margin "
                              f"({self.high_margin})")
+        if not 0.0 <= self.max_fdr < 1.0:
+            raise ValueError(f"call.max_fdr must be >= 0 and below 1 (0: off), got {self.max_fdr}")
+        if not 0.0 <= self.prior < 1.0:
+            raise ValueError(f"call.prior must be >= 0 and below 1 (0: off), got {self.prior}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"call.preset must be relaxed, default or conservative, got {self.preset!r}")
 
 
 @dataclass
@@ -200,6 +215,30 @@ class PredictConfig(ModelRunConfig):
     call: CallConfig = field(default_factory=CallConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
+    calibration: Optional[str] = _help("a calibration.json written by vnp calibrate: adds virus_probability to "
+                                       "chunks.tsv and contigs.tsv and fdr to contigs.tsv; empty (calibration=): "
+                                       "none", None)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.call.max_fdr or self.call.prior) and not self.calibration:
+            key = "call.max_fdr" if self.call.max_fdr else "call.prior"
+            raise ValueError(f"{key} needs calibration=calibration.json (from vnp calibrate): without one vnp has "
+                             "no probabilities")
+        if self.calibration:
+            from vnp.results.calibration import load_calibration
+
+            load_calibration(self.calibration)  # a bad file fails here, naming itself, before any work
+
+
+# call.preset: the call.* and regions.* values each preset sets (every other call.* and regions.*
+# key goes to its default). `default` is the original's rule: the tables of today.
+PRESETS = {
+    "relaxed": {"call.min_fraction": 0.3, "regions.switch_penalty": 2.0, "regions.merge_gap": 1000},
+    "default": {},
+    "conservative": {"call.min_score": 0.9, "call.min_fraction": 0.7, "call.high_chunks": 3,
+                     "regions.switch_penalty": 6.0, "regions.min_length": 1000},
+}
 
 
 # A config may be written on one machine and read on another (`vnp call`, `vnp report`), so it
@@ -272,9 +311,12 @@ def load_config(yaml_path: str | None, overrides: list[str], cls: type = Predict
     `cls` is the command's config class (PredictConfig, or TrainConfig for `vnp train`)."""
     try:
         merged = OmegaConf.structured(cls)
-        if yaml_path:
-            merged = OmegaConf.merge(merged, OmegaConf.create(read_yaml_mapping(yaml_path, "config file")))
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+        with_calls = "call" in {f.name for f in dataclasses.fields(cls)}
+        layers = [OmegaConf.create(read_yaml_mapping(yaml_path, "config file"))] if yaml_path else []
+        layers.append(OmegaConf.from_dotlist(overrides))
+        for layer in layers:  # a preset goes under the keys given beside it, so they override it
+            preset = OmegaConf.select(layer, "call.preset", default=None) if with_calls else None
+            merged = OmegaConf.merge(merged, preset_values(preset), layer) if preset else OmegaConf.merge(merged, layer)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
@@ -282,6 +324,18 @@ def load_config(yaml_path: str | None, overrides: list[str], cls: type = Predict
         raise InputError(f"config: {'key ' + repr(key) + ': ' if key else ''}{reason}") from None
     except ValueError as err:
         raise InputError(f"config: {err}") from None
+
+
+def preset_values(name: str):
+    """Every call.* and regions.* key as call.preset=`name` sets it: the preset's values, the
+    defaults elsewhere (so a preset also undoes earlier settings)."""
+    if name not in PRESETS:
+        raise ValueError(f"call.preset must be relaxed, default or conservative, got {name!r}")
+    values = {"call": {**asdict(CallConfig()), "preset": name}, "regions": asdict(RegionsConfig())}
+    for key, value in PRESETS[name].items():
+        section, field_name = key.split(".")
+        values[section][field_name] = value
+    return OmegaConf.create(values)
 
 
 def to_yaml(config) -> str:

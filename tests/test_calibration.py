@@ -65,7 +65,7 @@ def synthetic_run(out: Path, n: int, share: float, seed: int, max_chunks: int = 
         "inputs": [{"path": str(fasta)}], "chunk_length": L, "unit_chunks": plan.n_chunks,
         "filters": {"min_length": 0, "max_n_fraction": 1.0}}))
     (out / "config.yaml").write_text(to_yaml(PredictConfig()))
-    (out / "run.json").write_text(json.dumps({"counts": {}}))
+    (out / "run.json").write_text(json.dumps({"vnp": "0.1.0", "counts": {}}))
     (out / "labels.tsv").write_text("id\tlabel\n" + "".join(f"s{i}\t{'virus' if v else 'others'}\n"
                                                              for i, v in enumerate(virus.tolist())))
     return virus

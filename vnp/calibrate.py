@@ -36,26 +36,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the calibration file to write (use it with calibration=...)")
 
 
-def truth(labels: dict[str, str], ids: list[str], plan, labels_path: Path, run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """True class per record and per chunk (1 virus, 0 others, -1 unlabelled); a chunk without a
-    label of its own takes its sequence's."""
+def truth(labels, ids: list[str], plan, labels_path: Path, run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """True class per record and per chunk (1 virus, 0 others, -1 unlabelled) from `vnp evaluate`'s
+    labels (`evaluate.Labels`: by level, or `either` where the file gives none); a chunk without a
+    label of its own takes its sequence's. An ID without a level that names both a sequence and a
+    chunk of the run is refused, as `vnp evaluate` refuses it."""
     index = {name: r for r, name in enumerate(ids)}
     per_record = np.full(plan.n_records, -1, dtype=np.int8)
     per_chunk = np.full(plan.n_chunks, -1, dtype=np.int8)
     unknown = []
-    for name, label in labels.items():
-        value = int(label == "virus")
-        record = index.get(name)
-        if record is not None:
-            per_record[record] = value
-            continue
+
+    def chunk_of(name: str) -> int | None:
         head, sep, number = name.rpartition("_chunk_")  # a chunk ID: <sequence>_chunk_<k>
         record = index.get(head) if sep and number.isdigit() else None
-        first = None if record is None else int(plan.first_chunk[record])
-        if record is None or not 1 <= int(number) <= int(plan.first_chunk[record + 1]) - first:
+        if record is None:
+            return None
+        first = int(plan.first_chunk[record])
+        return first + int(number) - 1 if 1 <= int(number) <= int(plan.first_chunk[record + 1]) - first else None
+
+    entries = [(n, v, "sequence") for n, v in labels.sequence.items()] + \
+              [(n, v, "chunk") for n, v in labels.chunk.items()] + [(n, v, None) for n, v in labels.either.items()]
+    for name, label, level in entries:
+        value = int(label == "virus")
+        record = index.get(name) if level != "chunk" else None
+        chunk = chunk_of(name) if level != "sequence" else None
+        if record is not None and chunk is not None:
+            raise InputError(f"{labels_path}: line {labels.line[(name, level)]}: {name!r} names both a sequence and a "
+                             "chunk of the run: add a third column, sequence or chunk")
+        if record is not None:
+            per_record[record] = value
+        elif chunk is not None:
+            per_chunk[chunk] = value
+        else:
             unknown.append(name)
-            continue
-        per_chunk[first + int(number) - 1] = value
     if unknown:
         raise InputError(f"{labels_path}: {len(unknown)} IDs are neither sequences nor chunks of {run} "
                          f"(first: {unknown[0]!r})")

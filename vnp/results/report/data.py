@@ -331,6 +331,7 @@ class Report:
     changed: list[tuple[str, str, str]] | None
     rules: CallRules
     unfinished: str | None = None  # OUT's progress belongs to a later run, not yet finished
+    contigs_path: Path | None = None  # contigs.tsv as written (a pending file while `vnp call` replaces it)
 
     def summary_shown(self) -> list[dict[str, str]] | None:
         """summary.tsv's rows: the first TABLE_ROWS inputs and the total row."""
@@ -441,7 +442,8 @@ def load(out: Path, top: int = TOP_N, files=None) -> Report:
     summary = read_summary(present["summary.tsv"]) if present["summary.tsv"] else None
     config_yaml = at(folder.config_yaml)
     changed = settings_changed(config_yaml) if config_yaml.is_file() else None
-    return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run), later_run(folder, run))
+    return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run), later_run(folder, run),
+                  present["contigs.tsv"])
 
 
 def later_run(folder: RunFolder, run: dict) -> str | None:

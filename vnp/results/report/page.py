@@ -281,8 +281,8 @@ def _section_calibration(report: Report) -> str:
     from vnp.run.plan import file_sha256
 
     record = report.run.get("calls", {}).get("calibration")
-    contigs = report.out / "contigs.tsv"
-    if not isinstance(record, dict) or not contigs.is_file():
+    contigs = report.contigs_path
+    if not isinstance(record, dict) or contigs is None:
         return ""
     parts = ["<section><h2>Calibration</h2>", table(["item", "value"], [
         ["calibration file", record.get("path", "?")], ["sha256", record.get("sha256", "?")]], "calibration",

@@ -8,6 +8,7 @@
     vnp report OUT                                 OUT/report.html: plots and tables of a finished run
     vnp train MANIFEST.tsv -o DIR [key=value ...]   train a classifier head, under any launcher
     vnp evaluate OUT LABELS.tsv                    metrics of a prediction run against true labels
+    vnp --version                                  prints `vnp X.Y.Z`
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 import sys
 from typing import Callable
 from types import ModuleType
+
+from vnp import __version__
 
 # subcommand -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help).
 # Only the module of the subcommand that runs is imported: `vnp --help` and `vnp translate` stay
@@ -38,6 +41,7 @@ def create_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `vnp` parser; only `command`'s module is imported, to add that subcommand's arguments."""
     parser = argparse.ArgumentParser(prog="vnp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vnp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_line) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_line, formatter_class=argparse.RawDescriptionHelpFormatter)

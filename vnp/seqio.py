@@ -249,7 +249,9 @@ def _alignment_pieces(path: Path, kind: str, nucleotides: bool) -> Iterator[Reco
                 yield letters
     except (OSError, ValueError, StopIteration) as err:
         after = f" after {count} reads" if count else ""
-        raise InputError(f"{path}: truncated or corrupt {kind} data{after} ({err})") from None
+        # htslib reports a stream cut inside a block as errno 0 ("Closing failed: Success"): no detail
+        detail = "" if isinstance(err, OSError) and not err.errno and err.errno is not None else f" ({err})"
+        raise InputError(f"{path}: truncated or corrupt {kind} data{after}{detail}") from None
 
 
 def _read_id(path: Path, read, number: int) -> str:

@@ -12,13 +12,18 @@ IMAGE=${IMAGE:-localhost/vnp:$VERSION-cpu}
 RUN_DIR=${RUN_DIR:-$ROOT_DIR/build/wdl-run}
 
 # podman here: runc (crun cannot set up this kernel's cgroups), the host network (no bridge or
-# slirp inside a container host), cgroupfs and file events (no systemd), the host's own ulimits.
+# slirp inside a container host), cgroupfs and file events (no systemd), and explicit ulimits: a
+# container host without CAP_SYS_RESOURCE cannot raise a limit, and podman's defaults for root
+# (1048576 open files, more processes than runc may set) fail with "error setting rlimit".
+nofile=$(ulimit -Hn)
+nproc=$(ulimit -Hu)
+[ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
 conf=$ROOT_DIR/build/containers.conf
 mkdir -p "$ROOT_DIR/build"
 cat > "$conf" <<CONF
 [containers]
 netns = "host"
-default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)"]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 
 [engine]
 runtime = "runc"
@@ -32,9 +37,10 @@ podman run --rm "$IMAGE" vnp --version
 
 rm -rf "$RUN_DIR"
 export MINIWDL__PODMAN__EXE="[\"$ROOT_DIR/launch/wdl/podman-local\"]"
-"$(dirname "$PY")/miniwdl" run launch/wdl/vnp.wdl --cfg launch/wdl/miniwdl.cfg --dir "$RUN_DIR" \
+"$(dirname "$PY")/miniwdl" run launch/wdl/vnp.wdl \
     in_fasta=vnp/data/example.fa virnucpro.pack=tiny virnucpro.cpu=1 virnucpro.machine_mem_gb=2 \
-    virnucpro.use_gpu=false virnucpro.docker="$IMAGE" -o "$RUN_DIR.outputs.json"
+    virnucpro.use_gpu=false virnucpro.docker="$IMAGE" \
+    --cfg launch/wdl/miniwdl.cfg --dir "$RUN_DIR" -o "$RUN_DIR.outputs.json"
 "$PY" - "$RUN_DIR.outputs.json" "$VERSION" <<'CHECK'
 import json, sys, tarfile
 outputs = json.load(open(sys.argv[1]))["outputs"]

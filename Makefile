@@ -9,15 +9,19 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-wdl bench clean report-screenshot
+.PHONY: venv demo test test-fast test-wdl bench clean report-screenshot
 
 venv: $(STAMP)
 
+# After the editable install, the checkout goes on sys.path too (vnp-checkout.pth): a folder named vnp
+# that holds the clone then cannot shadow the package (as a namespace package) when `python -m
+# vnp.predict` runs from its parent folder, as setuptools warns it could.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[test]"
+	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'vnp-checkout.pth').write_text('$(CURDIR)\\n')"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,6 +33,10 @@ report-screenshot: demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The developers' loop: the single-process tests only (the multi-process runs are marked slow).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # launch/wdl/vnp.wdl run by miniwdl through podman in a CPU image built offline (debootstrap +
 # podman import; launch/containers/cpu-image.sh), its outputs checked as the Broad's steps read them.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vnp.config import PredictConfig, to_yaml
-from vnp.store import write_atomic
+from vnp.support.config import PredictConfig, to_yaml
+from vnp.run.store import write_atomic
 
 L = 500
 UNIT_CHUNKS = 65536

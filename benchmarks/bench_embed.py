@@ -39,8 +39,8 @@ from vnp.models import TOKEN_BUDGETS
 from vnp.models.batches import token_batches
 from vnp.models.dnabert import build_tiny_dnabert, load_dnabert
 from vnp.models.esm import build_tiny_esm, load_esm
-from vnp.seqio import Record
-from vnp.translate import Frame, batched_chunks, translate_chunks
+from vnp.seq.seqio import Record
+from vnp.seq.frames import Frame, batched_chunks, translate_chunks
 
 REAL_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "reference" / "dnabert-s" / "tokenizer.json"
 DNABERT_ARCH = dict(num_hidden_layers=4, hidden_size=768, num_attention_heads=12, intermediate_size=3072,

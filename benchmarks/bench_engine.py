@@ -121,8 +121,8 @@ def dnabert_tokens_per_s(fasta: Path) -> float:
     from vnp.models.pack import build_tiny_pack
     from vnp.models.dnabert import load_dnabert
     from vnp.models.esm import load_esm
-    from vnp.seqio import iter_records
-    from vnp.translate import batched_chunks, translate_chunks
+    from vnp.seq.seqio import iter_records
+    from vnp.seq.frames import batched_chunks, translate_chunks
 
     with tempfile.TemporaryDirectory() as tmp:
         pack = build_tiny_pack(Path(tmp))

@@ -30,7 +30,7 @@ def _fmt(values: np.ndarray) -> list[str]:
 
 def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4) -> dict:
     """Write a finished run's OUT folder with `n_contigs` sequences; returns its key numbers."""
-    from vnp.config import PredictConfig, to_yaml
+    from vnp.support.config import PredictConfig, to_yaml
 
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def synthetic_out(out: Path, n_contigs: int, seed: int = 0, world_size: int = 4)
 
 def timed_report(out: Path) -> tuple[float, float, int]:
     """Wall and CPU seconds of writing the report (CPU: what it costs on an idle core), and its bytes."""
-    from vnp.report import write_report
+    from vnp.results.report import write_report
 
     t0, c0 = time.perf_counter(), time.process_time()
     path = write_report(out)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vnp.demo import coding_like, random_dna
-from vnp.outputs import FILES
+from vnp.results.tables import FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

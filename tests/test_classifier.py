@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.helpers import ORIGINAL_SCRIPT
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.classifier import (
     CONFIG_NAME,
     WEIGHTS_NAME,

@@ -21,7 +21,7 @@ try:
     code = main(sys.argv[1:])
 except SystemExit as stop:
     code = stop.code
-import vnp.chunking, vnp.plan, vnp.seqio, vnp.translate
+import vnp.seq.chunking, vnp.run.plan, vnp.seq.seqio, vnp.translate
 print("torch imported:", "torch" in sys.modules, file=sys.stderr)
 sys.exit(code)
 """

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.batches import token_batches
 from vnp.models.dnabert import (
     DnabertConfig,

@@ -165,7 +165,7 @@ def test_gzip_input_and_bf16(pack, inputs, tmp_path, capsys):
     assert np.abs(vectors - full).max() < 0.2
 
 
-# The project's reader (vnp.seqio) reads embed's input: the same messages as `vnp predict`.
+# The project's reader (vnp.seq.seqio) reads embed's input: the same messages as `vnp predict`.
 BAD_INPUTS = {
     "missing": (None, "no such file"),
     "empty": ("", "empty file"),

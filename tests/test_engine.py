@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from vnp import dist as vdist
-from vnp.engine import EngineSettings, StopFlag, run_units, snake
-from vnp.gather import Computed
-from vnp.plan import iter_ids, load_plan, pack_inputs
-from vnp.steps import IdLookup, Progress
-from vnp.store import COMPACT_ABOVE, PART_GLOB, PartWriter, ScoreStore
-from vnp.translate import FRAME_NAMES
+from vnp.run import dist as vdist
+from vnp.run.engine import EngineSettings, StopFlag, run_units, snake
+from vnp.run.exchange import Computed
+from vnp.run.plan import iter_ids, load_plan, pack_inputs
+from vnp.run.steps import IdLookup, Progress
+from vnp.run.store import COMPACT_ABOVE, PART_GLOB, PartWriter, ScoreStore
+from vnp.seq.frames import FRAME_NAMES
 
 SINGLE = vdist.Context(vdist.Env(0, 0, 1, 1, "single"), torch.device("cpu"), None)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.batches import token_batches
 from vnp.models.esm import MAX_RESIDUES, build_tiny_esm, load_esm
 

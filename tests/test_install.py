@@ -60,3 +60,15 @@ def test_wheel_installed_elsewhere_resolves_the_builtin_packs(tmp_path):
     proc = subprocess.run([str(venv / "bin" / "vnp"), "--help"], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=120)
     assert proc.returncode == 0 and "predict" in proc.stdout, proc.stderr
+
+
+def test_module_entry_points_work_from_the_folder_that_holds_the_checkout(tmp_path):
+    """`git clone ... vnp`, then `python -m vnp.predict` from the parent folder: the clone folder (no
+    __init__.py) must not shadow the installed package as a namespace package."""
+    (tmp_path / "vnp").symlink_to(ROOT, target_is_directory=True)
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    for module in ("vnp.predict", "vnp.train", "vnp.embed"):
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"{module}: {proc.stderr[-400:]}"
+        assert "usage:" in proc.stdout

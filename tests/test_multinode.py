@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import BIN, ROOT, child_env, predict_ok, tables, wait_for_parts, write_long_input
-from vnp.dist import Env, Network, look_at_network, pick_interface, set_socket_interface, spans_several_hosts
+from vnp.run.dist import Env, Network, look_at_network, pick_interface, set_socket_interface, spans_several_hosts
 
 ETH = {"lo": ("127.0.0.1", "::1"), "eth0": ("10.1.2.3", "fe80::1"), "ib0": ("192.168.7.3",)}
 RANK1 = Env(1, 0, 2, 1, "torchrun")

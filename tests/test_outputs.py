@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vnp.config import PredictConfig
-from vnp.outputs import write_tables
-from vnp.plan import load_plan, pack_inputs, read_chunks
-from vnp.translate import translate_chunks
+from vnp.support.config import PredictConfig
+from vnp.results.tables import write_tables
+from vnp.run.plan import load_plan, pack_inputs, read_chunks
+from vnp.seq.frames import translate_chunks
 
 
 def frame_keys(work, plan) -> np.ndarray:

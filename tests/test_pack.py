@@ -13,7 +13,7 @@ import torch
 
 from tests.helpers import ORIGINAL_SCRIPT
 from vnp.cli import main as vnp_main
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.classifier import load_classifier, score
 from vnp.models.dnabert import load_dnabert
 from vnp.models.esm import load_esm

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.helpers import BIN, ROOT, child_env, free_port, predict_ok, run, slurm_job_id, tables, write_mixed_input
-from vnp.config import iter_help
+from vnp.support.config import iter_help
 from vnp.predict import main as predict_main
 
 # The same threads per rank everywhere: BLAS picks its summation order by thread count.
@@ -65,12 +65,12 @@ def expected_scores_original_way(out: Path, mixed: Path) -> dict[str, tuple[floa
     """One frame at a time through both embedders (the original's call pattern), concatenated,
     then the classifier."""
 
-    from vnp.chunking import chunk_spans
+    from vnp.seq.chunking import chunk_spans
     from vnp.models.classifier import load_classifier, score
     from vnp.models.dnabert import load_dnabert
     from vnp.models.esm import load_esm
-    from vnp.seqio import iter_records
-    from vnp.translate import Chunk, translate_chunks
+    from vnp.seq.seqio import iter_records
+    from vnp.seq.frames import Chunk, translate_chunks
 
     pack = out / "work" / "tiny_pack"
     dnabert = load_dnabert(str(pack / "dnabert"))
@@ -199,7 +199,7 @@ def test_gpus_flag_relaunches_under_torchrun(single_run, mixed, tmp_path):
 def test_save_embeddings(tmp_path, mixed):
     out = tmp_path / "out"
     assert predict_main([str(mixed), "-o", str(out), *COMMON, "save_embeddings=true"]) == 0
-    from vnp.outputs import load_embeddings
+    from vnp.results.tables import load_embeddings
 
     ids, vectors = load_embeddings(out)
     rows = [r.split("\t")[0] for r in (out / "prediction_results.txt").read_text().splitlines()[1:]]
@@ -227,7 +227,7 @@ def test_run_json_reports_engine_timings_and_progress(single_run):
 @pytest.mark.slow
 def test_torchrun_save_embeddings_in_cost_order(mixed, tmp_path):
     """Two ranks deal units by cost, so embeddings parts arrive out of input order: same IDs and rows."""
-    from vnp.outputs import load_embeddings
+    from vnp.results.tables import load_embeddings
 
     one, two = tmp_path / "one", tmp_path / "two"
     predict_ok(1, mixed, one, [*COMMON, "save_embeddings=true"])

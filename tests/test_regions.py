@@ -8,10 +8,10 @@ import random
 import numpy as np
 import pytest
 
-from vnp import calls as vcalls
-from vnp.chunking import chunk_bounds, chunk_spans
-from vnp.plan import ChunkPlan
-from vnp.regions import find_regions, territories, viterbi
+from vnp.results import calls as vcalls
+from vnp.seq.chunking import chunk_bounds, chunk_spans
+from vnp.run.plan import ChunkPlan
+from vnp.results.regions import find_regions, territories, viterbi
 
 MISSING = None  # a chunk without frames
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, child_env, rank_pid, slurm_job_id, tables, write_long_input
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models import identity
 from vnp.models.classifier import MLPClassifier, load_classifier, save_classifier
 from vnp.models.pack import build_tiny_pack, load_pack, model_digests
@@ -213,8 +213,8 @@ def test_a_system_folder_as_a_model_is_refused_quickly(tiny_pack, folder, no_han
 
 
 def test_a_pipe_or_device_as_input_or_config_is_not_a_regular_file(tmp_path, no_hang):
-    from vnp.config import load_config
-    from vnp.plan import check_inputs
+    from vnp.support.config import load_config
+    from vnp.run.plan import check_inputs
 
     pipe = fifo(tmp_path / "reads.fa")
     with pytest.raises(InputError, match=r"reads.fa: is a FIFO \(named pipe\), not a regular file; save the input"):
@@ -256,14 +256,14 @@ def test_a_fifo_in_a_pack_ends_the_run_with_one_line(tiny_pack, tmp_path):
     ({"SLURM_PROCID": "2", "SLURM_NTASKS": "2"}, "SLURM_PROCID=2 must be below SLURM_NTASKS=2"),
 ])
 def test_bad_launcher_variables_are_named(environ, expected):
-    from vnp.dist import detect_env
+    from vnp.run.dist import detect_env
 
     with pytest.raises(InputError, match=expected.replace("(", r"\(")):
         detect_env(environ)
 
 
 def test_good_launcher_variables_still_work():
-    from vnp.dist import detect_env
+    from vnp.run.dist import detect_env
 
     assert detect_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).rank == 1
     assert detect_env({"SLURM_PROCID": "0"}).launcher == "single"  # a batch step's own shell
@@ -297,8 +297,8 @@ def test_bad_launcher_variables_give_one_line_from_vnp_embed_and_train(tmp_path,
 def test_more_threads_than_cores_is_refused_where_the_rank_runs():
     """A config may come from a bigger machine (`vnp call`, `vnp report` read it anywhere): the
     rank's own cores bound `threads` only when it runs."""
-    from vnp.config import load_config, usable_cores
-    from vnp.dist import Env, set_cpu_threads
+    from vnp.support.config import load_config, usable_cores
+    from vnp.run.dist import Env, set_cpu_threads
 
     config = load_config(None, [f"threads={usable_cores() + 1}"])  # valid as a setting
     with pytest.raises(InputError, match=f"threads={usable_cores() + 1}: this rank may use only"):
@@ -314,7 +314,7 @@ def test_more_threads_than_cores_is_refused_where_the_rank_runs():
     ("chunk_length=-5", "chunk_length must be at least 3"),
 ])
 def test_bad_settings_are_refused(override, expected):
-    from vnp.config import load_config
+    from vnp.support.config import load_config
 
     with pytest.raises(InputError, match=re.escape(expected)):
         load_config(None, [override])
@@ -334,7 +334,7 @@ YAML_HAZARDS = {
 
 @pytest.mark.parametrize("case", sorted(YAML_HAZARDS))
 def test_yaml_hazards_in_a_config_or_pack_file(case, tmp_path, no_hang):
-    from vnp.config import load_config
+    from vnp.support.config import load_config
 
     text, expected = YAML_HAZARDS[case]
     path = tmp_path / "x.yaml"
@@ -429,8 +429,8 @@ def test_gpus_without_cuda_is_refused(tmp_path, capsys):
 
 
 def test_out_logs_a_file_or_lock_a_folder_is_one_line(tmp_path):
-    from vnp import run_state
-    from vnp.run_folder import RunFolder
+    from vnp.run import state as run_state
+    from vnp.run.folder import RunFolder
 
     out = tmp_path / "out"
     (out / "work").mkdir(parents=True)
@@ -444,7 +444,7 @@ def test_out_logs_a_file_or_lock_a_folder_is_one_line(tmp_path):
 
 FAILING_PACKING = """
 import sys
-import vnp.run_state as run_state
+import vnp.run.state as run_state
 
 def failing(paths, work):
     raise OSError(28, "No space left on device")
@@ -473,7 +473,7 @@ def test_an_unexpected_error_while_preparing_names_a_log_that_exists(tiny_pack, 
 
 
 def records_of(tmp_path: Path, data: bytes, name: str = "in.fa") -> list[tuple[str, str]]:
-    from vnp.seqio import iter_records
+    from vnp.seq.seqio import iter_records
 
     path = tmp_path / name
     path.write_bytes(data)
@@ -489,7 +489,7 @@ def test_every_line_end_reads_the_same(tmp_path, newline):
 
 
 def test_a_cr_lf_split_between_two_blocks_is_one_line_end(tmp_path, monkeypatch):
-    from vnp import seqio
+    from vnp.seq import seqio
 
     original = seqio._blocks
     monkeypatch.setattr(seqio, "_blocks", lambda path: original(path, size=5))  # ">c1\r" | "\nACG" ...
@@ -573,7 +573,7 @@ def random_fasta(rng) -> tuple[bytes, list[tuple[str, str]]]:
 def test_records_read_the_same_whatever_the_block_boundaries(tmp_path, monkeypatch):
     import random
 
-    from vnp import seqio
+    from vnp.seq import seqio
 
     original = seqio._blocks
     rng = random.Random(3)
@@ -592,7 +592,8 @@ def test_records_read_the_same_whatever_the_block_boundaries(tmp_path, monkeypat
 
 def test_a_long_record_is_packed_in_pieces(tmp_path, monkeypatch):
     """Memory: the packer never sees more than a block of a record at a time."""
-    from vnp import plan, seqio
+    from vnp.run import plan
+    from vnp.seq import seqio
 
     monkeypatch.setattr(seqio, "_blocks", lambda path, original=seqio._blocks: original(path, size=1000))
     path = tmp_path / "long.fa"
@@ -609,7 +610,9 @@ def test_a_long_record_is_packed_in_pieces(tmp_path, monkeypatch):
 def test_a_long_record_is_packed_without_holding_it(tmp_path, monkeypatch):
     import tracemalloc
 
-    from vnp import plan, seqio
+    from vnp.run import plan
+
+    from vnp.seq import seqio
 
     monkeypatch.setattr(seqio, "_blocks", lambda path, original=seqio._blocks: original(path, size=1 << 20))
     path = tmp_path / "long.fa"
@@ -626,7 +629,7 @@ def test_a_long_record_is_packed_without_holding_it(tmp_path, monkeypatch):
 
 def free_space(monkeypatch, free: list[int]):
     """shutil.disk_usage as seen by the packer: the next value of `free` at each call."""
-    from vnp import plan
+    from vnp.run import plan
 
     usage = shutil.disk_usage("/")
     values = iter(free)
@@ -634,7 +637,7 @@ def free_space(monkeypatch, free: list[int]):
 
 
 def test_packing_refuses_a_folder_without_space_for_the_inputs(tmp_path, monkeypatch):
-    from vnp.plan import pack_inputs
+    from vnp.run.plan import pack_inputs
 
     fasta = tmp_path / "in.fa"
     fasta.write_bytes(b">s\n" + b"ACGT" * 1000 + b"\n")
@@ -647,7 +650,7 @@ def test_packing_refuses_a_folder_without_space_for_the_inputs(tmp_path, monkeyp
 
 
 def test_packing_stops_before_the_disk_is_full(tmp_path, monkeypatch):
-    from vnp import plan
+    from vnp.run import plan
 
     monkeypatch.setattr(plan, "SPACE_CHECK_EVERY", 1000)
     fasta = tmp_path / "in.fa"
@@ -664,7 +667,7 @@ def test_packing_stops_before_the_disk_is_full(tmp_path, monkeypatch):
 def test_a_full_disk_while_packing_is_one_line(tmp_path, monkeypatch):
     import errno
 
-    from vnp import plan
+    from vnp.run import plan
 
     def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -675,7 +678,7 @@ def test_a_full_disk_while_packing_is_one_line(tmp_path, monkeypatch):
 
 
 def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
-    from vnp.run_folder import RunFolder
+    from vnp.run.folder import RunFolder
 
     out = tmp_path / "out"
     (out / "work" / "parts").mkdir(parents=True)
@@ -689,7 +692,7 @@ def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
 
 SLOW_PACKING = """
 import sys, time
-import vnp.plan as plan
+import vnp.run.plan as plan
 
 original = plan._pack
 
@@ -816,7 +819,7 @@ def test_an_esm_checkpoint_of_stride_0_views_is_refused(tmp_path):
 
 
 def test_a_file_name_with_a_control_character_is_refused_escaped(tmp_path):
-    from vnp.plan import check_inputs
+    from vnp.run.plan import check_inputs
 
     path = tmp_path / "evil\x1b[2Jname.fa"
     path.write_text(">s\nACGT\n")

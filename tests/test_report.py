@@ -14,7 +14,9 @@ import pytest
 
 from benchmarks.bench_report import synthetic_out
 from tests import chromium
-from vnp.report import TOP_N, track_points, write_report
+from vnp.results.report import write_report
+from vnp.results.report.data import TOP_N
+from vnp.results.report.plots import track_points
 from vnp.report import main as report_main
 
 

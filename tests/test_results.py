@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from vnp.call import main as call_main
-from vnp.outputs import FILES, RESULT_FILES
+from vnp.results.tables import FILES, RESULT_FILES
 from vnp.predict import main as predict_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def build_property_classifier(pack_dir: Path, out_dir: Path) -> None:
     from vnp.models.dnabert import load_dnabert
     from vnp.models.esm import load_esm
     from vnp.models.pack import build_tiny_pack
-    from vnp.translate import Chunk, translate_chunks
+    from vnp.seq.frames import Chunk, translate_chunks
 
     pack = build_tiny_pack(pack_dir, L, seed=0)
     dnabert, esm = load_dnabert(pack.dnabert), load_esm(pack.esm, layer=pack.esm_layer)

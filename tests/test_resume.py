@@ -160,7 +160,7 @@ def test_settings_that_do_not_change_results_may_differ(long_input, reference, t
 
 FAILING = """
 import sys
-import vnp.steps as steps
+import vnp.run.steps as steps
 
 original = steps.FrameWork.compute
 
@@ -214,9 +214,9 @@ def test_failing_rank_without_torchrun_does_not_hang(long_input, tmp_path):
 
 SLOW_RANK0 = """
 import sys, time
-import vnp.plan as plan
+import vnp.run.plan as plan
 import vnp.predict as predict_module
-import vnp.outputs as outputs
+import vnp.results.tables as outputs
 
 original_iter = plan.iter_pieces
 

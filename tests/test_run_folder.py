@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.pack import ModelPack
-from vnp.run_folder import RunFolder
-from vnp.run_state import RunSpec
+from vnp.run.folder import RunFolder
+from vnp.run.state import RunSpec
 
 
 def test_every_path_is_inside_out(tmp_path):

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests import baseline_translate as baseline
-from vnp.chunking import chunk_id, chunk_spans
-from vnp.plan import load_plan, pack_inputs, read_chunks
-from vnp.seqio import input_stem, iter_records
-from vnp.translate import Chunk, reverse_complement, translate_chunks
+from vnp.seq.chunking import chunk_id, chunk_spans
+from vnp.run.plan import load_plan, pack_inputs, read_chunks
+from vnp.seq.seqio import input_stem, iter_records
+from vnp.seq.frames import Chunk, reverse_complement, translate_chunks
 from vnp.translate import main as translate_main
 
 

@@ -25,11 +25,11 @@ from safetensors.numpy import load_file
 from tests.helpers import BIN, ROOT, child_env, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
-from vnp.plan import SEQUENCES, load_plan, pack_inputs, read_chunks
-from vnp.seqio import record_pieces
-from vnp.train import TrainingFrames, TrainingRecords
+from vnp.run.plan import SEQUENCES, load_plan, pack_inputs, read_chunks
+from vnp.seq.seqio import record_pieces
+from vnp.training.inputs import TrainingFrames, TrainingRecords
 from vnp.train import main as train_main
-from vnp.translate import FRAME_NAMES, translate_chunks
+from vnp.seq.frames import FRAME_NAMES, translate_chunks
 
 COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=8", "dist.timeout_s=60", "chunk_length=150"]
 
@@ -340,8 +340,8 @@ def test_features_resume_after_sigterm(one_rank, manifest, tmp_path):
 
 def test_consolidate_orders_frames_whatever_order_units_arrived(tmp_path):
     """The engine may deliver units in cost order: features.npy is in frame order regardless."""
-    from vnp.store import write_atomic
-    from vnp.train import consolidate
+    from vnp.run.store import write_atomic
+    from vnp.training.features import consolidate
 
     parts = tmp_path / "parts"
     parts.mkdir()

@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from vnp.config import PredictConfig, iter_help, load_config, to_yaml
-from vnp.errors import InputError, exit_on_input_error
-from vnp.run_folder import RunFolder
+from vnp.support.config import PredictConfig, iter_help, load_config, to_yaml
+from vnp.support.errors import InputError, exit_on_input_error
+from vnp.run.folder import RunFolder
 
 CHANGEABLE = ("call.", "regions.", "tables.")
 
@@ -48,8 +48,8 @@ def _check_overrides(items: list[str]) -> None:
 
 def _finished_run(folder: RunFolder):
     """The run record, plan and committed scores of a finished run in OUT."""
-    from vnp.plan import load_plan
-    from vnp.store import ScoreStore
+    from vnp.run.plan import load_plan
+    from vnp.run.store import ScoreStore
 
     run_record = folder.read_run_record()
     plan = load_plan(folder.work, run_record["chunk_length"], run_record.get("filters"))
@@ -64,8 +64,8 @@ def _finished_run(folder: RunFolder):
 
 def call(out: Path, overrides: list[str]) -> dict:
     """Rewrite the results of the finished run in OUT with `overrides`; returns its new run.json."""
-    from vnp.outputs import input_names, settings_record, write_results
-    from vnp.report import write_report
+    from vnp.results.tables import input_names, settings_record, write_results
+    from vnp.results.report import write_report
 
     _check_overrides(overrides)
     if not out.is_dir():

@@ -84,9 +84,9 @@ def rank_command(args: argparse.Namespace, config_class: type, check_inputs: Cal
                  out_usage: str):
     """(inputs, configuration) of a command every rank runs (`vnp predict`, `vnp train`), or the exit
     code 2 after one line: said by rank 0 only, or by every process when no rank can be known."""
-    from vnp import dist as vdist
-    from vnp.config import load_config
-    from vnp.errors import InputError
+    from vnp.run import dist as vdist
+    from vnp.support.config import load_config
+    from vnp.support.errors import InputError
 
     try:
         env = vdist.detect_env()

@@ -10,10 +10,10 @@ MODEL is a DNABERT-S folder or hub id (`zhihan1996/DNABERT-S`), or an ESM2 `.pt`
 temporary name and renamed, so a failed run leaves no partial file.
 
 Runs under the same launchers as `vnp predict` (torchrun, accelerate, srun), on the same engine
-(vnp/engine.py): work units of `--batch-records` consecutive records are dealt to the ranks by a
+(vnp/run/engine.py): work units of `--batch-records` consecutive records are dealt to the ranks by a
 DistributedSampler in input order, prepared on a helper thread, embedded, sent to rank 0 with
 asynchronous fixed-shape collectives and written in input order as they arrive, so no rank holds
-all the embeddings. Input goes through the project's reader (vnp/seqio.py: FASTA or FASTQ, plain or
+all the embeddings. Input goes through the project's reader (vnp/seq/seqio.py: FASTA or FASTQ, plain or
 compressed, the same checks and messages as `vnp predict`); rank 0 first checks every record before
 any model time is spent; each rank then streams the file once, embedding only its units.
 """
@@ -33,12 +33,12 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
-from vnp import dist as vdist
-from vnp.engine import EngineSettings, StopFlag, run_units
-from vnp.errors import InputError, where
-from vnp.gather import Computed, UnitResult
+from vnp.run import dist as vdist
+from vnp.run.engine import EngineSettings, StopFlag, run_units
+from vnp.support.errors import InputError, where
+from vnp.run.exchange import Computed, UnitResult
 from vnp.models import token_budget
-from vnp.seqio import iter_records, open_binary
+from vnp.seq.seqio import iter_records, open_binary
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH_RECORDS = 4096  # records per slice: tokenised, sorted by length and batched together
@@ -63,7 +63,7 @@ class Embedder(Protocol):
 
 
 def checked_records(path: Path, check: SequenceCheck) -> Iterator[tuple[str, str]]:
-    """(ID, sequence) of each record, in file order, read by the project's reader (vnp.seqio:
+    """(ID, sequence) of each record, in file order, read by the project's reader (vnp.seq.seqio:
     FASTA or FASTQ, plain or compressed, the same validation and messages as `vnp predict`).
 
     Raises InputError, naming the file and record, on what the reader refuses (missing or empty

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vnp.errors import InputError, exit_on_input_error, where
-from vnp.plots import pyplot, save_png
-from vnp.run_folder import RunFolder
+from vnp.support.errors import InputError, exit_on_input_error, where
+from vnp.results.plots import pyplot, save_png
+from vnp.run.folder import RunFolder
 
 CLASSES = ("others", "virus")
 

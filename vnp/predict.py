@@ -23,13 +23,13 @@ import traceback
 from pathlib import Path
 
 from vnp.cli import rank_command, split_items
-from vnp import dist as vdist
-from vnp.config import PredictConfig, help_text, load_config, to_yaml
-from vnp.engine import StopFlag
-from vnp.errors import InputError, Stopped
-from vnp.run_folder import RunFolder
-from vnp.run_state import RunState, log_path, open_log, prepare_run, show_alive, silent_ranks, wait_until_ready
-from vnp.steps import EmbedTimes, Models, run_steps
+from vnp.run import dist as vdist
+from vnp.support.config import PredictConfig, help_text, load_config, to_yaml
+from vnp.run.engine import StopFlag
+from vnp.support.errors import InputError, Stopped
+from vnp.run.folder import RunFolder
+from vnp.run.state import RunState, log_path, open_log, prepare_run, show_alive, silent_ranks, wait_until_ready
+from vnp.run.steps import EmbedTimes, Models, run_steps
 
 log = logging.getLogger("vnp")
 
@@ -103,7 +103,7 @@ def predict(config: PredictConfig, inputs: list[str], out: Path) -> int:
         alive = None if ctx.is_main else show_alive(folder, ctx.rank)
         log.info("rank %d/%d pid %d on %s (%s threads), launcher %s", ctx.rank, ctx.world_size, os.getpid(),
                  ctx.device, threads, ctx.env.launcher)
-        if ctx.world_size > 1:  # chosen by vnp.dist.set_socket_interface on jobs over several hosts
+        if ctx.world_size > 1:  # chosen by vnp.run.dist.set_socket_interface on jobs over several hosts
             log.info("socket interfaces: %s", ", ".join(f"{v}={os.environ.get(v, '(unset)')}"
                                                         for v in vdist.SOCKET_VARIABLES))
         models = Models.load_everywhere(ctx, state, config)
@@ -162,8 +162,8 @@ def _logged(out: Path, rank: int) -> str:
 
 
 def _finish(ctx, state: RunState, config: PredictConfig, times: EmbedTimes, started: float) -> None:
-    from vnp.outputs import input_names, settings_record, write_tables
-    from vnp.report import write_report
+    from vnp.results.tables import input_names, settings_record, write_tables
+    from vnp.results.report import write_report
 
     folder = state.folder
     folder.remove_handshake_files()  # every rank read them before the first step

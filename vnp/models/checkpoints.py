@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 import torch
 
-from vnp.errors import InputError
-from vnp.paths import regular_file
+from vnp.support.errors import InputError
+from vnp.support.paths import regular_file
 
 
 @contextlib.contextmanager

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.checkpoints import check_tensor_sizes, first_line, restricted_load
-from vnp.paths import regular_file
+from vnp.support.paths import regular_file
 
 WEIGHTS_NAME = "classifier.safetensors"
 CONFIG_NAME = "classifier.json"

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.batches import PreparedBatches, pinned, token_batches
-from vnp.paths import regular_file
+from vnp.support.paths import regular_file
 
 SPECIAL_TOKENS = ("[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]")  # ids 0..4, as in DNABERT-2
 CONFIG_FILE = "config.json"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from esm.model.esm2 import ESM2
 from esm.multihead_attention import MultiheadAttention
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 from vnp.models.checkpoints import restricted_load
 from vnp.models.batches import PreparedBatches, pinned, token_batches
 

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from vnp.errors import InputError
-from vnp.paths import regular_file
+from vnp.support.errors import InputError
+from vnp.support.paths import regular_file
 
 log = logging.getLogger("vnp")
 

@@ -23,8 +23,8 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vnp.config import MIN_CHUNK_LENGTH, read_yaml_mapping
-from vnp.errors import InputError, exit_on_input_error
+from vnp.support.config import MIN_CHUNK_LENGTH, read_yaml_mapping
+from vnp.support.errors import InputError, exit_on_input_error
 from vnp.models.identity import file_digest, folder_digest, hub_snapshot_commit
 
 # Built-in packs are package data (read with importlib.resources), so any install has them.

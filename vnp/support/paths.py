@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from vnp.errors import InputError
+from vnp.support.errors import InputError
 
 
 def regular_file(path: str | os.PathLike, what: str) -> Path:

@@ -33,8 +33,8 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import torch
 
-from vnp import dist as vdist
-from vnp.gather import NO_UNIT, CollectiveFailed, Computed, Exchange, UnitResult
+from vnp.run import dist as vdist
+from vnp.run.exchange import NO_UNIT, CollectiveFailed, Computed, Exchange, UnitResult
 
 log = logging.getLogger("vnp")
 
@@ -73,7 +73,7 @@ class EngineSettings:
 
     @classmethod
     def from_config(cls, engine) -> "EngineSettings":
-        """From the `engine` section of a configuration (vnp.config.EngineConfig)."""
+        """From the `engine` section of a configuration (vnp.support.config.EngineConfig)."""
         return cls(engine.balance, engine.prefetch, engine.window)
 
 

@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from vnp.config import usable_cores
-from vnp.errors import InputError
+from vnp.support.config import usable_cores
+from vnp.support.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Env:
     local_rank: int
     world_size: int
     local_world_size: int
-    launcher: str  # torchrun, slurm or single
+    launcher: str  # torchrun, accelerate, slurm or single
 
 
 def detect_env(environ: dict[str, str] | None = None) -> Env:
@@ -49,14 +49,20 @@ def detect_env(environ: dict[str, str] | None = None) -> Env:
         local_rank = _launcher_int(env, "LOCAL_RANK", default=0)
         _check_below(rank, world, "RANK", "WORLD_SIZE")
         _check_below(local_rank, local_world, "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-        return Env(rank, local_rank, world, local_world, "torchrun")
+        return Env(rank, local_rank, world, local_world, _torchrun_or_accelerate(env))
     if "SLURM_PROCID" in env and ("SLURM_NTASKS" in env or env["SLURM_PROCID"].strip() != "0"):
         world = _launcher_int(env, "SLURM_NTASKS", minimum=1, pair="SLURM_PROCID")
         rank = _launcher_int(env, "SLURM_PROCID")
         local_rank = _launcher_int(env, "SLURM_LOCALID", default=0)
         _check_below(rank, world, "SLURM_PROCID", "SLURM_NTASKS")
         return Env(rank, local_rank, world, _slurm_tasks_per_node(env, world), "slurm")
-    return Env(0, 0, 1, 1, "single")
+    return Env(0, 0, 1, 1, "accelerate" if _torchrun_or_accelerate(env) == "accelerate" else "single")
+
+
+def _torchrun_or_accelerate(env) -> str:
+    """`accelerate launch` runs torchrun underneath (or plain python for one process) and marks its
+    processes with its own variables, ACCELERATE_MIXED_PRECISION among them."""
+    return "accelerate" if "ACCELERATE_MIXED_PRECISION" in env else "torchrun"
 
 
 def _launcher_int(env, name: str, minimum: int = 0, default: int | None = None, pair: str | None = None) -> int:
@@ -268,6 +274,9 @@ def init(device: str = "auto", backend: str = "auto", timeout_s: float = 1800.0)
     """Start this rank: pick its device and, for several ranks, join the process group."""
     env = detect_env()
     dev = pick_device(device, env.local_rank)
+    if device == "auto" and dev.type == "cpu" and env.local_world_size > 1 and env.rank == 0:
+        print(f"vnp: warning: no GPU found: {env.local_world_size} ranks on this node run on the CPU and share its "
+              "cores (for GPUs check CUDA_VISIBLE_DEVICES; on a CPU, one rank uses every core)", file=sys.stderr)
     if env.world_size == 1:
         return Context(env, dev, None)
     if env.launcher == "slurm":

@@ -5,8 +5,8 @@
 * `prediction_results_highestscore.csv`: the original's per-chunk call (tab-separated despite its
   name): `True` when the chunk's highest virus score >= its highest non-virus score
   (`tables.highestscore_scores=true` adds the two maxima as max_score_0 and max_score_1).
-* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, with the calls of `vnp.calls`.
-* `regions.tsv`, `regions.bed`, `regions.gff3`: viral regions (`vnp.regions`).
+* `chunks.tsv`, `contigs.tsv`: every chunk and every sequence, with the calls of `vnp.results.calls`.
+* `regions.tsv`, `regions.bed`, `regions.gff3`: viral regions (`vnp.results.regions`).
 * `viral_sequences.fna`, `viral_regions.fna`: letters of viral sequences and partial regions,
   read from the packed sequences in OUT/work.
 * `summary.tsv`: per input and in total.
@@ -28,13 +28,13 @@ from urllib.parse import quote
 
 import numpy as np
 
-from vnp import calls as vcalls
-from vnp.chunking import chunk_id
-from vnp.filters import reason
-from vnp.plan import SEQUENCES, ChunkPlan, iter_ids
-from vnp.regions import Regions, find_regions, region_scores, territories, viterbi
-from vnp.run_folder import RunFolder
-from vnp.translate import FRAME_NAMES
+from vnp.results import calls as vcalls
+from vnp.seq.chunking import chunk_id
+from vnp.seq.filters import reason
+from vnp.run.plan import SEQUENCES, ChunkPlan, iter_ids
+from vnp.results.regions import Regions, find_regions, region_scores, territories, viterbi
+from vnp.run.folder import RunFolder
+from vnp.seq.frames import FRAME_NAMES
 
 FRAME_TABLE = "prediction_results.txt"
 RESULT_FILES = ("prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv", "regions.tsv", "regions.bed",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vnp.plan import ChunkPlan
+from vnp.run.plan import ChunkPlan
 
 LABELS = np.array(["others", "virus", "no_frames", "filtered"])
 OTHERS, VIRUS, NO_FRAMES, FILTERED = range(4)

@@ -21,10 +21,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from vnp.chunking import chunk_bounds, chunk_starts
-from vnp.errors import InputError, where
-from vnp.seqio import RecordStart, alignment_format, check_readable, compression_of, iter_pieces
-from vnp.translate import Chunk
+from vnp.seq.chunking import chunk_bounds, chunk_starts
+from vnp.support.errors import InputError, where
+from vnp.seq.seqio import RecordStart, alignment_format, check_readable, compression_of, iter_pieces
+from vnp.seq.frames import Chunk
 
 SEQUENCES = "sequences.bin"
 INDEX = "index.npz"
@@ -157,7 +157,7 @@ class ChunkPlan:
     chunk_length: int
     id_offsets: np.ndarray  # int64 [R + 1]: the ID of record r is ids.txt bytes id_offsets[r] .. id_offsets[r+1]-2
     records_per_input: np.ndarray  # int64 [inputs]
-    filtered: np.ndarray | None = None  # int8 [R]: vnp.filters code, 0 = kept; filtered records have no chunks
+    filtered: np.ndarray | None = None  # int8 [R]: vnp.seq.filters code, 0 = kept; filtered records have no chunks
     n_bases: np.ndarray | None = None  # int64 [R]: N (or n) letters per record
 
     @property
@@ -199,7 +199,7 @@ class ChunkPlan:
 
 def load_plan(work_dir: Path, chunk_length: int, filters: dict | None = None) -> ChunkPlan:
     """The plan of the packed inputs; records failing `filters` (FilterConfig's keys) get no chunks."""
-    from vnp.filters import filter_codes
+    from vnp.seq.filters import filter_codes
 
     with np.load(work_dir / INDEX, allow_pickle=False) as data:
         lengths, offsets, id_offsets = data["lengths"], data["offsets"], data["id_offsets"]

@@ -5,7 +5,7 @@ size, the units left), built once and handed to the other ranks once. They learn
 stages: a quick broadcast after the cheap checks (OUT usable, inputs present, model pack resolved),
 then a ready file in OUT/work once the inputs are validated and packed, which may take long: they
 wait on the file, not on a collective, while rank 0 touches a heartbeat, so a large input cannot
-trip `dist.timeout_s`. Every path in OUT comes from `vnp.run_folder.RunFolder`.
+trip `dist.timeout_s`. Every path in OUT comes from `vnp.run.folder.RunFolder`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from vnp import __version__
-from vnp import dist as vdist
-from vnp.config import PredictConfig
-from vnp.errors import InputError, Stopped
+from vnp.run import dist as vdist
+from vnp.support.config import PredictConfig
+from vnp.support.errors import InputError, Stopped
 from vnp.models.pack import ModelPack, load_pack
-from vnp.plan import ChunkPlan, check_inputs, load_plan, pack_inputs
-from vnp.run_folder import RunFolder, input_entries, new_run_record
-from vnp.store import ScoreStore
+from vnp.run.plan import ChunkPlan, check_inputs, load_plan, pack_inputs
+from vnp.run.folder import RunFolder, input_entries, new_run_record
+from vnp.run.store import ScoreStore
 
 log = logging.getLogger("vnp")
 

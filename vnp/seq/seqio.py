@@ -1,9 +1,9 @@
 """Reading FASTA and FASTQ, plain or compressed, and unaligned BAM or CRAM, one record at a time.
 
 Every record is validated as it streams past, so bad input fails with one line that names the
-file, the record and the line (see `vnp.errors.InputError`). The record ID is the header up to
-the first whitespace, like Biopython's `record.id`; in BAM/CRAM it is the read name, with `/1` or
-`/2` appended for reads flagged READ1 or READ2 (the two reads of a pair share a name), as
+file, the record and the line (see `vnp.support.errors.InputError`). The record ID is the header
+up to the first whitespace, like Biopython's `record.id`; in BAM/CRAM it is the read name, with
+`/1` or `/2` appended for reads flagged READ1 or READ2 (the two reads of a pair share a name), as
 `samtools fastq -N` writes them.
 """
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-from vnp.errors import InputError, where
-from vnp.paths import kind_of
+from vnp.support.errors import InputError, where
+from vnp.support.paths import kind_of
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Magic bytes of the compressed formats we read.
@@ -183,9 +183,9 @@ class RecordStart:
 def iter_pieces(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
     """Stream a FASTA, FASTQ, BAM or CRAM file (format detected from its first bytes) as a
     RecordStart per record followed by its validated letters in pieces of at most a few MiB: a
-    record of any length is never held whole (`vnp.plan` packs them this way). `nucleotides=False`
-    (protein input of `vnp embed esm`) accepts any ASCII letters; the caller checks them against
-    its alphabet."""
+    record of any length is never held whole (`vnp.run.plan` packs them this way).
+    `nucleotides=False` (protein input of `vnp embed esm`) accepts any ASCII letters; the caller
+    checks them against its alphabet."""
     path = Path(path)
     check_readable(path)
     kind = alignment_format(path)

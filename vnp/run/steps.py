@@ -1,7 +1,7 @@
 """Predict's work for the unit engine: every rank embeds its work units; rank 0 classifies,
 commits and reports progress.
 
-A work unit is a block of `batch.unit_chunks` consecutive chunks. The engine (vnp/engine.py) deals
+A work unit is a block of `batch.unit_chunks` consecutive chunks. The engine (vnp/run/engine.py) deals
 units to ranks by a DistributedSampler in estimated-cost order. Because a unit's frames are batched
 only with each other, every frame's embedding is computed the same way whatever the world size or
 order, and so are the tables.
@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vnp import dist as vdist
-from vnp.config import PredictConfig
-from vnp.engine import EngineSettings, run_units
-from vnp.errors import InputError
-from vnp.chunking import chunk_id
-from vnp.gather import Computed, UnitResult
+from vnp.run import dist as vdist
+from vnp.support.config import PredictConfig
+from vnp.run.engine import EngineSettings, run_units
+from vnp.support.errors import InputError
+from vnp.seq.chunking import chunk_id
+from vnp.run.exchange import Computed, UnitResult
 from vnp.models import token_budget
-from vnp.plan import IDS, SEQUENCES, read_chunks
-from vnp.run_state import RunState
-from vnp.store import PartWriter, part_number, write_atomic
-from vnp.translate import FRAME_NAMES, Chunk, Frame, translate_chunks
+from vnp.run.plan import IDS, SEQUENCES, read_chunks
+from vnp.run.state import RunState
+from vnp.run.store import PartWriter, part_number, write_atomic
+from vnp.seq.frames import FRAME_NAMES, Chunk, Frame, translate_chunks
 
 log = logging.getLogger("vnp")
 

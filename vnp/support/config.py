@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from omegaconf._yaml import get_yaml_loader  # YAML's safe loader, refusing duplicate keys
 from omegaconf.errors import OmegaConfBaseException
 
-from vnp.errors import InputError
-from vnp.paths import regular_file
+from vnp.support.errors import InputError
+from vnp.support.paths import regular_file
 
 
 MIN_CHUNK_LENGTH = 3  # the smallest useful chunk holds one codon
@@ -185,7 +185,7 @@ class PredictConfig(ModelRunConfig):
 
 
 # A config may be written on one machine and read on another (`vnp call`, `vnp report`), so it
-# bounds `threads` only for sanity; `vnp.dist.set_cpu_threads` refuses more than the rank's cores.
+# bounds `threads` only for sanity; `vnp.run.dist.set_cpu_threads` refuses more than the rank's cores.
 MAX_THREADS = 1024
 
 

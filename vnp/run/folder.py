@@ -17,8 +17,8 @@ import shutil
 from pathlib import Path
 from typing import IO
 
-from vnp.errors import InputError
-from vnp.plan import IDS, INDEX, SEQUENCES, file_sha256
+from vnp.support.errors import InputError
+from vnp.run.plan import IDS, INDEX, SEQUENCES, file_sha256
 
 RUN_RECORD = "record.json"
 LOCK = ".lock"

@@ -1,0 +1,239 @@
+"""The report's plots: matplotlib (Agg) figures as SVG `data:` URIs, drawn from a loaded `Report`."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vnp.results.plots import pyplot
+from vnp.results.report.data import SCORE_BINS, SHARE_BINS, CallRules, Report
+
+TRACK_POINTS = 2000  # a score track's most points; longer sequences are binned (max per bin)
+
+
+RATE_POINTS = 60  # the most points of the throughput curve
+
+
+# Colour-blind-safe (Okabe-Ito), the same meaning everywhere in the report.
+COLOURS = {"virus": "#D55E00", "others": "#0072B2", "no_frames": "#999999", "filtered": "#CC79A7",
+           "busy": "#009E73", "wait": "#E69F00", "other": "#BBBBBB", "line": "#333333"}
+
+
+def _score_lines(ax, rules: CallRules, vertical: bool) -> None:
+    """0.5 (virus = others for a chunk of one frame) dashed; call.min_score dotted when it is above 0."""
+    line = ax.axvline if vertical else ax.axhline
+    line(0.5, color=COLOURS["line"], linestyle="--", linewidth=1.0, label="0.5 (one frame: virus = others)")
+    if rules.min_score > 0:
+        line(rules.min_score, color=COLOURS["line"], linestyle=":", linewidth=1.4,
+             label=f"call.min_score {rules.min_score:g}")
+
+
+def _pyplot():
+    """matplotlib with the report's style, imported only when a report is written."""
+    plt = pyplot()
+    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "vnp", "font.size": 10,
+                         "font.family": "sans-serif", "axes.spines.top": False, "axes.spines.right": False,
+                         "axes.titlesize": 11, "axes.titleweight": "bold", "figure.dpi": 100})
+    return plt
+
+
+def _svg_uri(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    fig.clear()
+    pyplot().close(fig)
+    svg = buffer.getvalue()
+    svg = svg[svg.index(b"<svg"):]  # no XML declaration or DOCTYPE (an external DTD reference)
+    return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
+
+
+def plot_labels(plt, labels: dict[str, int]) -> str:
+    names = sorted(labels, key=lambda k: -labels[k])
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(names)))
+    bars = ax.barh(names, [labels[n] for n in names], color=[COLOURS.get(n, "#56B4E9") for n in names])
+    ax.bar_label(bars, labels=[f"{labels[n]:,}" for n in names], padding=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("sequences")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_title("Sequences by label")
+    ax.margins(x=0.15)
+    return _svg_uri(fig)
+
+
+def plot_scores(plt, hist: dict[str, np.ndarray], rules: CallRules) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    widths = np.diff(SCORE_BINS)
+    bottom = np.zeros(len(widths))
+    for label in sorted(hist):
+        ax.bar(SCORE_BINS[:-1], hist[label], widths, bottom=bottom, align="edge",
+               color=COLOURS.get(label, "#56B4E9"), label=f"{label} chunks", edgecolor="white", linewidth=0.3)
+        bottom = bottom + hist[label]
+    _score_lines(ax, rules, vertical=True)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("chunk virus score (highest P(virus) of the chunk's frames)")
+    ax.set_ylabel("chunks")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if bottom.max() > 0 and bottom.max() / max(1, np.median(bottom[bottom > 0])) > 100:
+        ax.set_yscale("log")
+        ax.set_ylabel("chunks (log scale)")
+    ax.legend(frameon=False, fontsize=8, loc="best")
+    ax.set_title("Chunk virus scores", loc="left")
+    return _svg_uri(fig)
+
+
+def plot_share(plt, hist: np.ndarray, rules: CallRules) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    colours = [COLOURS["virus"] if low >= rules.min_fraction else COLOURS["others"] for low in SHARE_BINS[:-1]]
+    ax.bar(SHARE_BINS[:-1] * 100, hist, np.diff(SHARE_BINS) * 100, align="edge", color=colours,
+           edgecolor="white", linewidth=0.5)
+    ax.axvline(rules.min_fraction * 100, color=COLOURS["line"], linestyle="--", linewidth=1.0,
+               label=f"call.min_fraction {rules.min_fraction:g}" if rules.recorded else "half of its chunks")
+    ax.legend(frameon=False, fontsize=8, loc="best")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("viral chunks of the sequence (% of its chunks with frames)")
+    ax.set_ylabel("sequences")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title("Share of viral chunks per sequence", loc="left")
+    return _svg_uri(fig)
+
+
+def track_points(start: np.ndarray, end: np.ndarray, score: np.ndarray, limit: int = TRACK_POINTS):
+    """(x midpoints, scores, (from, to) spans in 0-based bp) along a sequence; chunks without
+    frames are NaN (a gap in the line).
+
+    Past `limit` chunks, the sequence is cut into `limit` equal bins holding their highest score
+    (NaN where a bin holds only chunks without frames)."""
+    mid = (start - 1 + end) / 2.0
+    if len(mid) <= limit:
+        return mid, score, (start - 1.0, end.astype(float))
+    edges = np.linspace(start.min() - 1, end.max(), limit + 1)
+    which = np.clip(np.searchsorted(edges, mid, side="right") - 1, 0, limit - 1)
+    best = np.full(limit, -np.inf)
+    np.maximum.at(best, which, np.nan_to_num(score, nan=-np.inf))
+    best[np.isinf(best)] = np.nan
+    return (edges[:-1] + edges[1:]) / 2, best, (edges[:-1], edges[1:])
+
+
+def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
+               rules: CallRules) -> str:
+    fig, ax = plt.subplots(figsize=(6, 2.3))
+    scale, unit = (1e3, "kb") if length >= 10_000 else (1.0, "bp")
+    if regions:  # one collection, however many regions
+        ax.broken_barh([((start - 1) / scale, (end - start + 1) / scale) for start, end, _ in regions], (-0.05, 1.1),
+                       color=COLOURS["virus"], alpha=0.12, linewidth=0, label="called region")
+    x, y, (lo, hi) = track_points(track["start"], track["end"], track["score"])
+    empty = np.isnan(y)
+    if len(x) <= 60:  # few chunks: each chunk's span as a bar at its score, plus its midpoint
+        ax.hlines(y[~empty], lo[~empty] / scale, hi[~empty] / scale, color=COLOURS["others"], alpha=0.3, linewidth=3)
+    ax.plot(x / scale, y, color=COLOURS["others"], linewidth=1.2, marker="o" if len(x) <= 200 else None,
+            markersize=3, label="chunk virus score")
+    if empty.any():  # a gap in the line; the chunk's (or bin's) span drawn grey along the bottom
+        ax.hlines(np.zeros(int(empty.sum())), lo[empty] / scale, hi[empty] / scale, color=COLOURS["no_frames"],
+                  linewidth=5, label="chunk without frames")
+    _score_lines(ax, rules, vertical=False)
+    ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncols=3)
+    ax.set_xlim(0, length / scale)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_ylabel("virus score")
+    ax.set_xlabel(f"position ({unit})")
+    ax.set_title(rid if len(rid) <= 60 else rid[:59] + "…", loc="left", fontsize=10)
+    return _svg_uri(fig)
+
+
+def plot_progress(plt, samples: list[dict]) -> str | None:
+    t = np.array([s.get("t_s", np.nan) for s in samples], dtype=float)
+    frames = np.array([s.get("frames", np.nan) for s in samples], dtype=float)
+    chunks = np.array([s.get("chunks", np.nan) for s in samples], dtype=float)
+    if len(t) < 2:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3))
+    left.plot(t, chunks, color=COLOURS["others"], label="chunks")
+    left.plot(t, frames, color=COLOURS["virus"], label="frames")
+    left.set_xlabel("time since start (s)")
+    left.set_ylabel("done")
+    left.set_title("Progress")
+    left.legend(frameon=False)
+    every = max(1, len(t) // RATE_POINTS)  # a rate over several samples: one sample's step is noise
+    t_r, frames_r = t[::every], frames[::every]
+    dt = np.diff(t_r)
+    rate = np.divide(np.diff(frames_r), dt, out=np.full(len(dt), np.nan), where=dt > 0)
+    right.step(t_r[1:], rate, where="pre", color=COLOURS["busy"])
+    right.set_xlabel("time since start (s)")
+    right.set_ylabel("frames/s")
+    right.set_title("Throughput (all ranks)")
+    right.set_ylim(bottom=0)
+    fig.tight_layout()
+    return _svg_uri(fig)
+
+
+def rank_parts(row: dict) -> list[tuple[str, float]]:
+    """A rank's time split for the bar chart: busy vs waiting when recorded, else its stages."""
+    if "busy_s" in row:
+        busy, wait = float(row["busy_s"]), float(row.get("wait_s", 0.0))
+        parts = [("busy (model forwards)", busy), ("waiting on exchange", wait)]
+        if "loop_s" in row:
+            parts.append(("other", max(0.0, float(row["loop_s"]) - busy - wait)))
+        return parts
+    return [(key[:-2], float(value)) for key, value in row.items()
+            if key.endswith("_s") and key != "loop_s" and isinstance(value, (int, float))]
+
+
+def plot_ranks(plt, per_rank: list[dict]) -> str | None:
+    rows = [(int(r.get("rank", i)), rank_parts(r)) for i, r in enumerate(per_rank)]
+    names = list(dict.fromkeys(name for _, parts in rows for name, _ in parts))
+    if not names:
+        return None
+    palette = {"busy (model forwards)": COLOURS["busy"], "waiting on exchange": COLOURS["wait"],
+               "other": COLOURS["other"]}
+    spare = iter(["#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#F0E442", "#0072B2", "#D55E00", "#999999"])
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.4 * len(rows)))
+    left = np.zeros(len(rows))
+    labels = [f"rank {rank}" for rank, _ in rows]
+    for name in names:
+        values = np.array([dict(parts).get(name, 0.0) for _, parts in rows])
+        ax.barh(labels, values, left=left, label=name, color=palette.get(name) or next(spare, "#999999"))
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Time per rank", loc="left")
+    ax.legend(frameon=False, fontsize=8, ncols=min(4, len(names)), loc="lower right", bbox_to_anchor=(1.0, 1.0))
+    return _svg_uri(fig)
+
+
+
+@dataclass
+class Figures:
+    """Every figure of the page as a `data:` URI (None where the run has nothing to draw)."""
+
+    labels: str | None = None
+    scores: str | None = None
+    share: str | None = None
+    tracks: dict[str, str] = field(default_factory=dict)  # sequence ID -> its score track
+    progress: str | None = None
+    ranks: str | None = None
+
+
+def draw(report: Report) -> Figures:
+    """Draw every figure of the report, before any HTML is written."""
+    plt = _pyplot()
+    figs = Figures()
+    if report.contigs is not None and report.contigs.labels:
+        figs.labels = plot_labels(plt, report.contigs.labels)
+    if report.chunks is not None and report.chunks.score_hist:
+        figs.scores = plot_scores(plt, report.chunks.score_hist, report.rules)
+    if report.contigs is not None and report.contigs.share_hist.sum():
+        figs.share = plot_share(plt, report.contigs.share_hist, report.rules)
+    if report.chunks is not None:
+        lengths = {r["sequence_id"]: int(r.get("length", 0) or 0) for r in report.contigs.top}
+        for rid, track in report.chunks.tracks.items():
+            regions = report.regions.of_tracks.get(rid, []) if report.regions else []
+            length = lengths.get(rid) or int(track["end"].max())
+            figs.tracks[rid] = plot_track(plt, rid, length, track, regions, report.rules)
+    progress = report.run.get("progress")
+    figs.progress = plot_progress(plt, progress) if progress else None
+    per_rank = report.run.get("timings_s", {}).get("per_rank", [])
+    figs.ranks = plot_ranks(plt, per_rank) if per_rank else None
+    return figs

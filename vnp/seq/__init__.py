@@ -1,0 +1,1 @@
+"""The sequence stage: reading FASTA/FASTQ, chunk boundaries, six-frame translation, filters."""

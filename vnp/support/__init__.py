@@ -1,0 +1,1 @@
+"""Support for every layer: typed configuration, user-facing errors, safe path checks."""

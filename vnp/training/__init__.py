@@ -1,0 +1,1 @@
+"""Training a VirNucPro classifier head (`vnp train`): inputs, features, the head, outputs."""

@@ -1,0 +1,84 @@
+"""What training leaves in DIR (rank 0): the classifier, pack.yaml, metrics.json and the learning curve."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from vnp.models.pack import ModelPack
+from vnp.results.plots import pyplot, save_png
+from vnp.run.folder import RunFolder
+from vnp.run.plan import iter_ids, load_plan
+from vnp.seq.frames import FRAME_NAMES
+from vnp.training.config import FEATURES, LABELS, TrainConfig
+from vnp.training.head import Trainer
+
+
+def frame_ids(work: Path, chunk_length: int, keys: np.ndarray) -> list[str]:
+    plan = load_plan(work, chunk_length)
+    ids = list(iter_ids(work))
+    chunks = keys // 6
+    records = plan.record_of(chunks)
+    return [f"{ids[r]}_chunk_{c - int(plan.first_chunk[r]) + 1}{FRAME_NAMES[k % 6]}"
+            for k, c, r in zip(keys.tolist(), chunks.tolist(), records.tolist())]
+
+
+def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
+    from vnp.models.classifier import MLPClassifier, save_classifier
+
+    pack = spec.pack
+    features = out / FEATURES
+    keys = np.load(features / "keys.npy")
+    labels = np.load(features / "labels.npy")
+    dim = pack.embedding_dim
+    model = MLPClassifier(dim, config.train.hidden, len(LABELS))
+    state, split = trainer.state, trainer.split
+    model.load_state_dict(state["best"])
+    save_classifier(model.eval(), out / "classifier",
+                    provenance={"trained_by": "vnp train", "best_epoch": state["best_epoch"],
+                                "chunk_length": spec.chunk_length})
+    _write_pack_yaml(out, pack, spec.chunk_length)
+    metrics = {"epochs": state["history"], "best_epoch": state["best_epoch"],
+               "stopped_early": state["epoch"] < config.train.max_epochs,
+               "frames": {"train": int(len(split.train)), "val": int(len(split.val)),
+                          "virus": int((labels == 1).sum()), "others": int((labels == 0).sum())},
+               "settings": asdict(config.train), "world_size": world_size, "chunk_length": spec.chunk_length,
+               "held_out": frame_ids(RunFolder(features).work, spec.chunk_length, keys[split.val])}
+    RunFolder.write_json(out / "metrics.json", metrics, indent=None)
+    plot_learning_curve(state["history"], out / "learning_curve.png")
+
+
+def _write_pack_yaml(out: Path, pack: ModelPack, chunk_length: int) -> None:
+    from omegaconf import OmegaConf
+
+    def local(value: str) -> str:  # paths inside DIR relative to it, so DIR can move
+        path = Path(value)
+        if path.exists() and path.resolve().is_relative_to(out.resolve()):
+            return str(path.resolve().relative_to(out.resolve()))
+        return value
+
+    data = dict(name=f"trained_{chunk_length}", chunk_length=chunk_length, dnabert=local(pack.dnabert),
+                esm=local(pack.esm), esm_layer=pack.esm_layer, classifier="classifier",
+                dnabert_dim=pack.dnabert_dim, esm_dim=pack.esm_dim)
+    RunFolder.write_text(out / "pack.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def plot_learning_curve(history: list[dict], path: Path) -> None:
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    left.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("cross entropy")
+    left.legend()
+    for name in ("accuracy", "f1", "auroc"):
+        right.plot(epochs, [h[name] if h[name] is not None else float("nan") for h in history], label=name)
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1.02)
+    right.legend()
+    fig.tight_layout()
+    save_png(fig, path)
+

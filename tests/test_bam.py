@@ -1,4 +1,4 @@
-"""Unaligned BAM and CRAM input (read through pysam by the one sequence reader, vnp.seqio)."""
+"""Unaligned BAM and CRAM input (read through pysam by the one sequence reader, vnp.seq.seqio)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 pysam = pytest.importorskip("pysam")
 
 from tests.helpers import run  # noqa: E402
-from vnp.errors import InputError  # noqa: E402
-from vnp.plan import pack_inputs  # noqa: E402
-from vnp.seqio import iter_records  # noqa: E402
-from vnp.translate import reverse_complement  # noqa: E402
+from vnp.support.errors import InputError  # noqa: E402
+from vnp.run.plan import pack_inputs  # noqa: E402
+from vnp.seq.seqio import iter_records  # noqa: E402
+from vnp.seq.frames import reverse_complement  # noqa: E402
 
 UNMAPPED, PAIRED, MATE_UNMAPPED, REVERSE = 0x4, 0x1, 0x8, 0x10
 READ1, READ2, SECONDARY = 0x40, 0x80, 0x100

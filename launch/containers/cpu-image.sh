@@ -39,8 +39,9 @@ mkdir -p "$ROOTFS/tmp/wheels"
 $PYTHON -m pip wheel -q --no-deps -w "$ROOTFS/tmp/wheels" "$ROOT_DIR"
 $PYTHON -m pip download -q -d "$ROOTFS/tmp/wheels" "$TORCH_PIN" "$ROOTFS"/tmp/wheels/vnp-*.whl
 
+rm -rf "$ROOTFS/opt/vnp"  # a rebuild installs this checkout afresh
 chroot "$ROOTFS" python3 -m venv /opt/vnp
-chroot "$ROOTFS" /opt/vnp/bin/pip install -q --no-index --find-links /tmp/wheels "$TORCH_PIN" vnp
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$ROOTFS" /opt/vnp/bin/pip install -q --no-index --find-links /tmp/wheels "$TORCH_PIN" vnp
 rm -rf "$ROOTFS/tmp/wheels" "$ROOTFS/root/.cache"
 chroot "$ROOTFS" /opt/vnp/bin/vnp --version
 

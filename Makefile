@@ -1,4 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+# `make test-wdl` (not part of `make test`: minutes, root) runs the WDL workflow through podman.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast bench clean report-screenshot
+.PHONY: venv demo test test-fast test-wdl bench clean report-screenshot
 
 venv: $(STAMP)
 
@@ -36,6 +37,11 @@ test: $(STAMP)
 # The developers' loop: the single-process tests only (the multi-process runs are marked slow).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# launch/wdl/vnp.wdl run by miniwdl through podman in a CPU image built offline (debootstrap +
+# podman import; launch/containers/cpu-image.sh), its outputs checked as the Broad's steps read them.
+test-wdl: $(STAMP)
+	PY=$(abspath $(PY)) launch/wdl/test-wdl.sh
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

@@ -82,3 +82,12 @@ def test_unknown_subcommand_is_refused(capsys):
     with pytest.raises(SystemExit) as stop:
         vnp_main(["nope"])
     assert stop.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_version_prints_the_package_version_without_torch():
+    import vnp
+
+    proc = vnp_fresh("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"vnp {vnp.__version__}\n"
+    assert "torch imported: False" in proc.stderr

@@ -10,6 +10,7 @@
     vnp train MANIFEST.tsv -o DIR [key=value ...]   train a classifier head, under any launcher
     vnp evaluate OUT LABELS.tsv                    metrics of a prediction run against true labels
     vnp calibrate OUT LABELS.tsv [...] -o C.json   probabilities and FDR from labelled runs (then calibration=C.json)
+    vnp --version                                  prints `vnp X.Y.Z`
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from vnp.support.command import parse
 
 # This module only dispatches: what the commands share is in vnp.support.command (entry points,
 # parsing, the exit-code mapping) and vnp.run.lifecycle (a rank's life); no command imports it.
+
+from vnp import __version__
 
 # subcommand -> (module that defines `add_arguments(parser)` and `run(args) -> int`, one-line help).
 # Only the module of the subcommand that runs is imported: `vnp --help` and `vnp translate` stay
@@ -44,6 +47,7 @@ def create_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `vnp` parser; only `command`'s module is imported, to add that subcommand's arguments."""
     parser = argparse.ArgumentParser(prog="vnp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vnp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_line) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_line, formatter_class=argparse.RawDescriptionHelpFormatter)

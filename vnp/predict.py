@@ -32,7 +32,7 @@ from vnp.support.errors import InputError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("items", nargs="*", metavar="INPUT|key=value",
-                        help="FASTA/FASTQ inputs (plain, .gz, .bz2, .xz) and configuration overrides")
+                        help="FASTA/FASTQ inputs (plain, .gz, .bz2, .xz), unaligned BAM/CRAM, and configuration overrides")
     parser.add_argument("-o", "--out", help="output folder (created; an interrupted run there is resumed)")
     parser.add_argument("-c", "--config", help="YAML file of configuration keys (overridden by key=value)")
     parser.add_argument("--gpus", help="comma-separated GPU ids: relaunch under torchrun, one rank per GPU")

@@ -74,7 +74,7 @@ def _write_batch(batch, frames_per_chunk, chunked, dna, protein, counts: Transla
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA/FASTQ files (.gz, .bz2, .xz accepted)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="FASTA/FASTQ files (.gz, .bz2, .xz accepted) or unaligned BAM/CRAM")
     parser.add_argument("-L", "--chunk-length", type=int, default=500,
                         help="chunk length in bp (300 and 500 match the published models; default 500)")
     parser.add_argument("-o", "--out-dir", required=True, help="output folder (created if needed)")

@@ -1,8 +1,9 @@
 """The chunk plan: one validating pass over the inputs, then random access to any chunk.
 
-Rank 0 reads every input once (plain or compressed, FASTA or FASTQ), validates it, and packs the
-sequences into `work/sequences.bin` (one byte per base, records back to back) with a small index
-(`work/index.npz`: lengths and offsets, like a .fai, and where each ID starts) and the record IDs
+Rank 0 reads every input once (FASTA or FASTQ, plain or compressed; unaligned BAM or CRAM),
+validates it, and packs the sequences into `work/sequences.bin` (one byte per base, records back
+to back) with a small index (`work/index.npz`: lengths and offsets, like a .fai, and where each ID
+starts) and the record IDs
 (`work/ids.txt`, one a line). Chunk boundaries depend only on sequence lengths, so every rank
 derives the whole chunk plan from the index and then reads and translates only its own chunks.
 Compressed input is thus decompressed once per run, not once per rank.
@@ -22,7 +23,7 @@ import numpy as np
 
 from vnp.seq.chunking import chunk_bounds, chunk_starts
 from vnp.support.errors import InputError, where
-from vnp.seq.seqio import RecordStart, check_readable, compression_of, iter_pieces
+from vnp.seq.seqio import RecordStart, alignment_format, check_readable, compression_of, iter_pieces
 from vnp.seq.frames import Chunk
 from vnp.support.atomic import AtomicFiles, WriteFailed
 
@@ -87,7 +88,7 @@ def packed_problem(work_dir: Path, checksum: bool = True) -> str | None:
 def pack_inputs(inputs: Sequence[Path], work_dir: Path,
                 read: Callable[[Path], Iterable[RecordStart | bytes]] | None = None) -> None:
     """Validate every input and write the packed sequences, index and IDs (atomically). `read`
-    streams an input as record starts and letter pieces (default: FASTA/FASTQ; training reads
+    streams an input as record starts and letter pieces (default: FASTA/FASTQ/BAM/CRAM; training reads
     GenBank through `seqio.record_pieces`).
 
     Temporary files are removed whatever stops the packing (bad input, a full disk, a stop signal).
@@ -130,9 +131,11 @@ class _Hashed:
 
 
 def _plain_bytes(inputs: Sequence[Path]) -> int:
-    """A lower bound of the packed size: the sizes of the uncompressed inputs (at most one byte
-    per letter is packed, and a compressed input's size is known only once it is read)."""
-    return sum(path.stat().st_size for path in inputs if compression_of(path) is None)
+    """A lower bound of the packed size: the sizes of the uncompressed text inputs (at most one
+    byte per letter is packed, and the size of a compressed input, BAM and CRAM included, is known
+    only once it is read)."""
+    return sum(path.stat().st_size for path in inputs
+               if compression_of(path) is None and alignment_format(path) is None)
 
 
 def _check_space(work_dir: Path, needed: int, written: int) -> None:

@@ -1,8 +1,10 @@
-"""Reading FASTA and FASTQ, plain or compressed, one record at a time.
+"""Reading FASTA and FASTQ, plain or compressed, and unaligned BAM or CRAM, one record at a time.
 
 Every record is validated as it streams past, so bad input fails with one line that names the
-file, the record and the line (see `vnp.support.errors.InputError`). The record ID is the header up to
-the first whitespace, like Biopython's `record.id`.
+file, the record and the line (see `vnp.support.errors.InputError`). The record ID is the header
+up to the first whitespace, like Biopython's `record.id`; in BAM/CRAM it is the read name, with
+`/1` or `/2` appended for reads flagged READ1 or READ2 (the two reads of a pair share a name), as
+`samtools fastq -N` writes them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ NUCLEOTIDE_LETTERS = b"ACGTURYSWKMBDHVNacgturyswkmbdhvn"
 _STRIPPED = b" \t\r"
 _STRIPPED_LINES = _STRIPPED + b"\n"
 
-SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fna", ".ffn", ".fa", ".fastq", ".fq", ".seq")
+SEQUENCE_SUFFIXES = (".fasta", ".fas", ".fna", ".ffn", ".fa", ".fastq", ".fq", ".seq", ".bam", ".cram")
+# SAM flags (the SAM specification, section 1.4).
+_READ1, _READ2 = 0x40, 0x80
+_NOT_PRIMARY = 0x100 | 0x800  # secondary and supplementary records repeat a read
+
 COMPRESSION_SUFFIXES = (".gz", ".bgz", ".bz2", ".xz")
 
 
@@ -46,7 +52,7 @@ class Record:
 
     id: str
     seq: str
-    line: int  # 1-based line of the header
+    line: int | None  # 1-based line of the header; None in BAM/CRAM (no lines)
 
 
 def compression_of(path: Path) -> str | None:
@@ -57,6 +63,22 @@ def compression_of(path: Path) -> str | None:
         if head.startswith(magic):
             return name
     return None
+
+
+def alignment_format(path: Path) -> str | None:
+    """'BAM' or 'CRAM' from the file's first bytes (a BAM is BGZF, i.e. gzip, holding `BAM\\1`),
+    else None."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"CRAM":
+        return "CRAM"
+    if not head.startswith(b"\x1f\x8b"):
+        return None
+    try:
+        with gzip.open(path, "rb") as fh:
+            return "BAM" if fh.read(4) == b"BAM\x01" else None
+    except _CODEC_ERRORS:
+        return None  # the text reader names the corrupt gzip data
 
 
 def input_stem(path: str | os.PathLike) -> str:
@@ -155,16 +177,31 @@ class RecordStart:
     """The start of a record in a piece stream (its letters follow as `bytes` pieces)."""
 
     id: str
-    line: int  # 1-based line of the header
+    line: int | None  # 1-based line of the header; None in BAM/CRAM
 
 
 def iter_pieces(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[RecordStart | bytes]:
-    """Stream a FASTA or FASTQ file (format detected from its first letter) as a RecordStart per
-    record followed by its validated letters in pieces of at most a few MiB: a record of any
-    length is never held whole (`vnp.run.plan` packs them this way). `nucleotides=False` (protein
-    input of `vnp embed esm`) accepts any ASCII letters; the caller checks them against its
-    alphabet."""
+    """Stream a FASTA, FASTQ, BAM or CRAM file (format detected from its first bytes) as a
+    RecordStart per record followed by its validated letters in pieces of at most a few MiB: a
+    record of any length is never held whole (`vnp.run.plan` packs them this way).
+    `nucleotides=False` (protein input of `vnp embed esm`) accepts any ASCII letters; the caller
+    checks them against its alphabet."""
     path = Path(path)
+    check_readable(path)
+    kind = alignment_format(path)
+    pieces = _alignment_pieces(path, kind, nucleotides) if kind else _text_pieces(path, nucleotides)
+    seen: set[str] = set()
+    for piece in pieces:
+        if isinstance(piece, RecordStart):
+            if piece.id in seen:
+                problem = "duplicate record ID (chunk IDs would be ambiguous)"
+                raise InputError(f"{where(path, piece.id, piece.line)}: {problem}")
+            seen.add(piece.id)
+        yield piece
+
+
+def _text_pieces(path: Path, nucleotides: bool) -> Iterator[RecordStart | bytes]:
+    """FASTA or FASTQ, told apart by the first letter after blank lines and a byte order mark."""
     blocks = _unix_line_ends(_blocks(path))
     data, newlines = b"", 0
     for block in blocks:  # skip a UTF-8 byte order mark and leading blank lines, however many blocks
@@ -186,14 +223,46 @@ def iter_pieces(path: str | os.PathLike, nucleotides: bool = True) -> Iterator[R
     else:
         found = _show(data[:1])
         raise InputError(f"{where(path, line=first_line)}: not a FASTA/FASTQ file (expected '>' or '@', found {found})")
-    seen: set[str] = set()
-    for piece in pieces:
-        if isinstance(piece, RecordStart):
-            if piece.id in seen:
-                problem = "duplicate record ID (chunk IDs would be ambiguous)"
-                raise InputError(f"{where(path, piece.id, piece.line)}: {problem}")
-            seen.add(piece.id)
-        yield piece
+    return pieces
+
+
+def _alignment_pieces(path: Path, kind: str, nucleotides: bool) -> Iterator[RecordStart | bytes]:
+    """The reads of a BAM or CRAM file in file order, as sequenced (a read stored reverse
+    complemented, flag 0x10, is turned back), secondary and supplementary records skipped: the
+    reads `samtools fastq -N` writes. Unaligned files need no reference; an aligned CRAM needs
+    its reference where htslib looks for it (REF_PATH, REF_CACHE)."""
+    import pysam  # only BAM/CRAM input pays for it
+
+    pysam.set_verbosity(0)  # htslib's own warnings would add lines to the one-line error
+    count = 0
+    try:
+        with pysam.AlignmentFile(str(path), "rb" if kind == "BAM" else "rc", check_sq=False) as reads:
+            for read in reads.fetch(until_eof=True):  # no index, no reference needed
+                if read.flag & _NOT_PRIMARY:
+                    continue
+                count += 1
+                rid = _read_id(path, read, count)
+                yield RecordStart(rid, None)
+                letters = (read.get_forward_sequence() or "").encode("ascii")
+                if nucleotides:
+                    _check_letters(path, rid, None, letters)
+                yield letters
+    except (OSError, ValueError, StopIteration) as err:
+        after = f" after {count} reads" if count else ""
+        # htslib reports a stream cut inside a block as errno 0 ("Closing failed: Success"): no detail
+        detail = "" if isinstance(err, OSError) and not err.errno and err.errno is not None else f" ({err})"
+        raise InputError(f"{path}: truncated or corrupt {kind} data{after}{detail}") from None
+
+
+def _read_id(path: Path, read, number: int) -> str:
+    """The read name, `/1` or `/2` appended for the READ1 or READ2 flag (mates share a name)."""
+    name = read.query_name
+    if not name:
+        raise InputError(f"{path}: read {number} has no name")
+    bad = control_character(name)
+    if bad is not None:
+        raise InputError(f"{path}: read {number}: the read name contains the control character {bad}")
+    return name + ("/1" if read.flag & _READ1 else "/2" if read.flag & _READ2 else "")
 
 
 def record_pieces(records: Iterable[Record]) -> Iterator[RecordStart | bytes]:

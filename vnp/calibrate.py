@@ -112,15 +112,15 @@ def calibrate(pairs: list[tuple[Path, Path]], output: Path) -> dict:
         entries.append(entry)
         parts.append(items)
     chunk_x, chunk_y, record_x, record_y = (np.concatenate(column) for column in zip(*parts))
-    data = {"format": vcal.FORMAT, "vnp": __version__, "runs": entries,
+    data = {"format": vcal.CALIBRATION_FORMAT, "vnp": __version__, "runs": entries,
             "chunk": vcal.fit_level("chunk", chunk_x, chunk_y.astype(np.int64)),
-            "sequence": vcal.fit_level("sequence", record_x.reshape(-1, len(vcal.FEATURES)),
+            "sequence": vcal.fit_level("sequence", record_x.reshape(-1, len(vcal.SEQUENCE_FEATURES)),
                                        record_y.astype(np.int64))}
     RunFolder.write_json(output, data)
     return data
 
 
-def summary(data: dict, output: Path) -> str:
+def calibration_summary(data: dict, output: Path) -> str:
     lines = []
     for level in ("sequence", "chunk"):
         entry = data[level]
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = [(Path(items[i]), Path(items[i + 1])) for i in range(0, len(items), 2)]
     output = Path(args.output)
     data = calibrate(pairs, output)
-    print(summary(data, output), file=sys.stderr)
+    print(calibration_summary(data, output), file=sys.stderr)
     return 0
 
 

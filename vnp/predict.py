@@ -67,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
         return relaunch_on_gpus(args)
     inputs, config = rank_command(args, PredictConfig, lambda inputs: None if inputs else
                                   "no input files given (vnp predict INPUT... -o OUT)", "-o OUT")
+    if config.calibration:
+        from vnp.results.calibration import load_calibration
+
+        try:
+            load_calibration(config.calibration)  # a bad file fails here, naming itself, before any work
+        except InputError as err:  # every rank finds it; rank 0 says it
+            raise InputError(str(err), reported=vdist.detect_env().rank != 0) from None
     return predict(config, inputs, Path(args.out))
 
 

@@ -7,7 +7,7 @@ their true labels, a monotone map from the scores to P(virus):
 * **Chunks**: isotonic regression of the true label on the chunk's max virus score (`max_score2`).
   One score, so the only assumption is that a higher score means viral at least as often.
 * **Sequences**: a logistic regression combines five features of the sequence's chunk scores
-  (`FEATURES`: logit of the mean and of the max chunk virus score, the share of viral chunks, the
+  (`SEQUENCE_FEATURES`: logit of the mean and of the max chunk virus score, the share of viral chunks, the
   log of the chunks with frames, and logit(mean) x log(chunks), since evidence grows with the chunks
   that agree) into one linear score; isotonic regression of the label on that score then gives the
   probability. The logistic model ranks (it uses every feature and is fitted with few parameters);
@@ -46,8 +46,8 @@ from vnp.results import calls as vcalls
 from vnp.support.errors import InputError
 from vnp.run.plan import ChunkPlan
 
-FORMAT = "vnp-calibration/1"
-FEATURES = ("logit_mean_virus", "logit_max_virus", "fraction_viral", "log_chunks", "logit_mean_x_log_chunks")
+CALIBRATION_FORMAT = "vnp-calibration/1"
+SEQUENCE_FEATURES = ("logit_mean_virus", "logit_max_virus", "fraction_viral", "log_chunks", "logit_mean_x_log_chunks")
 MIN_PER_CLASS = 50  # labelled items of each class a level needs, at least
 FOLDS = 5  # out-of-fold reliability: each item predicted by a map fitted without its fold
 ECE_BINS = 10  # equal-width probability bins of the expected calibration error
@@ -66,7 +66,7 @@ def chunk_feature(chunks: vcalls.ChunkScores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def sequence_features(plan: ChunkPlan, chunks: vcalls.ChunkScores) -> tuple[np.ndarray, np.ndarray]:
-    """(FEATURES per record, float64 [R, 5]; records with at least one chunk with frames)."""
+    """(SEQUENCE_FEATURES per record, float64 [R, 5]; records with at least one chunk with frames)."""
     n_records = plan.n_records
     record = np.repeat(np.arange(n_records), np.diff(plan.first_chunk))
     has = chunks.has_frames
@@ -89,7 +89,7 @@ class LevelMap:
     """score -> P(virus) at one level: linear score (sequences) or the score itself (chunks), then
     linear interpolation between the centred isotonic points (constant beyond the ends)."""
 
-    weights: np.ndarray | None  # [len(FEATURES)] for sequences; None for chunks
+    weights: np.ndarray | None  # [len(SEQUENCE_FEATURES)] for sequences; None for chunks
     bias: float
     steps_x: np.ndarray  # increasing scores: the mean score of each isotonic block
     steps_y: np.ndarray  # increasing probabilities (the blocks' shares of virus), never exactly 0 or 1
@@ -166,7 +166,7 @@ def fit_level(level: str, x: np.ndarray, y: np.ndarray) -> dict:
     fitted = fit_map(x, y, linear)
     entry = {"items": int(len(y)), "virus": int(y.sum()), "virus_share": fitted.virus_share}
     if linear:
-        entry["features"] = list(FEATURES)
+        entry["features"] = list(SEQUENCE_FEATURES)
         entry["weights"] = fitted.weights.tolist()
         entry["bias"] = fitted.bias
     else:
@@ -214,9 +214,9 @@ def _level_map(path: Path, data: dict, level: str) -> LevelMap:
         raise bad("the steps must be finite, increasing, with probabilities strictly between 0 and 1")
     if not 0.0 < share < 1.0:
         raise bad(f"virus_share must be between 0 and 1, got {share}")
-    if weights is not None and (weights.shape != (len(FEATURES),) or not np.all(np.isfinite(weights))
-                                or not math.isfinite(bias) or entry.get("features") != list(FEATURES)):
-        raise bad(f"expected finite weights for the features {', '.join(FEATURES)}")
+    if weights is not None and (weights.shape != (len(SEQUENCE_FEATURES),) or not np.all(np.isfinite(weights))
+                                or not math.isfinite(bias) or entry.get("features") != list(SEQUENCE_FEATURES)):
+        raise bad(f"expected finite weights for the features {', '.join(SEQUENCE_FEATURES)}")
     return LevelMap(weights, bias, x, y, share)
 
 
@@ -232,8 +232,8 @@ def load_calibration(path: str | Path) -> Calibration:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: not a vnp calibration file (not JSON: {err})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"{path}: not a vnp calibration file (expected \"format\": \"{FORMAT}\"; write one with "
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise InputError(f"{path}: not a vnp calibration file (expected \"format\": \"{CALIBRATION_FORMAT}\"; write one with "
                          "vnp calibrate)")
     return Calibration(path, hashlib.sha256(raw).hexdigest(), _level_map(path, data, "chunk"),
                        _level_map(path, data, "sequence"), data)

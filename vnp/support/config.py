@@ -225,10 +225,6 @@ class PredictConfig(ModelRunConfig):
             key = "call.max_fdr" if self.call.max_fdr else "call.prior"
             raise ValueError(f"{key} needs calibration=calibration.json (from vnp calibrate): without one vnp has "
                              "no probabilities")
-        if self.calibration:
-            from vnp.results.calibration import load_calibration
-
-            load_calibration(self.calibration)  # a bad file fails here, naming itself, before any work
 
 
 # call.preset: the call.* and regions.* values each preset sets (every other call.* and regions.*

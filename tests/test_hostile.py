@@ -119,7 +119,9 @@ def test_out_not_writable(tmp_path, finished):
     if not target.is_dir():
         pytest.skip("no read-only folder to try")
     proc = torchrun(str(good), "-o", str(target), *ARGS)
-    assert "output folder is not writable" in proc.stderr and proc.returncode != 0
+    # /sys/fs holds other files: refused as not vnp's before its permissions matter (issue 17, item 1)
+    said = "output folder is not writable" in proc.stderr or "not empty and not one vnp made" in proc.stderr
+    assert said and proc.returncode != 0
     assert not rank_tracebacks(proc.stderr)
 
 

@@ -251,6 +251,8 @@ def test_resume_after_kill_gives_the_same_weights(one_rank, manifest, tmp_path):
     killed = tmp_path / "killed"
     killed.mkdir()
     shutil.copytree(one_rank / "features", killed / "features")  # the cache: only training runs
+    (killed / "work").mkdir()
+    shutil.copy(one_rank / "work" / ".lock", killed / "work" / ".lock")  # a folder vnp made (issue 17)
     proc = subprocess.Popen([sys.executable, "-m", "vnp.train", str(manifest), "-o", str(killed), *COMMON, *FEW_STEPS],
                             env=child_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)

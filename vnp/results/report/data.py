@@ -158,6 +158,7 @@ class Contigs:
     top: list[dict[str, str]] = field(default_factory=list)  # whole rows, best first
     first_chunk: dict[str, int] = field(default_factory=dict)  # top sequence -> its first row in chunks.tsv
     columns: list[str] = field(default_factory=list)
+    probabilities: np.ndarray | None = None  # virus_probability, decreasing, NaN dropped (with a calibration)
 
 
 def read_contigs(path: Path, top: int) -> Contigs:
@@ -165,9 +166,11 @@ def read_contigs(path: Path, top: int) -> Contigs:
     result = Contigs(columns=table_header(path, ("sequence_id", "length", "chunks", "fraction_viral",
                                                  "max_virus_score", "label")))
     best = Top(top)
-    chunk_counts = []
+    chunk_counts, probabilities = [], []
     for batch in read_columns(path, {"label": str, "confidence": str, "fraction_viral": float,
-                                     "max_virus_score": float, "chunks": int}):
+                                     "max_virus_score": float, "chunks": int, "virus_probability": float}):
+        if "virus_probability" in batch:
+            probabilities.append(batch["virus_probability"])
         _count(result.labels, batch["label"])
         if "confidence" in batch:
             _count(result.confidence, batch["confidence"])
@@ -183,7 +186,36 @@ def read_contigs(path: Path, top: int) -> Contigs:
     # chunks.tsv lists every chunk of every sequence in the order of contigs.tsv
     first = np.concatenate([[0], np.cumsum(np.concatenate(chunk_counts or [np.zeros(0, np.int64)]))])
     result.first_chunk = {row["sequence_id"]: int(first[i]) for i, row in zip(best.rows.tolist(), result.top)}
+    if probabilities:
+        p = np.concatenate(probabilities)
+        result.probabilities = np.sort(p[~np.isnan(p)])[::-1]
     return result
+
+
+@dataclass
+class Calibrated:
+    """The calibration behind a run's probabilities (run.json `calls.calibration`)."""
+
+    path: str
+    sha256: str
+    bins: dict | None  # level -> out-of-fold reliability bins; None when the file moved or changed
+    max_fdr: float  # call.max_fdr (0: the calls follow the call.* rules)
+
+
+def read_calibrated(run: dict) -> Calibrated | None:
+    """The run's calibration record, with the reliability bins of its file while that file is
+    still at its path with its checksum; None for a run without a calibration."""
+    from vnp.run.plan import file_sha256
+
+    calls = run.get("calls", {})
+    record = calls.get("calibration")
+    if not isinstance(record, dict):
+        return None
+    path, bins = Path(record.get("path", "")), None
+    if path.is_file() and file_sha256(path) == record.get("sha256"):
+        bins = {level: json.loads(path.read_text())[level]["out_of_fold"]["bins"] for level in ("sequence", "chunk")}
+    return Calibrated(record.get("path", "?"), record.get("sha256", "?"), bins,
+                      calls.get("call", {}).get("max_fdr") or 0)
 
 
 @dataclass
@@ -331,7 +363,7 @@ class Report:
     changed: list[tuple[str, str, str]] | None
     rules: CallRules
     unfinished: str | None = None  # OUT's progress belongs to a later run, not yet finished
-    contigs_path: Path | None = None  # contigs.tsv as written (a pending file while `vnp call` replaces it)
+    calibrated: Calibrated | None = None
 
     def summary_shown(self) -> list[dict[str, str]] | None:
         """summary.tsv's rows: the first TABLE_ROWS inputs and the total row."""
@@ -443,7 +475,7 @@ def load(out: Path, top: int = TOP_N, files=None) -> Report:
     config_yaml = at(folder.config_yaml)
     changed = settings_changed(config_yaml) if config_yaml.is_file() else None
     return Report(out, run, top, contigs, chunks, regions, summary, changed, call_rules(run), later_run(folder, run),
-                  present["contigs.tsv"])
+                  read_calibrated(run))
 
 
 def later_run(folder: RunFolder, run: dict) -> str | None:

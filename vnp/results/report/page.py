@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from vnp.results.report.data import TABLE_ROWS, TOP_N, Report, _is_number, load
-from vnp.results.report.plots import COLOURS, Figures, draw
+from vnp.results.report.plots import COLOURS, Figures, called_fdr, draw
 from vnp.run.folder import RunFolder
 from vnp.support.atomic import AtomicFiles
 
@@ -145,7 +145,7 @@ def render(report: Report) -> str:
     run = report.run
     title = f"vnp report: {report.out.resolve().name}"
     sections = [_section_run(report), _section_labels(report, figs), _section_scores(report, figs),
-                _section_calibration(report), _section_top(report), _section_tracks(report, figs), _section_performance(report, figs),
+                _section_calibration(report, figs), _section_top(report), _section_tracks(report, figs), _section_performance(report, figs),
                 _section_resume(report)]
     data = script_json(report.data())
     subtitle = (f"vnp {esc(run.get('vnp', '?'))} · pack {esc(run.get('models', {}).get('name', '?'))} · "
@@ -269,63 +269,26 @@ def _section_scores(report: Report, figs: Figures) -> str:
     return "".join(parts) + "</div></section>"
 
 
-def _section_calibration(report: Report) -> str:
-    """With a calibration (run.json `calls.calibration`): its file and checksum, the reliability
-    diagram (out-of-fold, from the file), the histogram of sequence probabilities and the
-    estimated FDR against the number of sequences called by decreasing probability, the cutoff
-    marked. Nothing without one. Reads and draws its own figure (one section, one place)."""
-    import numpy as np
-
-    from vnp.results.report.data import SCORE_BINS, read_columns
-    from vnp.results.report.plots import TRACK_POINTS, _pyplot, _svg_uri
-    from vnp.run.plan import file_sha256
-
-    record = report.run.get("calls", {}).get("calibration")
-    contigs = report.contigs_path
-    if not isinstance(record, dict) or contigs is None:
+def _section_calibration(report: Report, figs: Figures) -> str:
+    """With a calibration (run.json `calls.calibration`): its file and checksum, and the figure of
+    `plots.plot_calibration` (the cutoff marked). Nothing without one."""
+    cal, contigs = report.calibrated, report.contigs
+    if cal is None or contigs is None:
         return ""
     parts = ["<section><h2>Calibration</h2>", table(["item", "value"], [
-        ["calibration file", record.get("path", "?")], ["sha256", record.get("sha256", "?")]], "calibration",
-        align=False)]
-    p, called = [], 0
-    for batch in read_columns(contigs, {"virus_probability": float, "label": str}):
-        p.append(batch.get("virus_probability", np.zeros(0)))
-        called += int(np.sum(batch["label"] == "virus")) if "label" in batch else 0
-    p = np.concatenate(p) if p else np.zeros(0)
-    p = np.sort(p[~np.isnan(p)])[::-1]
-    if not len(p):
+        ["calibration file", cal.path], ["sha256", cal.sha256]], "calibration", align=False)]
+    p = contigs.probabilities
+    if p is None or not len(p):
         return "".join(parts) + note("contigs.tsv has no virus_probability.") + "</section>"
-    bins = None
-    path = Path(record.get("path", ""))
-    if path.is_file() and file_sha256(path) == record.get("sha256"):
-        bins = {level: json.loads(path.read_text())[level]["out_of_fold"]["bins"] for level in ("sequence", "chunk")}
-    else:
+    if cal.bins is None:
         parts.append(note("The calibration file is no longer at that path with that checksum: no reliability "
                           "diagram."))
-    fig, axes = _pyplot().subplots(1, 3, figsize=(13, 3.6))
-    for level, rows in (bins or {}).items():
-        axes[0].plot([r["mean_probability"] for r in rows], [r["virus_share"] for r in rows], marker="o",
-                     label=f"{level}s", color=COLOURS["virus" if level == "sequence" else "others"])
-    axes[0].plot([0, 1], [0, 1], color=COLOURS["line"], linestyle=":", linewidth=1.0, label="perfect")
-    axes[0].set(xlabel="predicted P(virus) (out of fold)", ylabel="share virus", title="Reliability")
-    axes[0].legend(frameon=False, fontsize=8)
-    axes[1].hist(p, bins=SCORE_BINS, color=COLOURS["virus"])
-    axes[1].set(xlabel="sequence virus_probability", ylabel="sequences", title="Probabilities")
-    fdr = np.cumsum(1.0 - p) / np.arange(1, len(p) + 1)  # called by decreasing p
-    step = max(1, len(p) // TRACK_POINTS)
-    axes[2].plot(np.arange(1, len(p) + 1)[::step], fdr[::step], color=COLOURS["line"])
-    axes[2].axvline(called, color=COLOURS["virus"], linestyle="--", label=f"called virus: {called:,}")
-    max_fdr = report.run.get("calls", {}).get("call", {}).get("max_fdr") or 0
-    if max_fdr:
-        axes[2].axhline(max_fdr, color=COLOURS["others"], linestyle=":", label=f"call.max_fdr {max_fdr:g}")
-    axes[2].set(xlabel="sequences called (by decreasing probability)", ylabel="estimated FDR",
-                title="Estimated FDR")
-    axes[2].legend(frameon=False, fontsize=8)
-    how = (f"the largest set with estimated FDR <= call.max_fdr {max_fdr:g}; its estimated FDR is "
-           f"{fdr[called - 1]:.4f}" if max_fdr and called else
+    called = contigs.labels.get("virus", 0)
+    how = (f"the largest set with estimated FDR <= call.max_fdr {cal.max_fdr:g}; its estimated FDR is "
+           f"{called_fdr(p)[called - 1]:.4f}" if cal.max_fdr and called else
            "by the call.* rules, not by probability (call.max_fdr picks the set from the curve)")
     parts.append(f'<p data-calibrated-called="{called}">{called:,} sequences called virus: {esc(how)}.</p>')
-    parts.append(figure(_svg_uri(fig), "reliability diagram, probability histogram and estimated FDR", wide=True))
+    parts.append(figure(figs.calibration, "reliability diagram, probability histogram and estimated FDR", wide=True))
     return "".join(parts) + "</section>"
 
 

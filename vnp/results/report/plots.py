@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vnp.results.plots import pyplot
-from vnp.results.report.data import SCORE_BINS, SHARE_BINS, CallRules, Report
+from vnp.results.report.data import SCORE_BINS, SHARE_BINS, Calibrated, CallRules, Report
 
 TRACK_POINTS = 2000  # a score track's most points; longer sequences are binned (max per bin)
 
@@ -214,6 +214,7 @@ class Figures:
     tracks: dict[str, str] = field(default_factory=dict)  # sequence ID -> its score track
     progress: str | None = None
     ranks: str | None = None
+    calibration: str | None = None
 
 
 def draw(report: Report) -> Figures:
@@ -236,4 +237,37 @@ def draw(report: Report) -> Figures:
     figs.progress = plot_progress(plt, progress) if progress else None
     per_rank = report.run.get("timings_s", {}).get("per_rank", [])
     figs.ranks = plot_ranks(plt, per_rank) if per_rank else None
+    cal, contigs = report.calibrated, report.contigs
+    if cal is not None and contigs is not None and contigs.probabilities is not None and len(contigs.probabilities):
+        figs.calibration = plot_calibration(plt, cal, contigs.probabilities, contigs.labels.get("virus", 0))
     return figs
+
+
+def plot_calibration(plt, cal: Calibrated, p: np.ndarray, called: int) -> str:
+    """Reliability diagram (out of fold, from the file), the histogram of sequence probabilities
+    (`p`, decreasing) and the estimated FDR against the number of sequences called by decreasing
+    probability, with the sequences called and call.max_fdr marked."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for level, rows in (cal.bins or {}).items():
+        axes[0].plot([r["mean_probability"] for r in rows], [r["virus_share"] for r in rows], marker="o",
+                     label=f"{level}s", color=COLOURS["virus" if level == "sequence" else "others"])
+    axes[0].plot([0, 1], [0, 1], color=COLOURS["line"], linestyle=":", linewidth=1.0, label="perfect")
+    axes[0].set(xlabel="predicted P(virus) (out of fold)", ylabel="share virus", title="Reliability")
+    axes[0].legend(frameon=False, fontsize=8)
+    axes[1].hist(p, bins=SCORE_BINS, color=COLOURS["virus"])
+    axes[1].set(xlabel="sequence virus_probability", ylabel="sequences", title="Probabilities")
+    fdr = called_fdr(p)
+    step = max(1, len(p) // TRACK_POINTS)
+    axes[2].plot(np.arange(1, len(p) + 1)[::step], fdr[::step], color=COLOURS["line"])
+    axes[2].axvline(called, color=COLOURS["virus"], linestyle="--", label=f"called virus: {called:,}")
+    if cal.max_fdr:
+        axes[2].axhline(cal.max_fdr, color=COLOURS["others"], linestyle=":", label=f"call.max_fdr {cal.max_fdr:g}")
+    axes[2].set(xlabel="sequences called (by decreasing probability)", ylabel="estimated FDR",
+                title="Estimated FDR")
+    axes[2].legend(frameon=False, fontsize=8)
+    return _svg_uri(fig)
+
+
+def called_fdr(p: np.ndarray) -> np.ndarray:
+    """For `p` decreasing: the estimated FDR of calling the first k sequences, k = 1..len(p)."""
+    return np.cumsum(1.0 - p) / np.arange(1, len(p) + 1)

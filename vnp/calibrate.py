@@ -24,6 +24,7 @@ from vnp import __version__
 from vnp.results import calibration as vcal
 from vnp.results import calls as vcalls
 from vnp.run.folder import RunFolder
+from vnp.seq.chunking import parse_chunk_id
 from vnp.support.command import command, module_main
 from vnp.support.errors import InputError
 
@@ -47,12 +48,12 @@ def truth(labels, ids: list[str], plan, labels_path: Path, run: Path) -> tuple[n
     unknown = []
 
     def chunk_of(name: str) -> int | None:
-        head, sep, number = name.rpartition("_chunk_")  # a chunk ID: <sequence>_chunk_<k>
-        record = index.get(head) if sep and number.isdigit() else None
+        parsed = parse_chunk_id(name)
+        record = index.get(parsed[0]) if parsed else None
         if record is None:
             return None
-        first = int(plan.first_chunk[record])
-        return first + int(number) - 1 if 1 <= int(number) <= int(plan.first_chunk[record + 1]) - first else None
+        first, number = int(plan.first_chunk[record]), parsed[1]
+        return first + number - 1 if 1 <= number <= int(plan.first_chunk[record + 1]) - first else None
 
     entries = [(n, v, "sequence") for n, v in labels.sequence.items()] + \
               [(n, v, "chunk") for n, v in labels.chunk.items()] + [(n, v, None) for n, v in labels.either.items()]

@@ -70,14 +70,14 @@ def training_sequences(kind: str, seed: int, count: int = 24) -> list[tuple[str,
     return [(f"{kind}_train_{i}", make(rng, rng.randrange(1000, 2001))) for i in range(count)]
 
 
-def write_fasta(path: str | Path, records: list[tuple[str, str]]) -> None:
-    with open(path, "w") as fh:
-        for title, seq in records:
-            fh.write(f">{title}\n" + "".join(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60)))
+def fasta_text(records: list[tuple[str, str]]) -> str:
+    """FASTA of (title, sequence) records, 60 letters a line."""
+    return "".join(f">{title}\n" + "".join(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
+                   for title, seq in records)
 
 
 def write_example(path: str | Path) -> None:
-    write_fasta(path, example_sequences())
+    Path(path).write_text(fasta_text(example_sequences()))
 
 
 def example_path() -> Path:
@@ -90,26 +90,24 @@ def train_demo_model(folder: Path) -> Path:
     from vnp.train import main as train_main
 
     data = folder / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    fresh = folder / "fresh"
-    fresh.mkdir(exist_ok=True)
-    write_fasta(fresh / "virus.fa", training_sequences("virus", seed=1))
-    write_fasta(fresh / "host.fa", training_sequences("others", seed=2))
-    (fresh / "manifest.tsv").write_text("virus.fa\tvirus\nhost.fa\tothers\n")
-    same = all((data / f.name).is_file() and (data / f.name).read_bytes() == f.read_bytes() for f in fresh.iterdir())
+    files = {"virus.fa": fasta_text(training_sequences("virus", seed=1)),
+             "host.fa": fasta_text(training_sequences("others", seed=2)),
+             "manifest.tsv": "virus.fa\tvirus\nhost.fa\tothers\n"}
     pack = folder / "trained" / "pack.yaml"
-    if same and pack.is_file():
+    if pack.is_file() and all((data / name).is_file() and (data / name).read_text() == text
+                              for name, text in files.items()):
         print(f"vnp demo: reusing the head trained before ({pack})", file=sys.stderr)
         return pack
-    for f in fresh.iterdir():
-        f.replace(data / f.name)
+    data.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (data / name).write_text(text)
     print("vnp demo: training the tiny pack's head on SYNTHETIC sequences (GC-rich = \"virus\", "
           "AT-rich = \"host\") ...", file=sys.stderr)
     code = train_main([str(data / "manifest.tsv"), "-o", str(folder / "trained"), "pack=tiny", "progress=false",
                        "train.max_epochs=30", "train.patience=30", "train.lr=0.01"])
     if code != 0:
         raise SystemExit(code)
-    return folder / "trained" / "pack.yaml"
+    return pack
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,26 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers import TABLES, write_mixed_input
-from vnp.support.config import BatchConfig, PredictConfig
+from vnp.support.config import BatchConfig
 from vnp.models import memory
 from vnp.models.batches import BATCH_PENALTY, UNDER_HALF_PENALTY, Budget, FrameTooLarge, is_out_of_memory, token_batches
 from vnp.predict import main as predict_main
 from vnp.run.folder import keep_unit_size
 
+from benchmarks.bench_batches import greedy_batches  # the rule before, the benchmark's baseline
+
 GIB = 1 << 30
 
 
 # ----------------------------------------------------------------------------- the batching rule
-
-
-def greedy(lengths, budget):
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    out, start = [], 0
-    while start < len(order):
-        size = max(1, budget // lengths[order[start]])
-        out.append(order[start:start + size])
-        start += size
-    return out
 
 
 def padded(lengths, batches):
@@ -47,7 +39,7 @@ def cost(lengths, batches, budget):
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_token_batches_cover_respect_budget_and_beat_greedy(seed):
+def test_token_batches_cover_respect_budget_and_beat_greedy_batches(seed):
     rng = random.Random(seed)
     lengths = [rng.choice([168] * 5 + list(range(20, 168))) for _ in range(rng.randint(50, 400))]
     lengths += [3000]  # longer than the budget: alone
@@ -58,14 +50,14 @@ def test_token_batches_cover_respect_budget_and_beat_greedy(seed):
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
     assert [lengths[i] for b in batches for i in b] == sorted(lengths, reverse=True)  # longest first
     assert batches[0] == [len(lengths) - 1]
-    assert cost(lengths, batches, budget) <= cost(lengths, greedy(lengths, budget), budget)
+    assert cost(lengths, batches, budget) <= cost(lengths, greedy_batches(lengths, budget), budget)
     assert token_batches(lengths, budget) == batches  # the same lengths, the same batches
 
 
 def test_token_batches_exact_on_a_small_case():
     # greedy fills the first batch: [100 60] [60 60], 200 + 120 padded tokens; the best cut of two
     # batches pads nothing: [100] [60 60 60], 100 + 180
-    assert greedy([100, 60, 60, 60], 240) == [[0, 1], [2, 3]]
+    assert greedy_batches([100, 60, 60, 60], 240) == [[0, 1], [2, 3]]
     assert token_batches([100, 60, 60, 60], 240) == [[0], [1, 2, 3]]
     # one more batch under half the budget costs (0.1 + 0.05) x 240 = 36: worth it to save 50 padded
     # tokens, not 30

@@ -8,7 +8,7 @@ import pytest
 
 from vnp.support.errors import InputError
 from vnp.models.pack import ModelPack
-from vnp.run.folder import RunFolder
+from vnp.run.folder import RunFolder, differences
 from vnp.run.state import RunSpec
 
 
@@ -55,6 +55,43 @@ def test_run_record_is_written_atomically_and_compared(tmp_path):
     assert not folder.holds_same_run(other, None, force=True)
     folder.forget_run_record()
     assert folder.read_run_record() is None
+
+
+# A run record with every key that changes results, and one change of each, as a resume sees them.
+RECORD = {"inputs": [{"path": "/in/a.fa", "size": 10, "sha256": "aa"}],
+          "models": {"classifier": "c", "esm": "e", "dnabert": "d"}, "pack": "p1", "chunk_length": 300,
+          "unit_chunks": 4, "precision": "fp32", "esm_attention": "math", "device": "cpu",
+          "save_embeddings": False, "filters": {"min_length": 0, "max_n_fraction": 1.0}}
+CHANGES = [("inputs", [{"path": "/in/a.fa", "size": 10, "sha256": "bb"}], "inputs \\(file contents or paths\\)"),
+           ("pack", "p2", "pack"), ("chunk_length", 500, "chunk_length"), ("unit_chunks", 8, "unit_chunks"),
+           ("precision", "bf16", "precision"), ("esm_attention", "flash", "esm_attention"),
+           ("device", "cuda", "device"), ("save_embeddings", True, "save_embeddings"),
+           ("filters", {"min_length": 300, "max_n_fraction": 1.0}, "filters")]
+
+
+@pytest.mark.parametrize("key, value, named", CHANGES, ids=[key for key, _, _ in CHANGES])
+def test_a_resume_with_any_result_setting_changed_is_refused_naming_it(tmp_path, key, value, named):
+    """Each key listed here by hand (not read from RESULT_KEYS, which a mistake could shorten):
+    another `filter.min_length` or `chunk_length` is another run, refused in one line that names it."""
+    folder = RunFolder(tmp_path)
+    folder.check_usable()
+    folder.write_run_record(RECORD)
+    assert folder.holds_same_run(json.loads(json.dumps(RECORD)), None, force=False)
+    with pytest.raises(InputError, match=rf"^{tmp_path}: holds a run with different {named}; rerun with force=true"):
+        folder.holds_same_run({**RECORD, key: value}, None, force=False)
+    assert not folder.holds_same_run({**RECORD, key: value}, None, force=True)
+
+
+def test_a_changed_model_is_named_before_the_keys(tmp_path):
+    pack = ModelPack("tiny", 300, "dnabert", "esm.pt", None, "classifier.pth", 48, 64)
+    folder = RunFolder(tmp_path)
+    folder.check_usable()
+    folder.write_run_record(RECORD)
+    changed = {**RECORD, "models": {**RECORD["models"], "esm": "e2"}, "pack": "p2", "chunk_length": 500}
+    with pytest.raises(InputError, match=r"the esm model esm.pt is not the one the run there used \(it was e, "
+                                         r"it is now e2\); rerun with force=true"):
+        folder.holds_same_run(changed, pack, force=False)
+    assert differences(RECORD, changed) == ["models", "chunk_length"]  # the pack follows from the model
 
 
 def test_the_run_description_travels_through_the_ready_file_unchanged(tmp_path):

@@ -12,8 +12,9 @@ import torch
 
 from vnp.run import dist as vdist
 from vnp.support.config import EngineConfig
+from vnp.run import engine
 from vnp.run.engine import RowSink, StopFlag, run_units, snake
-from vnp.run.exchange import Computed
+from vnp.run.exchange import NO_UNIT, Computed, Delivery, UnitRows
 from vnp.run.plan import IDS, iter_ids, load_plan, pack_inputs
 from vnp.run.steps import IdLookup, Progress
 from vnp.run.store import COMPACT_ABOVE, PART_GLOB, PartWriter, ScoreStore
@@ -84,6 +85,51 @@ def test_stop_leaves_after_the_step_that_completes_it(window):
     assert stats.stopped and stop.requested
     assert stats.steps == 5 + window
     assert [u for call in sink.calls for u in call] == list(range(5 + window))
+
+
+def test_a_unit_that_never_reaches_the_sink_fails_the_run():
+    """A unit lost on the way (here: computed but posted as padding) is never silently missing
+    from the tables: the run fails naming it, after the sink was closed on what did arrive."""
+
+    class LosingWork(CountingWork):
+        def compute(self, unit, frames):
+            if unit == 4:
+                return Computed(NO_UNIT, np.zeros(0, np.int64), torch.zeros((0, self.dim)))
+            return super().compute(unit, frames)
+
+    sink = ListSink()
+    with pytest.raises(RuntimeError, match=r"work units missing after the last step: \[4\]\.\.\. \(1 in all\)"):
+        run_units(SINGLE, LosingWork(9), sink, StopFlag(), EngineConfig(window=2))
+    assert sorted(sink.rows) == [0, 1, 2, 3, 5, 6, 7, 8] and sink.closed
+
+
+class PairedExchange:
+    """Stands in for the exchange of two ranks: each step delivers two units, in rank order, the
+    larger unit first (as the snake deals every other step), each unit's rows where its header says."""
+
+    def __init__(self, world_size, rank, device, rows, dim, stream=None, recorder=None):
+        self.posted: list[Computed] = []
+        self.decode_s, self.sent_bytes, self.frames = 0.0, 0, 0
+
+    def post(self, computed, stop):
+        self.posted.append(computed)
+
+    def __len__(self):
+        return (len(self.posted) + 1) // 2
+
+    def complete_oldest(self):
+        step, self.posted = self.posted[:2][::-1], self.posted[2:]
+        starts = np.cumsum([0] + [len(c.keys) for c in step])
+        units = [UnitRows(c.unit, c.keys, int(start)) for c, start in zip(step, starts)]
+        return Delivery(units, torch.cat([c.embeddings for c in step])), False
+
+
+def test_several_units_of_a_step_reach_the_sink_in_ascending_order(monkeypatch):
+    monkeypatch.setattr(engine, "Exchange", PairedExchange)
+    work, sink = CountingWork(9), ListSink()
+    run_units(SINGLE, work, sink, StopFlag(), EngineConfig(window=2))
+    assert sink.calls == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    assert all(np.array_equal(sink.rows[u], np.full((u % 3, 4), float(u), np.float32)) for u in range(9))
 
 
 def test_snake_deals_largest_units_evenly():

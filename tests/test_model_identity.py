@@ -3,6 +3,7 @@ a hub snapshot is named by its commit."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -79,6 +80,17 @@ def test_every_byte_of_a_model_names_it(tiny_pack, tmp_path):
     pack.esm = str(copy)
     after = model_digests(pack)
     assert after["esm"] != before["esm"] and after["dnabert"] == before["dnabert"]
+
+
+def test_a_file_of_several_read_blocks_is_hashed_to_its_last_byte(tmp_path):
+    """The digest reads a file in 4 MiB blocks: a file of more than two blocks is named by all of them."""
+    data = bytearray(os.urandom((9 << 20) + 123))
+    model, other = tmp_path / "model.pt", tmp_path / "other.pt"
+    model.write_bytes(bytes(data))
+    data[-1] ^= 1
+    other.write_bytes(bytes(data))
+    assert identity.file_digest(model) == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert identity.file_digest(other) == hashlib.sha256(bytes(data)).hexdigest() != identity.file_digest(model)
 
 
 def test_large_file_digests_are_cached_by_path_size_mtime_and_inode(tmp_path, monkeypatch, caplog):

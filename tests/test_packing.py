@@ -109,3 +109,16 @@ def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
     (out / "work" / "sequences.bin").write_bytes(b"ACGT")
     RunFolder(out).remove_leftovers()
     assert not any(path.exists() for path in leftovers) and (out / "work" / "sequences.bin").exists()
+
+
+def test_lower_case_n_counts_as_n_for_the_filter(tmp_path):
+    from vnp.run import plan
+    from vnp.seq.filters import KEPT, TOO_MANY_N
+
+    path = tmp_path / "masked.fa"
+    path.write_bytes(b">upper\nNNNNNNACGT\n>lower\nnnnnnnACGT\n>mixed\nNnNnACGTAC\n")
+    work = tmp_path / "work"
+    plan.pack_inputs([path], work)
+    loaded = plan.load_plan(work, 500, {"min_length": 0, "max_n_fraction": 0.5})
+    assert loaded.n_bases.tolist() == [6, 6, 4]
+    assert loaded.filtered.tolist() == [TOO_MANY_N, TOO_MANY_N, KEPT]

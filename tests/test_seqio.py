@@ -105,3 +105,26 @@ def test_records_read_the_same_whatever_the_block_boundaries(tmp_path, monkeypat
 def test_a_header_line_of_more_than_1_mib_is_refused(tmp_path):
     with pytest.raises(InputError, match="line 1: header line longer than 1 MiB"):
         records_of(tmp_path, b">" + b"x" * (2 << 20) + b"\nACGT\n")
+
+
+@pytest.mark.parametrize("size", [1, 3, 1 << 22])
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_a_file_without_a_final_line_end_keeps_its_last_record(tmp_path, monkeypatch, size, newline):
+    from vnp.seq import seqio
+
+    original = seqio._blocks
+    monkeypatch.setattr(seqio, "_blocks", lambda path: original(path, size=size))
+    fastq = b"@r1\nACGT\n+\nIIII\n@r2\nGGA\n+\nIII".replace(b"\n", newline)
+    assert records_of(tmp_path, fastq, "in.fq") == [("r1", "ACGT"), ("r2", "GGA")]
+    fasta = b">c1\nACGT\n>c2\nGG\nTA".replace(b"\n", newline)
+    assert records_of(tmp_path, fasta) == [("c1", "ACGT"), ("c2", "GGTA")]
+
+
+def test_lower_case_letters_and_n_are_read_as_written(tmp_path):
+    """Soft-masked sequences (lower case, `n` for unknown bases) are valid, in every format."""
+    letters = "acgtunnNryswkmbdhv"
+    assert records_of(tmp_path, f">s1\n{letters}\n>s2\nnnnn\n".encode()) == [("s1", letters), ("s2", "nnnn")]
+    fastq = f"@r1\n{letters}\n+\n{'I' * len(letters)}\n@r2\nn\n+\nI\n".encode()
+    assert records_of(tmp_path, fastq, "in.fq") == [("r1", letters), ("r2", "n")]
+    with pytest.raises(InputError, match=r"\(line 2\): invalid character 'x' at column 3"):
+        records_of(tmp_path, b">s1\nacxgt\n")

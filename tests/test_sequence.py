@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests import baseline_translate as baseline
 from vnp.seq.chunking import chunk_id, chunk_spans
+from vnp.seq.filters import KEPT, TOO_MANY_N, TOO_SHORT, filter_codes, reason
 from vnp.run.plan import load_plan, pack_inputs, read_chunks
 from vnp.seq.seqio import input_stem, iter_records
 from vnp.seq.frames import Chunk, reverse_complement, translate_chunks
@@ -28,6 +30,31 @@ def spans1(n: int, L: int) -> list[tuple[int, int]]:
 def kept(seq: str, rid: str = "c") -> list[tuple[str, str, str]]:
     (frames,) = translate_chunks([Chunk(0, rid, 1, 1, len(seq), seq)])
     return [(f.id, f.nucleotide, f.protein) for f in frames]
+
+
+# --- filters --------------------------------------------------------------------------------
+
+FILTERS = {"min_length": 100, "max_n_fraction": 0.5}
+
+
+def test_a_sequence_of_exactly_min_length_is_kept():
+    codes = filter_codes(np.asarray([99, 100, 101, 0]), np.zeros(4, np.int64), FILTERS)
+    assert codes.tolist() == [TOO_SHORT, KEPT, KEPT, TOO_SHORT]
+    assert reason(TOO_SHORT, 99, 0, FILTERS) == "length 99 < filter.min_length 100"
+    assert reason(KEPT, 100, 0, FILTERS) == ""
+
+
+def test_an_n_fraction_of_exactly_max_n_fraction_is_kept():
+    lengths, n_bases = np.asarray([200, 200, 200, 50]), np.asarray([99, 100, 101, 50])
+    assert filter_codes(lengths, n_bases, FILTERS).tolist() == [KEPT, KEPT, TOO_MANY_N, TOO_SHORT]  # length first
+    assert reason(TOO_MANY_N, 200, 101, FILTERS) == "N fraction 0.505 > filter.max_n_fraction 0.5"
+    assert filter_codes(np.asarray([0]), np.asarray([0]), {"min_length": 0, "max_n_fraction": 0.0}).tolist() == [KEPT]
+
+
+@pytest.mark.parametrize("filters", [None, {}, {"min_length": 0, "max_n_fraction": 1.0}])
+def test_no_filters_keep_everything(filters):
+    codes = filter_codes(np.asarray([0, 1, 500]), np.asarray([0, 1, 500]), filters)
+    assert codes.tolist() == [KEPT] * 3 and codes.dtype == np.int8
 
 
 # --- chunking -------------------------------------------------------------------------------

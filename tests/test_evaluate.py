@@ -55,6 +55,34 @@ def test_evaluate_per_chunk_and_sequence(prediction, capsys):
     assert (prediction / "roc.png").stat().st_size > 0
 
 
+def test_every_cell_of_the_confusion_matrix_is_its_own(tmp_path, capsys):
+    """TP 4, FN 2, FP 1, TN 3: no two cells equal, so a swap of any two is seen."""
+    cases = [("virus", "virus", 0.9), ("virus", "virus", 0.85), ("virus", "virus", 0.8), ("virus", "virus", 0.75),
+             ("virus", "others", 0.4), ("virus", "others", 0.3), ("others", "virus", 0.7),
+             ("others", "others", 0.2), ("others", "others", 0.1), ("others", "others", 0.05)]
+    chunks, contigs = [CHUNKS.splitlines()[0]], [CONTIGS.splitlines()[0]]
+    for i, (_, called, score) in enumerate(cases):
+        viral = int(called == "virus")
+        chunks.append(f"s{i}_chunk_1\ts{i}\t1\t150\t1\t{1 - score:.6f}\t{score:.6f}\t{called}")
+        contigs.append(f"s{i}\t150\t1\t{viral}\t0\t{viral:.6f}\t{score:.6f}\t{score:.6f}\t{called}")
+    (tmp_path / "chunks.tsv").write_text("\n".join(chunks) + "\n")
+    (tmp_path / "contigs.tsv").write_text("\n".join(contigs) + "\n")
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("".join(f"s{i}\t{truth}\tsequence\n" for i, (truth, _, _) in enumerate(cases)))
+    assert evaluate_main([str(tmp_path), str(labels)]) == 0
+    result = json.loads((tmp_path / "evaluation.json").read_text())
+    for level in ("chunk", "sequence"):
+        values = result[level]
+        assert values["confusion_matrix"] == {"rows_true_cols_predicted": ["others", "virus"],
+                                              "counts": [[3, 1], [2, 4]]}
+        assert (values["accuracy"], values["precision"]) == (0.7, 0.8)
+        assert values["recall"] == pytest.approx(4 / 6) and values["f1"] == pytest.approx(8 / 11)
+        assert values["auroc"] == pytest.approx(22 / 24)
+    out = capsys.readouterr().out
+    assert "\tTN\tFP\tFN\tTP\n" in out
+    assert "sequence\t10\t0\t0.7000\t0.8000\t0.6667\t0.7273\t0.9167\t3\t1\t2\t4\n" in out + "\n"
+
+
 @pytest.mark.parametrize("text, message", [
     ("zz\tvirus\n", "1 IDs are neither sequences nor chunks"),
     ("a\thost\n", "line 1: unknown label 'host'"),

@@ -111,6 +111,12 @@ def test_counts_and_labels_equal_contigs_tsv_and_run_json(synthetic):
     assert int(plain(page.cards["sequences"])) == run["counts"]["sequences"]
     assert int(plain(page.cards["viral sequences"])) == run["counts"]["viral_sequences"]
     assert int(plain(page.cards["regions"])) == len(rows(out / "regions.tsv"))
+    chunks = rows(out / "chunks.tsv")
+    viral = sum(r["label"] == "virus" for r in chunks)
+    assert 0 < viral < len(chunks) < run["counts"]["frames"]  # every card below tells its own number
+    assert int(plain(page.cards["chunks"])) == run["counts"]["chunks"] == len(chunks)
+    assert int(plain(page.cards["viral chunks"])) == run["counts"]["viral_chunks"] == viral
+    assert int(plain(page.cards["frames"])) == run["counts"]["frames"]
 
 
 def test_summary_and_run_facts_equal_the_files(synthetic):

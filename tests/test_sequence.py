@@ -51,6 +51,15 @@ def test_an_n_fraction_of_exactly_max_n_fraction_is_kept():
     assert filter_codes(np.asarray([0]), np.asarray([0]), {"min_length": 0, "max_n_fraction": 0.0}).tolist() == [KEPT]
 
 
+def test_a_one_base_n_record_is_too_many_n_and_a_missing_key_filters_nothing():
+    one_n = filter_codes(np.asarray([1, 0]), np.asarray([1, 0]), {"min_length": 0, "max_n_fraction": 0.5})
+    assert one_n.tolist() == [TOO_MANY_N, KEPT]
+    assert reason(TOO_MANY_N, 1, 1, FILTERS) == "N fraction 1.000 > filter.max_n_fraction 0.5"
+    lengths, n_bases = np.asarray([0, 50, 200]), np.asarray([0, 50, 10])
+    assert filter_codes(lengths, n_bases, {"min_length": 100}).tolist() == [TOO_SHORT, TOO_SHORT, KEPT]
+    assert filter_codes(lengths, n_bases, {"max_n_fraction": 0.5}).tolist() == [KEPT, TOO_MANY_N, KEPT]
+
+
 @pytest.mark.parametrize("filters", [None, {}, {"min_length": 0, "max_n_fraction": 1.0}])
 def test_no_filters_keep_everything(filters):
     codes = filter_codes(np.asarray([0, 1, 500]), np.asarray([0, 1, 500]), filters)

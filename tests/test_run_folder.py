@@ -8,7 +8,7 @@ import pytest
 
 from vnp.support.errors import InputError
 from vnp.models.pack import ModelPack
-from vnp.run.folder import RunFolder, differences
+from vnp.run.folder import RunFolder, differences, keep_unit_size
 from vnp.run.state import RunSpec
 
 
@@ -92,6 +92,48 @@ def test_a_changed_model_is_named_before_the_keys(tmp_path):
                                          r"it is now e2\); rerun with force=true"):
         folder.holds_same_run(changed, pack, force=False)
     assert differences(RECORD, changed) == ["models", "chunk_length"]  # the pack follows from the model
+
+
+def test_only_a_new_empty_or_vnp_folder_is_used(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("a", "b", "c", "d", "e", "f", "g"):
+        (foreign / name).write_text("")
+    with pytest.raises(InputError, match=rf"^{foreign}: the output folder is not empty and not one vnp made \(it "
+                                         r"holds 'a', 'b', 'c', 'd', 'e' and 2 more\); choose a new or empty folder$"):
+        RunFolder(foreign).check_usable()
+    assert sorted(p.name for p in foreign.iterdir()) == list("abcdefg")  # nothing written there
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        out.parent.mkdir(exist_ok=True)
+        if out.name == "empty":
+            out.mkdir()
+        with RunFolder(out) as folder:
+            folder.check_usable()
+            assert folder.work.is_dir() and not folder.locked
+            folder.lock()
+            assert folder.locked is True and folder.is_vnp_folder()
+            (out / "notes.txt").write_text("")
+        RunFolder(out).check_usable()  # vnp's own folder, whatever else it holds
+
+
+def test_forgetting_a_run_record_twice_is_fine(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.check_usable()
+    folder.forget_run_record()
+    folder.write_run_record(RECORD)
+    folder.forget_run_record()
+    folder.forget_run_record()
+    assert folder.read_run_record() is None
+
+
+def test_a_resumed_run_keeps_the_unit_size_of_its_record():
+    old = {**RECORD, "unit_chunks": 6}
+    assert keep_unit_size({**RECORD, "unit_chunks": 4}, old, configured=0)["unit_chunks"] == 6
+    assert keep_unit_size({**RECORD, "unit_chunks": 4}, old, configured=4)["unit_chunks"] == 4  # asked for
+    other = {**RECORD, "unit_chunks": 4, "chunk_length": 500}  # another run anyway: nothing kept
+    assert keep_unit_size(other, old, configured=0) == other
+    assert keep_unit_size(other, None, configured=0) == other
+    assert keep_unit_size(other, {**old, "unit_chunks": "6"}, configured=0) == other
 
 
 def test_the_run_description_travels_through_the_ready_file_unchanged(tmp_path):

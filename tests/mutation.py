@@ -67,26 +67,44 @@ def sample(db: Path, keep: int, seed: int) -> None:
         work_db.set_multiple_results([job for job in jobs if job not in kept], skipped)
 
 
-def tally(db: Path, survivors: Path) -> tuple[int, int]:
-    """(killed, run) of a finished session; the survivors' diffs are written to `survivors`."""
+def annotations(module: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the type annotations of a module lie ((line, column) start and end). Every core module
+    starts with `from __future__ import annotations`: they are never evaluated, so a mutant inside
+    one (`str | None` -> `str & None`) is equivalent."""
+    import ast
+
+    spans = []
+    for node in ast.walk(ast.parse(module.read_text())):
+        found = [node.returns] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else []
+        found += [node.annotation] if isinstance(node, (ast.arg, ast.AnnAssign)) else []
+        spans += [((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)) for a in found if a is not None]
+    return spans
+
+
+def tally(db: Path, module: Path, survivors: Path) -> tuple[int, int, int]:
+    """(killed, survived, equivalent) of a finished session, skipped mutants left out; the
+    survivors' diffs are written to `survivors`."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
-    killed = run = 0
+    killed = survived = equivalent = 0
     lines = []
+    spans = annotations(module)
     with use_db(str(db), WorkDB.Mode.open) as work_db:
         for item, result in work_db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 continue
-            run += 1
-            if result.test_outcome == TestOutcome.SURVIVED:
-                mutation = item.mutations[0]
-                lines += [f"# {mutation.module_path}:{mutation.start_pos[0]} {mutation.operator_name}",
-                          result.diff or "", ""]
+            mutation = item.mutations[0]
+            start = tuple(mutation.start_pos)
+            if any(first <= start < last for first, last in spans):
+                equivalent += 1
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                survived += 1
+                lines += [f"# {mutation.module_path}:{start[0]} {mutation.operator_name}", result.diff or "", ""]
             else:
                 killed += 1
     survivors.write_text("\n".join(lines))
-    return killed, run
+    return killed, survived, equivalent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,28 +114,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant's tests")
     parser.add_argument("--out", type=Path, default=ROOT / "mutation_out")
+    parser.add_argument("--tally", action="store_true", help="only count the sessions already in --out")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         parser.error(f"unknown module {unknown[0]!r} (one of: {', '.join(MODULES)})")
     args.out.mkdir(parents=True, exist_ok=True)
-    total_killed = total_run = 0
+    totals = [0, 0, 0]
+    print("module\tkilled\tsurvived\tequivalent (annotations)\tkilled %")
     for name in args.modules or list(MODULES):
         module, tests = MODULES[name]
         config, db = args.out / f"{name}.toml", args.out / f"{name}.sqlite"
-        config.write_text(CONFIG.format(module=module, tests=tests, root=ROOT, python=sys.executable,
-                                        timeout=args.timeout))
-        db.unlink(missing_ok=True)
-        cosmic_ray("init", str(config), str(db))
-        if args.sample:
-            sample(db, args.sample, args.seed)
-        cosmic_ray("exec", str(config), str(db))
-        killed, run = tally(db, args.out / f"{name}.txt")
-        total_killed, total_run = total_killed + killed, total_run + run
-        print(f"{name}\t{module}\t{killed}/{run} killed", flush=True)
-    share = f"{100 * total_killed / total_run:.1f}%" if total_run else "NA"
-    print(f"all\t\t{total_killed}/{total_run} killed ({share})")
+        if not args.tally:
+            config.write_text(CONFIG.format(module=module, tests=tests, root=ROOT, python=sys.executable,
+                                            timeout=args.timeout))
+            db.unlink(missing_ok=True)
+            cosmic_ray("init", str(config), str(db))
+            if args.sample:
+                sample(db, args.sample, args.seed)
+            cosmic_ray("exec", str(config), str(db))
+        elif not db.exists():
+            continue
+        counts = tally(db, ROOT / module, args.out / f"{name}.txt")
+        totals = [t + c for t, c in zip(totals, counts)]
+        print(f"{name}\t" + "\t".join(map(str, counts)) + f"\t{percent(*counts)}", flush=True)
+    print("all\t" + "\t".join(map(str, totals)) + f"\t{percent(*totals)}")
     return 0
+
+
+def percent(killed: int, survived: int, equivalent: int) -> str:
+    """Killed among the mutants that are not equivalent."""
+    return f"{100 * killed / (killed + survived):.1f}" if killed + survived else "NA"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ a hub snapshot is named by its commit."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -120,6 +121,49 @@ def test_slow_hashing_is_said_in_the_log(tmp_path, monkeypatch, caplog):
     with caplog.at_level("INFO", logger="vnp"):
         identity.file_digest(model)
     assert any("hashed" in r.getMessage() and str(model) in r.getMessage() for r in caplog.records)
+
+
+def test_fast_hashing_is_not_logged_and_the_size_is_said_in_gb(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(identity, "SLOW_HASH_S", 0.5)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"x" * 100)
+    with caplog.at_level("INFO", logger="vnp"):
+        identity.file_digest(model)
+        assert not caplog.records
+        monkeypatch.setattr(identity, "SLOW_HASH_S", -1.0)
+        identity.file_digest(model)
+    assert "(0.0 GB)" in caplog.records[0].getMessage()
+
+
+def test_the_digest_cache_lies_under_xdg_cache_home_else_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert identity.cache_dir() == tmp_path / "xdg" / "vnp" / "digests"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert identity.cache_dir() == tmp_path / "home" / ".cache" / "vnp" / "digests"
+
+
+def test_a_cache_entry_for_another_key_is_not_trusted(tmp_path, monkeypatch):
+    """An entry is found by a hash of its key; one whose key differs (a collision, an entry edited
+    by hand) is hashed again, whichever way the keys compare."""
+    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 10)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"x" * 1000)
+    digest = identity.file_digest(model)
+    (entry,) = identity.cache_dir().glob("*.json")
+    for key in ("~", "", "[0]"):
+        entry.write_text(json.dumps({"key": key, "sha256": "forged"}))
+        assert identity.file_digest(model) == digest
+
+
+def test_a_folder_digest_names_every_file_and_its_name(tmp_path):
+    for name, data in (("a.bin", b"a"), ("b.bin", b"b"), ("c.bin", b"a")):
+        (tmp_path / name).write_bytes(data)
+    digest = identity.folder_digest(tmp_path, ["a.bin", "b.bin"], "model")
+    assert digest != identity.folder_digest(tmp_path, ["a.bin"], "model")
+    assert digest != identity.folder_digest(tmp_path, ["c.bin", "b.bin"], "model")  # same bytes, another name
+    assert digest != identity.folder_digest(tmp_path, [], "model")
+    assert identity.folder_digest(tmp_path, ["a.bin", "b.bin"], "model") == digest
 
 
 def test_a_hub_snapshot_is_named_by_its_commit(tiny_pack, tmp_path, monkeypatch):

@@ -2,11 +2,14 @@
 run against that module's own fast tests only, one mutant at a time, mutated in place in this
 checkout (cosmic-ray restores every file after each mutant; do not edit the tree meanwhile).
 
-    python -m tests.mutation [--sample N] [--seed S] [--out DIR] [MODULE ...]
+    python -m tests.mutation [--sample N] [--seed S] [--out DIR] [--tally | --survivors] [MODULE ...]
 
 MODULE is a key of MODULES (default: all, most important first). `--sample N` runs N mutants per
 module drawn at random (seeded), the others are marked skipped: a full campaign is thousands of
-pytest runs. Prints killed/run per module and overall; the survivors' diffs go to DIR/NAME.txt.
+pytest runs. Prints per module and overall the mutants killed, surviving and equivalent (inside
+type annotations, never evaluated) and the share killed of the others; the survivors' diffs go to
+DIR/NAME.txt. `--tally` only counts the sessions already in DIR; `--survivors` runs their survivors
+again (after new tests).
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per mutant's tests")
     parser.add_argument("--out", type=Path, default=ROOT / "mutation_out")
     parser.add_argument("--tally", action="store_true", help="only count the sessions already in --out")
+    parser.add_argument("--survivors", action="store_true",
+                        help="run again only the mutants that survived in the sessions in --out (after new tests)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
@@ -125,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.modules or list(MODULES):
         module, tests = MODULES[name]
         config, db = args.out / f"{name}.toml", args.out / f"{name}.sqlite"
-        if not args.tally:
+        if args.survivors and db.exists():
+            import sqlite3
+
+            with sqlite3.connect(db) as connection:  # a mutant without a result is pending again
+                connection.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+            cosmic_ray("exec", str(config), str(db))
+        elif not args.tally:
             config.write_text(CONFIG.format(module=module, tests=tests, root=ROOT, python=sys.executable,
                                             timeout=args.timeout))
             db.unlink(missing_ok=True)

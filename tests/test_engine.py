@@ -3,6 +3,7 @@ compaction of progress parts, frame IDs in any order, progress samples."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from vnp.run.engine import RowSink, StopFlag, run_units, snake
 from vnp.run.exchange import NO_UNIT, Computed, Delivery, UnitRows
 from vnp.run.plan import IDS, iter_ids, load_plan, pack_inputs
 from vnp.run.steps import IdLookup, Progress
-from vnp.run.store import COMPACT_ABOVE, PART_GLOB, PartWriter, ScoreStore
+from vnp.run import store as store_module
+from vnp.run.store import COMPACT_ABOVE, PART_GLOB, PartWriter, ScoreStore, part_number
 from vnp.seq.frames import FRAME_NAMES
 
 SINGLE = vdist.Context(vdist.Env(0, 0, 1, 1, "single"), torch.device("cpu"), None)
@@ -180,6 +182,40 @@ def test_resume_compacts_parts_and_survives_a_crash_in_between(tmp_path):
     fill_store(tmp_path / "few", 3)
     small.load_committed()
     assert small.compact() == 0
+
+
+def test_parts_are_numbered_in_turn_fsynced_and_read_back_in_key_order(tmp_path, monkeypatch):
+    synced = []
+    original = store_module.atomic.write_bytes
+    monkeypatch.setattr(store_module.atomic, "write_bytes",
+                        lambda path, data, fsync=False: synced.append(fsync) or original(path, data, fsync=fsync))
+    store = ScoreStore(tmp_path)
+    assert store.sorted_scores()[0].shape == (0,) and store.sorted_scores()[1].shape == (0, 2)
+    assert store.commit() is None  # nothing pending
+    for unit in (2, 0, 1):  # a resumed run: units arrive in any order
+        store.add(unit, np.asarray([6 * unit, 6 * unit + 4], np.int64), np.full((2, 2), unit, np.float32))
+        assert store.pending_units == 1
+        assert store.commit() == [2, 0, 1].index(unit)
+    assert synced == [True, True, True]
+    assert sorted(part_number(path) for path in tmp_path.glob(PART_GLOB)) == [0, 1, 2]
+    again = ScoreStore(tmp_path)
+    assert again.load_committed() == {0, 1, 2} and again.next_part == 3
+    keys, scores = again.sorted_scores()
+    assert keys.tolist() == [0, 4, 6, 10, 12, 16]
+    assert scores[:, 0].tolist() == [0, 0, 1, 1, 2, 2]
+    two = ScoreStore(tmp_path / "two")
+    for unit in (1, 0):
+        two.add(unit, np.asarray([unit], np.int64), np.full((1, 2), unit, np.float32))
+    two.commit()
+    assert two.sorted_scores()[0].tolist() == [0, 1]
+
+
+def test_a_part_whose_bytes_match_its_name_but_are_no_npz_is_rejected(tmp_path):
+    data = b"not an npz file"
+    bad = tmp_path / f"part-000000-{hashlib.sha256(data).hexdigest()[:32]}.npz"
+    bad.write_bytes(data)
+    store = ScoreStore(tmp_path)
+    assert store.load_committed() == set() and store.rejected == [bad] and not bad.exists()
 
 
 def test_background_commit_is_whole_after_close(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +272,37 @@ def test_a_failing_sink_or_unit_is_raised_not_swallowed():
         run_units(SINGLE, FailingWork(9), sink, StopFlag(), EngineConfig(window=2))
     assert [u for call in sink.calls for u in call] == list(range(5))  # what completed was delivered
     assert sink.closed  # and committed
+
+
+def test_a_sink_failing_on_the_last_step_is_raised_at_the_end():
+    class LateFailingSink(ListSink):
+        def consume(self, results):
+            if 8 in [r.unit for r in results]:
+                raise OSError("disk full at the end")
+            super().consume(results)
+
+    sink = LateFailingSink()
+    with pytest.raises(OSError, match="disk full at the end"):
+        run_units(SINGLE, CountingWork(9), sink, StopFlag(), EngineConfig(window=3))
+    assert sorted(sink.rows) == list(range(8))
+
+
+def test_the_loops_times_are_parts_of_its_whole_time():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = run_units(SINGLE, CountingWork(11), ListSink(), StopFlag(), EngineConfig(window=2, prefetch=1))
+    parts = ("busy_s", "wait_s", "prepare_wait_s", "sink_wait_s", "sink_forward_s", "sink_other_s")
+    assert all(0 <= getattr(stats, name) <= stats.loop_s for name in parts), {n: getattr(stats, n) for n in parts}
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert round(before, 1) <= stats.per_rank[0]["peak_rss_mib"] <= round(after, 1)
+
+
+def test_a_rank_whose_launcher_is_gone_stops():
+    flag = StopFlag(parent=os.getppid() + 1_000_000)  # not this process's parent
+    assert flag.requested and "launcher" in flag.reason
+    watched = StopFlag(parent=os.getppid())
+    assert not watched.requested and watched.reason == "signal"
+    watched.requested = True
+    assert watched.requested
 
 
 def test_helper_threads_compute_with_the_ranks_thread_count():

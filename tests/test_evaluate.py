@@ -55,6 +55,14 @@ def test_evaluate_per_chunk_and_sequence(prediction, capsys):
     assert (prediction / "roc.png").stat().st_size > 0
 
 
+def test_a_level_with_nothing_scored_says_na(prediction, capsys):
+    labels = prediction / "labels.tsv"
+    labels.write_text("b\tvirus\n")  # b has no frames: no score at either level
+    assert evaluate_main([str(prediction), str(labels)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "chunk\t0\t1" + "\tNA" * 9 in out and "sequence\t0\t1" + "\tNA" * 9 in out
+
+
 def test_every_cell_of_the_confusion_matrix_is_its_own(tmp_path, capsys):
     """TP 4, FN 2, FP 1, TN 3: no two cells equal, so a swap of any two is seen."""
     cases = [("virus", "virus", 0.9), ("virus", "virus", 0.85), ("virus", "virus", 0.8), ("virus", "virus", 0.75),

@@ -156,6 +156,24 @@ def test_a_level_column_says_what_an_id_names(clash, capsys):
     assert result["sequence"]["confusion_matrix"]["counts"] == [[1, 0], [0, 1]]
 
 
+def test_one_id_may_be_labelled_once_at_each_level(clash, capsys):
+    labels = clash / "labels.tsv"
+    labels.write_text("a_chunk_1\tothers\tsequence\na_chunk_1\tvirus\tchunk\n")
+    assert evaluate_main([str(clash), str(labels)]) == 0
+    result = json.loads((clash / "evaluation.json").read_text())
+    assert result["chunk"]["scored"] == 2 and result["sequence"]["scored"] == 1  # the chunk, and the sequence's chunk
+
+
+def test_recall_without_a_viral_truth_is_zero_and_a_second_evaluation_replaces_the_first(prediction, tmp_path):
+    labels = prediction / "labels.tsv"
+    labels.write_text("a\tothers\nc\tothers\nd\tothers\n")
+    report = tmp_path / "evaluation"
+    for _ in range(2):  # -o a folder of an earlier evaluation: replaced
+        assert evaluate_main([str(prediction), str(labels), "-o", str(report)]) == 0
+    result = json.loads((report / "evaluation.json").read_text())
+    assert result["sequence"]["recall"] == 0.0 and result["sequence"]["precision"] == 0.0
+
+
 def test_a_chunk_level_label_applies_to_the_chunk_only(clash, capsys):
     labels = clash / "labels.tsv"
     labels.write_text("a\tvirus\na_chunk_1\tothers\tchunk\n")
@@ -174,6 +192,7 @@ def test_a_chunk_level_label_applies_to_the_chunk_only(clash, capsys):
     ("a\tvirus\tchunk\n", "line 1: 1 IDs are not chunks of"),
     ("a\tvirus\tcontig\n", "line 1: unknown level 'contig'"),
     ("a\tvirus\na\tothers\tsequence\n", "line 2: 'a' is labelled twice (also line 1)"),
+    ("a\tvirus\tsequence\na\tothers\n", "line 2: 'a' is labelled twice (also line 1)"),
 ])
 def test_bad_levels_are_one_line(clash, capsys, text, message):
     labels = clash / "labels.tsv"

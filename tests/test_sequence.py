@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests import baseline_translate as baseline
-from vnp.seq.chunking import chunk_id, chunk_spans
+from vnp.seq.chunking import chunk_bounds, chunk_id, chunk_shifts, chunk_spans
 from vnp.seq.filters import KEPT, TOO_MANY_N, TOO_SHORT, filter_codes, reason
 from vnp.run.plan import load_plan, pack_inputs, read_chunks
 from vnp.seq.seqio import input_stem, iter_records
@@ -82,6 +82,26 @@ def test_no_filters_keep_everything(filters):
 ])
 def test_chunk_coordinates_exact(n, L, expected):
     assert spans1(n, L) == expected
+
+
+def test_many_sequences_chunked_at_once_equal_each_alone():
+    """chunk_bounds (the packed plan's, closed form) = chunk_spans of each sequence = the original's
+    shifts (chunk_shifts) added up; a sequence given 0 chunks is left out."""
+    rng = random.Random(5)
+    for chunk_length in (3, 7, 300, 500):
+        lengths = [rng.choice([0, 1, chunk_length - 1, chunk_length, chunk_length + 1, rng.randrange(1, 5000)])
+                   for _ in range(40)]
+        starts, ends = chunk_bounds(np.asarray(lengths), chunk_length)
+        spans = [(s.start, s.end) for n in lengths for s in chunk_spans(n, chunk_length)]
+        assert list(zip(starts.tolist(), ends.tolist())) == spans
+        for n in lengths:
+            shifts = chunk_shifts(n, chunk_length) if n else []
+            by_shifts = [k * chunk_length - sum(shifts[:k]) for k in range(len(shifts))]
+            assert by_shifts == [s.start for s in chunk_spans(n, chunk_length)], (n, chunk_length)
+        counts = [0 if i % 3 == 0 else -(-n // chunk_length) for i, n in enumerate(lengths)]
+        starts, ends = chunk_bounds(np.asarray(lengths), chunk_length, np.asarray(counts))
+        kept = [(s.start, s.end) for i, n in enumerate(lengths) if i % 3 for s in chunk_spans(n, chunk_length)]
+        assert list(zip(starts.tolist(), ends.tolist())) == kept
 
 
 def test_empty_sequence_has_no_chunk():

@@ -137,3 +137,21 @@ def test_calls_and_confidence_rule():
     assert vcalls.LABELS[calls.label].tolist() == ["others", "others", "others", "others", "no_frames"]
     log_odds = vcalls.chunk_log_odds(scores, 0.92)
     assert ((log_odds >= 0) == viral)[:-1].all() and log_odds[-1] == 0
+
+
+def test_chunk_maxima_over_frames_and_record_values_over_chunks_with_frames():
+    keys = np.asarray([0, 3, 5, 6 * 2 + 1, 6 * 2 + 4, 6 * 3], np.int64)  # chunk 1 has no frame
+    frame_scores = np.asarray([[0.2, 0.5], [0.1, 0.7], [0.3, 0.6], [0.6, 0.1], [0.5, 0.4], [0.1, 0.9]], np.float32)
+    scores = vcalls.chunk_scores(4, keys, frame_scores)
+    assert scores.frames.tolist() == [3, 0, 2, 1]
+    assert np.allclose(scores.max_other, [0.3, np.nan, 0.6, 0.1], equal_nan=True)
+    assert np.allclose(scores.max_virus, [0.7, np.nan, 0.4, 0.9], equal_nan=True)
+    plan = tiny_plan([2, 1, 1])  # record 0: a chunk with frames and one without
+    margins = vcalls.chunk_margins(scores, 0.0)
+    viral = vcalls.chunk_viral(margins)
+    calls = vcalls.sequence_calls(plan, scores, viral, margins, 0.5, 10.0, 1, float(margins[0]))
+    assert calls.with_frames.tolist() == [1, 1, 1] and calls.viral_chunks.tolist() == [1, 0, 1]
+    assert np.allclose(calls.max_virus, scores.max_virus[[0, 2, 3]])
+    assert np.allclose(calls.mean_virus, scores.max_virus[[0, 2, 3]])
+    # record 0's margin equals medium_margin: medium; record 1 (others) by 0.2, record 2 by 0.8
+    assert vcalls.CONFIDENCE[calls.confidence].tolist() == ["medium", "low", "medium"]

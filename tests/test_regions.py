@@ -155,3 +155,18 @@ def test_chunk_maxima_over_frames_and_record_values_over_chunks_with_frames():
     assert np.allclose(calls.mean_virus, scores.max_virus[[0, 2, 3]])
     # record 0's margin equals medium_margin: medium; record 1 (others) by 0.2, record 2 by 0.8
     assert vcalls.CONFIDENCE[calls.confidence].tolist() == ["medium", "low", "medium"]
+
+
+def test_region_scores_are_over_the_chunks_with_frames_of_each_region():
+    from vnp.results.regions import Regions, region_scores
+
+    virus = np.asarray([0.9, 0.1, 0.7, 0.8, 0.2, 0.6, 0.95], np.float32)
+    has = np.asarray([True, False, True, True, False, True, True])
+    first, last = np.asarray([0, 3, 5, 6]), np.asarray([2, 4, 5, 6])  # regions of 3, 2, 1 and 1 chunks
+    regions = Regions(np.zeros(4, np.int64), first, last, first * 10, last * 10 + 10)
+    mean, top = region_scores(regions, virus, has)
+    for i, (a, b) in enumerate(zip(first, last)):
+        chosen = [float(v) for v, h in zip(virus[a:b + 1], has[a:b + 1]) if h]
+        assert mean[i] == pytest.approx(sum(chosen) / len(chosen)) and top[i] == pytest.approx(max(chosen))
+    empty = region_scores(regions.take(np.zeros(4, bool)), virus, has)
+    assert [len(x) for x in empty] == [0, 0]

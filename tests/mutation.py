@@ -28,7 +28,7 @@ MODULES = {
     "filters": ("vnp/seq/filters.py", "tests/test_sequence.py tests/test_packing.py"),
     "chunking": ("vnp/seq/chunking.py", "tests/test_sequence.py"),
     "frames": ("vnp/seq/frames.py", "tests/test_sequence.py"),
-    "seqio": ("vnp/seq/seqio.py", "tests/test_seqio.py tests/test_sequence.py"),
+    "seqio": ("vnp/seq/seqio.py", "tests/test_seqio.py tests/test_sequence.py tests/test_bam.py"),
     "folder": ("vnp/run/folder.py", "tests/test_run_folder.py"),
     "store": ("vnp/run/store.py", "tests/test_engine.py"),
     "engine": ("vnp/run/engine.py", "tests/test_engine.py"),

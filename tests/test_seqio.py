@@ -128,3 +128,10 @@ def test_lower_case_letters_and_n_are_read_as_written(tmp_path):
     assert records_of(tmp_path, fastq, "in.fq") == [("r1", letters), ("r2", "n")]
     with pytest.raises(InputError, match=r"\(line 2\): invalid character 'x' at column 3"):
         records_of(tmp_path, b">s1\nacxgt\n")
+
+
+def test_a_nul_byte_in_a_sequence_line_is_binary_data_and_a_bad_first_letter_is_named(tmp_path):
+    with pytest.raises(InputError, match=r"\(line 4\): binary data in a sequence line$"):
+        records_of(tmp_path, b">s0\n" + b"A" * 5000 + b"\n>s1\nAC\x00GT\n")  # past the first check
+    with pytest.raises(InputError, match=r"line 2: not a FASTA/FASTQ file \(expected '>' or '@', found 'x'\)$"):
+        records_of(tmp_path, b"\nxy>s1\nACGT\n")

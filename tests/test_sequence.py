@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import lzma
 import random
@@ -17,8 +18,8 @@ from tests import baseline_translate as baseline
 from vnp.seq.chunking import chunk_bounds, chunk_id, chunk_shifts, chunk_spans
 from vnp.seq.filters import KEPT, TOO_MANY_N, TOO_SHORT, filter_codes, reason
 from vnp.run.plan import load_plan, pack_inputs, read_chunks
-from vnp.seq.seqio import input_stem, iter_records
-from vnp.seq.frames import Chunk, reverse_complement, translate_chunks
+from vnp.seq.seqio import Record, input_stem, iter_records
+from vnp.seq.frames import Chunk, batched_chunks, chunks_of, reverse_complement, translate_chunks
 from vnp.translate import main as translate_main
 
 
@@ -129,6 +130,15 @@ def test_chunk_plan_properties():
 
 
 # --- translation ----------------------------------------------------------------------------
+
+def test_chunks_come_in_batches_of_about_max_bases_numbered_across_batches():
+    records = [Record(f"s{i}", "ACGT" * (25 * i + 10), 1) for i in range(7)]
+    alone = [chunk for record in records for chunk in chunks_of(record, 100)]
+    assert [c.index for c in chunks_of(records[3], 100)] == list(range(len(list(chunks_of(records[3], 100)))))
+    batches = list(batched_chunks(records, 100, max_bases=300))
+    assert [c for batch in batches for c in batch] == [dataclasses.replace(c, index=i) for i, c in enumerate(alone)]
+    assert [len(batch) for batch in batches][:-1] == [3] * (len(batches) - 1) and 1 <= len(batches[-1]) <= 3
+
 
 def test_six_frames_known_translation():
     # ATGGCCAAA: F1 MAK, F2 TGG CCA = WP, F3 GGC CAA = GQ; reverse complement TTTGGCCAT:

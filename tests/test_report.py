@@ -268,3 +268,17 @@ def test_the_demo_report_renders_in_chromium_without_errors_or_requests(demo_rep
     assert pixels.std() > 0.05  # not blank: text, tables and plots
     top = pixels[:1000]
     assert len(np.unique(top.reshape(-1, 3), axis=0)) > 50  # many colours: anti-aliased text and plots
+
+
+def test_the_throughput_of_a_finished_run_has_data_points(demo_report):
+    """The demo's one step finishes before the first 1 s sample interval: the curve still holds the
+    run's frames per second (from the start of the loop, where nothing is done)."""
+    from vnp.results.report.plots import _pyplot, draw_throughput
+
+    run = json.loads((demo_report.parent / "run.json").read_text())
+    fig, ax = _pyplot().subplots()
+    draw_throughput(ax, run["progress"])
+    (curve,) = ax.patches
+    assert np.nanmax(curve.get_data().values) > 0
+    assert curve.get_data().edges[0] == 0  # from the start of the loop
+    assert curve.get_data().edges[-1] == run["progress"][-1]["t_s"]

@@ -359,3 +359,17 @@ def test_consolidate_orders_frames_whatever_order_units_arrived(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy")[:, 0], keys.astype(np.float32))
     assert np.load(tmp_path / "labels.npy").tolist() == [1 if k // 6 < 3 else 0 for k in keys]
     assert not parts.exists()
+
+
+def test_the_learning_curve_labels_both_panels_and_its_lines_stay_apart():
+    """Accuracy, F1 and AUROC often coincide: each line has its own marker and line style, and the
+    metric panel says what its axis shows."""
+    from vnp.training.outputs import learning_curve_figure
+
+    history = [{"epoch": e, "train_loss": 0.7 / e, "val_loss": 0.8 / e, "accuracy": 1.0, "f1": 1.0, "auroc": 1.0}
+               for e in range(1, 5)]
+    fig = learning_curve_figure(history)
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
+        styles = [(line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+        assert len(set(styles)) == len(styles)

@@ -64,19 +64,29 @@ def _write_pack_yaml(out: Path, pack: ModelPack, chunk_length: int) -> None:
 
 
 def plot_learning_curve(history: list[dict], path: Path) -> None:
+    save_png(learning_curve_figure(history), path)
+
+
+def learning_curve_figure(history: list[dict]):
+    """Losses (left) and validation metrics (right) by epoch; lines that coincide (accuracy, F1 and
+    AUROC of a separable task) stay told apart by their marker and line style."""
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    left.plot(epochs, [h["val_loss"] for h in history], label="validation loss")
+    for key, label, style, marker in (("train_loss", "train loss", "-", "o"),
+                                      ("val_loss", "validation loss", "--", "s")):
+        left.plot(epochs, [h[key] for h in history], label=label, linestyle=style, marker=marker, markersize=4)
     left.set_xlabel("epoch")
     left.set_ylabel("cross entropy")
-    left.legend()
-    for name in ("accuracy", "f1", "auroc"):
-        right.plot(epochs, [h[name] if h[name] is not None else float("nan") for h in history], label=name)
+    left.legend(frameon=False)
+    for name, label, style, marker, size in (("accuracy", "accuracy", "-", "o", 7), ("f1", "F1 (virus)", "--", "s", 5),
+                                             ("auroc", "AUROC", ":", "^", 4)):
+        right.plot(epochs, [h[name] if h[name] is not None else float("nan") for h in history], label=label,
+                   linestyle=style, marker=marker, markersize=size, alpha=0.8,
+                   markerfacecolor="none" if name != "auroc" else None)  # hollow: the smaller shows inside
     right.set_xlabel("epoch")
+    right.set_ylabel("validation score")
     right.set_ylim(0, 1.02)
-    right.legend()
+    right.legend(frameon=False, loc="lower right")
     fig.tight_layout()
-    save_png(fig, path)
-
+    return fig

@@ -261,6 +261,12 @@ def _section_scores(report: Report, figs: Figures) -> str:
                           f"{report.chunks.without_frames:,} chunks without a stop-free frame are not shown."))
     else:
         parts.append(note("No chunk has a stop-free frame: there are no scores."))
+    if figs.scores:
+        parts.append(note("Chunk virus scores: a chunk's score (the axis) is its highest P(virus) over its frames; "
+                          "its colour is its call, which also weighs its highest P(others) over its frames. The "
+                          "two can come from different frames, so a chunk of several frames can score above 0.5 "
+                          "and still be called others (another of its frames scored higher for others); 0.5 is the "
+                          "cut only for a chunk of one frame (below 0.5, a chunk is always called others)."))
     parts.append('<div class="grid">')
     if figs.scores:
         parts.append("<div>" + figure(figs.scores, "histogram of chunk virus scores", wide=True) + "</div>")

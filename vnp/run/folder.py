@@ -19,8 +19,8 @@ from typing import IO
 
 from vnp.support import atomic
 from vnp.support.errors import InputError
-from vnp.support.paths import check_output_folder
-from vnp.run.plan import IDS, INDEX, SEQUENCES, file_sha256
+from vnp.support.paths import check_output_folder, file_sha256
+from vnp.run.plan import IDS, INDEX, SEQUENCES
 
 RUN_RECORD = "record.json"
 LOCK = ".lock"

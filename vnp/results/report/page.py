@@ -16,7 +16,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from vnp.results.report.data import TABLE_ROWS, TOP_N, Report, _is_number, load
-from vnp.results.report.plots import COLOURS, Figures, called_fdr, draw
+from vnp.results.calibration import running_fdr
+from vnp.results.report.plots import COLOURS, Figures, draw
 from vnp.run.folder import RunFolder
 from vnp.support.atomic import AtomicFiles
 
@@ -291,7 +292,7 @@ def _section_calibration(report: Report, figs: Figures) -> str:
                           "diagram."))
     called = contigs.labels.get("virus", 0)
     how = (f"the largest set with estimated FDR <= call.max_fdr {cal.max_fdr:g}; its estimated FDR is "
-           f"{called_fdr(p)[called - 1]:.4f}" if cal.max_fdr and called else
+           f"{running_fdr(p)[0][called - 1]:.4f}" if cal.max_fdr and called else
            "by the call.* rules, not by probability (call.max_fdr picks the set from the curve)")
     parts.append(f'<p data-calibrated-called="{called}">{called:,} sequences called virus: {esc(how)}.</p>')
     parts.append(figure(figs.calibration, "reliability diagram, probability histogram and estimated FDR", wide=True))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vnp.results.calibration import running_fdr
 from vnp.results.plots import pyplot
 from vnp.results.report.data import SCORE_BINS, SHARE_BINS, Calibrated, CallRules, Report
 
@@ -274,18 +275,18 @@ def plot_calibration(plt, cal: Calibrated, p: np.ndarray, called: int) -> str:
     axes[0].legend(frameon=False, fontsize=8)
     axes[1].hist(p, bins=SCORE_BINS, color=COLOURS["virus"])
     axes[1].set(xlabel="sequence virus_probability", ylabel="sequences", title="Probabilities")
-    fdr = called_fdr(p)
-    step = max(1, len(p) // TRACK_POINTS)
-    axes[2].plot(np.arange(1, len(p) + 1)[::step], fdr[::step], color=COLOURS["line"])
-    axes[2].axvline(called, color=COLOURS["virus"], linestyle="--", label=f"called virus: {called:,}")
-    if cal.max_fdr:
-        axes[2].axhline(cal.max_fdr, color=COLOURS["others"], linestyle=":", label=f"call.max_fdr {cal.max_fdr:g}")
-    axes[2].set(xlabel="sequences called (by decreasing probability)", ylabel="estimated FDR",
-                title="Estimated FDR")
+    draw_fdr(axes[2], p, called, cal.max_fdr)
     axes[2].legend(frameon=False, fontsize=8)
     return _svg_uri(fig)
 
 
-def called_fdr(p: np.ndarray) -> np.ndarray:
-    """For `p` decreasing: the estimated FDR of calling the first k sequences, k = 1..len(p)."""
-    return np.cumsum(1.0 - p) / np.arange(1, len(p) + 1)
+def draw_fdr(ax, p: np.ndarray, called: int, max_fdr: float) -> None:
+    """The estimated FDR of calling the first k sequences of `p` (decreasing), by the calls' rule
+    (`calibration.running_fdr`: a tie enters whole), the sequences called and call.max_fdr marked."""
+    fdr = running_fdr(p)[0]
+    step = max(1, len(p) // TRACK_POINTS)
+    ax.plot(np.arange(1, len(p) + 1)[::step], fdr[::step], color=COLOURS["line"])
+    ax.axvline(called, color=COLOURS["virus"], linestyle="--", label=f"called virus: {called:,}")
+    if max_fdr:
+        ax.axhline(max_fdr, color=COLOURS["others"], linestyle=":", label=f"call.max_fdr {max_fdr:g}")
+    ax.set(xlabel="sequences called (by decreasing probability)", ylabel="estimated FDR", title="Estimated FDR")

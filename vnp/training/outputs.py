@@ -9,47 +9,49 @@ import numpy as np
 
 from vnp.models.pack import ModelPack
 from vnp.results.plots import pyplot, save_png
-from vnp.run.folder import RunFolder
+from vnp.run.folder import FeatureFolder, TrainingFolder
 from vnp.run.plan import load_plan
-from vnp.training.config import FEATURES, TrainConfig
+from vnp.training.config import TrainConfig
 from vnp.training.head import Trainer
 from vnp.models import CLASSES
 
 
-def frame_ids(folder: RunFolder, chunk_length: int, keys: np.ndarray) -> list[str]:
+def frame_ids(features: FeatureFolder, chunk_length: int, keys: np.ndarray) -> list[str]:
     """The frame IDs of these frame keys of DIR/features (packed in its work folder)."""
     from vnp.run.steps import IdLookup
 
-    return IdLookup(load_plan(folder.work, chunk_length), folder.ids).frame_ids(keys)
+    return IdLookup(load_plan(features.work, chunk_length), features.ids).frame_ids(keys)
 
 
-def write_outputs(out: Path, spec, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
+def write_outputs(folder: TrainingFolder, spec, config: TrainConfig, trainer: Trainer, world_size: int) -> None:
     from vnp.models.classifier import MLPClassifier, save_classifier
 
     pack = spec.pack
-    features = out / FEATURES
-    keys = np.load(features / "keys.npy")
-    labels = np.load(features / "labels.npy")
+    features = folder.features
+    keys = np.load(features.keys)
+    labels = np.load(features.labels)
     dim = pack.embedding_dim
     model = MLPClassifier(dim, config.train.hidden, len(CLASSES))
     state, split = trainer.state, trainer.split
     model.load_state_dict(state["best"])
-    save_classifier(model.eval(), out / "classifier",
+    save_classifier(model.eval(), folder.classifier,
                     provenance={"trained_by": "vnp train", "best_epoch": state["best_epoch"],
                                 "chunk_length": spec.chunk_length})
-    _write_pack_yaml(out, pack, spec.chunk_length)
+    _write_pack_yaml(folder, pack, spec.chunk_length)
     metrics = {"epochs": state["history"], "best_epoch": state["best_epoch"],
                "stopped_early": state["epoch"] < config.train.max_epochs,
                "frames": {"train": int(len(split.train)), "val": int(len(split.val)),
                           "virus": int((labels == 1).sum()), "others": int((labels == 0).sum())},
                "settings": asdict(config.train), "world_size": world_size, "chunk_length": spec.chunk_length,
-               "held_out": frame_ids(RunFolder(features), spec.chunk_length, keys[split.val])}
-    RunFolder.write_json(out / "metrics.json", metrics, indent=None)
-    plot_learning_curve(state["history"], out / "learning_curve.png")
+               "held_out": frame_ids(features, spec.chunk_length, keys[split.val])}
+    folder.write_json(folder.metrics_json, metrics, indent=None)
+    plot_learning_curve(state["history"], folder.learning_curve)
 
 
-def _write_pack_yaml(out: Path, pack: ModelPack, chunk_length: int) -> None:
+def _write_pack_yaml(folder: TrainingFolder, pack: ModelPack, chunk_length: int) -> None:
     from omegaconf import OmegaConf
+
+    out = folder.root
 
     def local(value: str) -> str:  # paths inside DIR relative to it, so DIR can move
         path = Path(value)
@@ -60,7 +62,7 @@ def _write_pack_yaml(out: Path, pack: ModelPack, chunk_length: int) -> None:
     data = dict(name=f"trained_{chunk_length}", chunk_length=chunk_length, dnabert=local(pack.dnabert),
                 esm=local(pack.esm), esm_layer=pack.esm_layer, classifier="classifier",
                 dnabert_dim=pack.dnabert_dim, esm_dim=pack.esm_dim)
-    RunFolder.write_text(out / "pack.yaml", OmegaConf.to_yaml(OmegaConf.create(data)))
+    folder.write_text(folder.pack_yaml, OmegaConf.to_yaml(OmegaConf.create(data)))
 
 
 def plot_learning_curve(history: list[dict], path: Path) -> None:

@@ -252,3 +252,40 @@ def test_embed_under_torchrun_equals_single_process(tmp_path, ranks):
     one, many = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
     assert list(one["ids"]) == [f"f{i}" for i in range(23)] == list(many["ids"])
     assert np.array_equal(one["embeddings"], many["embeddings"])
+
+
+SLOW_CHECK = """
+import sys, time
+import vnp.embed as embed
+
+checked = embed.checked_records
+
+
+def slow(path, check):  # a long checking pass (a huge input), longer than --timeout-s
+    time.sleep(6)
+    yield from checked(path, check)
+
+
+embed.checked_records = slow
+sys.exit(embed.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_checking_pass_longer_than_the_timeout_stops_no_rank(tmp_path):
+    """The checking pass runs on every rank at once (no rank waits in a collective while another
+    reads the whole input), so an input that takes longer to check than --timeout-s still runs."""
+    from vnp.models.pack import build_tiny_pack
+
+    pack = build_tiny_pack(tmp_path / "pack")
+    fasta = tmp_path / "frames.fa"
+    fasta.write_text("".join(f">f{i}\n{'ACGT' * (5 + i)}\n" for i in range(5)))
+    (tmp_path / "slow_check.py").write_text(SLOW_CHECK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+                          str(tmp_path / "slow_check.py"), "dnabert", str(fasta), "-m", pack.dnabert,
+                          "--timeout-s", "3", "-o", str(tmp_path / "out.npz")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert list(np.load(tmp_path / "out.npz")["ids"]) == [f"f{i}" for i in range(5)]

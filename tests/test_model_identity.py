@@ -102,7 +102,7 @@ def test_large_file_digests_are_cached_by_path_size_mtime_and_inode(tmp_path, mo
     entries = list(identity.cache_dir().glob("*.json"))
     assert len(entries) == 1 and first in entries[0].read_text()
     calls = []
-    monkeypatch.setattr(identity, "_sha256", lambda path, what: calls.append(path) or "hashed")
+    monkeypatch.setattr(identity, "file_sha256", lambda path, what: calls.append(path) or "hashed")
     assert identity.file_digest(model) == first and not calls  # unchanged: from the cache
     model.write_bytes(b"y" * 1000)  # same size, same inode, a new mtime
     os.utime(model, ns=(1, 1))

@@ -274,3 +274,32 @@ def test_the_demo_report_renders_in_chromium_without_errors_or_requests(demo_rep
     assert pixels.std() > 0.05  # not blank: text, tables and plots
     top = pixels[:1000]
     assert len(np.unique(top.reshape(-1, 3), axis=0)) > 50  # many colours: anti-aliased text and plots
+
+
+def test_the_throughput_of_a_finished_run_has_data_points(demo_report):
+    """The demo's one step finishes before the first 1 s sample interval: the curve still holds the
+    run's frames per second (from the start of the loop, where nothing is done)."""
+    from vnp.results.report.plots import _pyplot, draw_throughput
+
+    run = json.loads((demo_report.parent / "run.json").read_text())
+    fig, ax = _pyplot().subplots()
+    draw_throughput(ax, run["progress"])
+    (curve,) = ax.patches
+    assert np.nanmax(curve.get_data().values) > 0
+    assert curve.get_data().edges[0] == 0  # from the start of the loop
+    assert curve.get_data().edges[-1] == run["progress"][-1]["t_s"]
+
+
+def test_the_fdr_curve_follows_the_calls_rule_for_ties():
+    """The report's estimated-FDR curve is calibration's: a tie enters whole (as estimated_fdr and
+    select_by_fdr treat it), so the curve at k inside a tie is that of the whole tie."""
+    from vnp.results.calibration import estimated_fdr
+    from vnp.results.report.plots import _pyplot, draw_fdr
+
+    p = np.array([0.99, 0.9, 0.8, 0.8, 0.8, 0.5])
+    fig, ax = _pyplot().subplots()
+    draw_fdr(ax, p, called=5, max_fdr=0.1)
+    k, fdr = ax.get_lines()[0].get_data()
+    np.testing.assert_array_equal(k, np.arange(1, 7))
+    np.testing.assert_allclose(fdr, estimated_fdr(p, np.ones(6, bool)))
+    assert fdr[2] == fdr[3] == fdr[4] == pytest.approx((0.01 + 0.1 + 0.2 * 3) / 5)

@@ -1,14 +1,18 @@
 """The run folder object (every path in OUT, its lock, the run record) and the run description
 rank 0 hands to the other ranks."""
 
+import ast
 import dataclasses
 import json
+import re
 
 import pytest
 
+from tests.helpers import ROOT
+
 from vnp.support.errors import InputError
 from vnp.models.pack import ModelPack
-from vnp.run.folder import RunFolder, differences, keep_unit_size
+from vnp.run.folder import RunFolder, TrainingFolder, differences, keep_unit_size
 from vnp.run.state import RunSpec
 
 
@@ -17,11 +21,43 @@ def test_every_path_is_inside_out(tmp_path):
     paths = [folder.work, folder.parts, folder.embeddings, folder.log(3), folder.run_record_path, folder.index,
              folder.sequences, folder.ids, folder.config_yaml, folder.run_json, folder.report_html,
              folder.ready("n"), folder.remaining("n"), folder.heartbeat("n"), folder.stop_request("n"),
-             folder.alive(2), folder.lock_path, folder.checkpoint, folder.tiny_pack]
+             folder.alive(2), folder.lock_path, folder.tiny_pack]
     assert all(path.is_relative_to(tmp_path / "out") for path in paths)
     assert len(set(paths)) == len(paths)
     assert folder.log(3) == tmp_path / "out" / "logs" / "rank3.log"
     assert folder.run_record_path == tmp_path / "out" / "work" / "record.json"
+
+
+def test_every_path_of_a_training_dir_is_inside_it(tmp_path):
+    folder = TrainingFolder(tmp_path / "dir")
+    features = folder.features
+    paths = [folder.work, folder.tiny_pack, folder.checkpoint, folder.classifier, folder.pack_yaml,
+             folder.metrics_json, folder.learning_curve, folder.log(0), features.run_record_path, features.parts,
+             *features.arrays, features.cds_text, features.cds_index, features.record_labels, features.sequences]
+    assert all(path.is_relative_to(tmp_path / "dir") for path in paths)
+    assert len(set(paths)) == len(paths)
+    assert folder.tiny_pack == tmp_path / "dir" / "work" / "tiny_pack"
+    # the layout of training dirs made before (resumed as they are)
+    assert features.matrix == tmp_path / "dir" / "features" / "features.npy"
+    assert features.run_record_path == tmp_path / "dir" / "features" / "record.json"
+
+
+FILE_NAME = re.compile(r"[\w.-]+\.(npy|npz|json|yaml|png|pt|bin|txt|safetensors)")
+
+
+def test_only_the_run_folder_spells_the_paths_of_a_training_dir():
+    """`vnp train`'s modules name no file or folder of DIR: no file-name literal, no `path / "name"`,
+    no `joinpath("name")`; TrainingFolder and FeatureFolder name them all."""
+    spelled = []
+    for path in [ROOT / "vnp" / "train.py", *sorted((ROOT / "vnp" / "training").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            literal = isinstance(node, ast.Constant) and isinstance(node.value, str) and FILE_NAME.fullmatch(node.value)
+            joined = isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant)
+            called = (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "joinpath"
+                      and any(isinstance(a, ast.Constant) for a in node.args))
+            if literal or joined or called:
+                spelled.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert spelled == []
 
 
 def test_the_lock_is_held_until_close(tmp_path):

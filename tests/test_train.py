@@ -25,7 +25,8 @@ from safetensors.numpy import load_file
 from tests.helpers import BIN, ROOT, child_env, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
-from vnp.run.plan import SEQUENCES, load_plan, pack_inputs, read_chunks
+from vnp.run.folder import FeatureFolder
+from vnp.run.plan import load_plan, pack_inputs, read_chunks
 from vnp.seq.seqio import record_pieces
 from vnp.training.inputs import TrainingFrames, TrainingRecords
 from vnp.train import main as train_main
@@ -121,12 +122,13 @@ def test_training_frames_match_the_original_rule(tmp_path):
         for chunk_id, piece in oracle_chunks(record.id, str(record.seq), size):
             expected += oracle_frames(chunk_id, piece, proteins)
 
-    reader = TrainingRecords({path: "virus"}, tmp_path / "work")
-    pack_inputs([path], tmp_path / "work", read=lambda path: record_pieces(reader(path)))
+    features = FeatureFolder(tmp_path / "features")
+    reader = TrainingRecords({path: "virus"}, features)
+    pack_inputs([path], features.work, read=lambda path: record_pieces(reader(path)))
     reader.finish()
-    plan = load_plan(tmp_path / "work", size)
-    chunks = read_chunks(plan, tmp_path / "work" / SEQUENCES, 0, plan.n_chunks)
-    rule = TrainingFrames(tmp_path / "work", plan)
+    plan = load_plan(features.work, size)
+    chunks = read_chunks(plan, features.sequences, 0, plan.n_chunks)
+    rule = TrainingFrames(features, plan)
     got = [(f"{c.id}{FRAME_NAMES[f.index]}", f.nucleotide, f.protein)
            for c, frames in zip(chunks, translate_chunks(chunks)) for f in rule(c, frames)]
     assert got == expected
@@ -196,6 +198,8 @@ def test_outputs_and_features(one_rank, manifest):
     assert frames["virus"] > 0 and frames["others"] > 0
     assert len(metrics["held_out"]) == frames["val"] == int((frames["train"] + frames["val"]) * 0.1)
     assert (one_rank / "learning_curve.png").stat().st_size > 0
+    assert (one_rank / "work" / "tiny_pack" / "pack.yaml").is_file()  # built in work/, as predict builds it
+    assert not (one_rank / "tiny_pack").exists()
     keys = np.load(one_rank / "features" / "keys.npy")
     assert np.load(one_rank / "features" / "features.npy").shape == (len(keys), 48 + 64)
     assert len(keys) == frames["virus"] + frames["others"]
@@ -345,7 +349,8 @@ def test_consolidate_orders_frames_whatever_order_units_arrived(tmp_path):
     from vnp.run.store import write_atomic
     from vnp.training.features import consolidate
 
-    parts = tmp_path / "parts"
+    features = FeatureFolder(tmp_path)
+    parts = features.parts
     parts.mkdir()
     unit_keys = {0: [0, 3, 7], 1: [13, 20], 2: [], 3: [30, 31, 40]}  # 2 chunks (12 keys) a unit
     for number, units in enumerate([[3], [1, 2], [0]]):
@@ -353,9 +358,23 @@ def test_consolidate_orders_frames_whatever_order_units_arrived(tmp_path):
         write_atomic(parts, number, {"units": np.asarray(units, dtype=np.int64), "keys": keys,
                                      "embeddings": np.repeat(keys[:, None], 4, axis=1).astype(np.float32)})
     first_chunk = np.asarray([0, 3, 8])  # record 0: chunks 0-2, record 1: chunks 3-7
-    consolidate(tmp_path, 4, np.asarray([1, 0]), first_chunk)
-    keys = np.load(tmp_path / "keys.npy")
+    consolidate(features, 4, np.asarray([1, 0]), first_chunk)
+    keys = np.load(features.keys)
     assert keys.tolist() == sorted(k for ks in unit_keys.values() for k in ks)
-    np.testing.assert_array_equal(np.load(tmp_path / "features.npy")[:, 0], keys.astype(np.float32))
-    assert np.load(tmp_path / "labels.npy").tolist() == [1 if k // 6 < 3 else 0 for k in keys]
+    np.testing.assert_array_equal(np.load(features.matrix)[:, 0], keys.astype(np.float32))
+    assert np.load(features.labels).tolist() == [1 if k // 6 < 3 else 0 for k in keys]
     assert not parts.exists()
+
+
+def test_the_learning_curve_labels_both_panels_and_its_lines_stay_apart():
+    """Accuracy, F1 and AUROC often coincide: each line has its own marker and line style, and the
+    metric panel says what its axis shows."""
+    from vnp.training.outputs import learning_curve_figure
+
+    history = [{"epoch": e, "train_loss": 0.7 / e, "val_loss": 0.8 / e, "accuracy": 1.0, "f1": 1.0, "auroc": 1.0}
+               for e in range(1, 5)]
+    fig = learning_curve_figure(history)
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel() and ax.get_legend() is not None
+        styles = [(line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+        assert len(set(styles)) == len(styles)

@@ -83,7 +83,8 @@ def labelled_items(run: Path, labels_path: Path) -> tuple[dict, tuple[np.ndarray
     of the labelled items with scores."""
     from vnp.call import finished_run
     from vnp.evaluate import read_labels
-    from vnp.run.plan import file_sha256, iter_ids
+    from vnp.run.plan import iter_ids
+    from vnp.support.paths import file_sha256
 
     folder = RunFolder(run)
     if not folder.run_record_path.is_file():

@@ -72,8 +72,9 @@ def training_sequences(kind: str, seed: int, count: int = 24) -> list[tuple[str,
 
 def fasta_text(records: list[tuple[str, str]]) -> str:
     """FASTA of (title, sequence) records, 60 letters a line."""
-    return "".join(f">{title}\n" + "".join(seq[i:i + 60] + "\n" for i in range(0, len(seq), 60))
-                   for title, seq in records)
+    from vnp.seq.seqio import fasta_record
+
+    return "".join(fasta_record(title, seq) for title, seq in records)
 
 
 def write_example(path: str | Path) -> None:

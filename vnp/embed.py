@@ -14,8 +14,9 @@ Runs under the same launchers as `vnp predict` (torchrun, accelerate, srun), on 
 DistributedSampler in input order, prepared on a helper thread, embedded, sent to rank 0 with
 asynchronous fixed-shape collectives and written in input order as they arrive, so no rank holds
 all the embeddings. Input goes through the project's reader (vnp/seq/seqio.py: FASTA or FASTQ, plain or
-compressed, the same checks and messages as `vnp predict`); rank 0 first checks every record before
-any model time is spent; each rank then streams the file once, embedding only its units.
+compressed, the same checks and messages as `vnp predict`); every rank first checks every record
+before any forward pass (all at once: no rank waits in a collective, bounded by --timeout-s, while
+another reads the input alone), then streams the file once more, embedding only its units.
 """
 
 from __future__ import annotations
@@ -243,14 +244,18 @@ def _embed_job(ctx: vdist.Context, args: argparse.Namespace) -> int:
         error = f"rank {ctx.rank}: {err}" if ctx.world_size > 1 else str(err)
     _agree(ctx, error)
     check = nucleotide_check if args.model_kind == "dnabert" else protein_check(embedder.alphabet)
-    ids, error = [], None
-    if ctx.is_main:  # one checking pass over the whole input, before any model time is spent
-        try:
-            ids = [rid for rid, _ in checked_records(path, check)]
-        except InputError as err:
-            error = str(err)
-    _agree(ctx, error)
-    count = vdist.broadcast_object(ctx, len(ids))
+    # One checking pass over the whole input before any forward pass, on every rank at once (each
+    # streams the file anyway): no rank waits in a collective, which --timeout-s bounds, while
+    # another reads a huge input alone.
+    ids, count, error = [], 0, None
+    try:
+        for rid, _ in checked_records(path, check):
+            count += 1
+            if ctx.is_main:  # the IDs only rank 0 writes
+                ids.append(rid)
+    except InputError as err:
+        error = str(err)
+    _agree(ctx, error)  # the same error on every rank: rank 0, the first, says it
     # the same budget on every rank (the smallest card's), so a record's vector does not depend on its rank
     max_tokens = min(vdist.all_gather_object(ctx, token_budget(args.model_kind, embedder, args.max_tokens or 0)))
     start = time.perf_counter()

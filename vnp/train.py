@@ -39,16 +39,16 @@ import numpy as np
 import torch.distributed as dist
 
 from vnp.run import dist as vdist
-from vnp.run.folder import RunFolder
+from vnp.run.folder import FeatureFolder, TrainingFolder
 from vnp.run.lifecycle import Rank, rank_command, run_rank, shared
 from vnp.run.plan import load_plan
 from vnp.support.command import command, module_main
 from vnp.support.config import help_text
 from vnp.support.errors import InputError
-from vnp.training.config import FEATURES, TrainConfig, TrainParams
+from vnp.training.config import TrainConfig, TrainParams
 from vnp.training.features import FeatureSink, check, compute_features, consolidate, prepare
 from vnp.training.head import split_rows, train_head
-from vnp.training.inputs import RECORD_LABELS, TrainingFrames
+from vnp.training.inputs import TrainingFrames
 from vnp.training.outputs import write_outputs
 from vnp.models import CLASSES
 
@@ -72,45 +72,43 @@ def run(args: argparse.Namespace) -> int:
 def train(config: TrainConfig, manifest: Path, out: Path) -> int:
     """One rank's whole job, in the rank lifecycle (`vnp.run.lifecycle.run_rank`)."""
     return run_rank(lambda rank: _train(rank, config, manifest), config.device, config.dist.backend,
-                    config.dist.timeout_s, out=out, threads=config.threads)
+                    config.dist.timeout_s, out=out, threads=config.threads, folder_type=TrainingFolder)
 
 
 def _train(rank: Rank, config: TrainConfig, manifest: Path) -> int:
     """Features (engine), head (DDP), outputs (rank 0)."""
     from vnp.run.state import RunState, share_preparation
 
-    ctx, folder, stop = rank.ctx, rank.folder, rank.stop
+    ctx, folder, stop = rank.ctx, rank.folder, rank.stop  # folder: a TrainingFolder (every path of DIR)
     out = folder.root
     if config.train.batch % ctx.world_size:
         raise InputError(f"train.batch={config.train.batch} cannot be split evenly over {ctx.world_size} ranks",
                          reported=not ctx.is_main)  # every rank finds it; rank 0 says it
     spec, _ = share_preparation(rank, lambda: check(config, manifest, folder),
                                 lambda checked: (prepare(ctx, config, *checked, folder), None))
-    features = out / FEATURES
-    feature_folder = RunFolder(features)  # DIR/features: a run folder of its own (its parts are not in work)
-    work = feature_folder.work
-    if not (features / "features.npy").exists():
-        plan = load_plan(work, spec.chunk_length)
-        state = RunState(feature_folder, spec, plan)
-        sink = FeatureSink(features / "parts", len(spec.remaining), config.progress) if ctx.is_main else None
-        compute_features(ctx, state, config, stop, TrainingFrames(work, plan), sink)
+    features = folder.features  # DIR/features: a run folder of its own (its parts are not in work)
+    if not features.matrix.exists():
+        plan = load_plan(features.work, spec.chunk_length)
+        state = RunState(features, spec, plan)
+        sink = FeatureSink(features.parts, len(spec.remaining), config.progress) if ctx.is_main else None
+        compute_features(ctx, state, config, stop, TrainingFrames(features, plan), sink)
         if stop.requested:
             vdist.print0(ctx, f"vnp: stopped by signal; progress is committed in {out}. "
                               "Run the same command again to resume.")
             return 143
         if ctx.is_main:
-            consolidate(features, plan.n_units(spec.unit_chunks), np.load(work / RECORD_LABELS),
+            consolidate(features, plan.n_units(spec.unit_chunks), np.load(features.record_labels),
                         plan.first_chunk)
     shared(ctx, lambda: check_classes(manifest, features, config.train))
     settings = {"train": asdict(config.train), "features": spec.run_record}
-    trainer = train_head(ctx, config, out, settings, stop)
+    trainer = train_head(ctx, config, folder, settings, stop)
     state = trainer.state
     if stop.requested:
-        vdist.print0(ctx, f"vnp: stopped by signal after epoch {state['epoch']}; the checkpoint is in {out}/work. "
+        vdist.print0(ctx, f"vnp: stopped by signal after epoch {state['epoch']}; the checkpoint is in {folder.work}. "
                           "Run the same command again to resume.")
         return 143
     if ctx.is_main:
-        write_outputs(out, spec, config, trainer, ctx.world_size)
+        write_outputs(folder, spec, config, trainer, ctx.world_size)
         last = state["history"][-1] if state["history"] else {}
         print(f"vnp: trained {state['epoch']} epochs (best {state['best_epoch']}, validation accuracy "
               f"{last.get('accuracy', float('nan')):.3f}); classifier and pack.yaml in {out}", file=sys.stderr)
@@ -119,9 +117,9 @@ def _train(rank: Rank, config: TrainConfig, manifest: Path) -> int:
     return 0
 
 
-def check_classes(manifest: Path, features: Path, params: TrainParams) -> None:
+def check_classes(manifest: Path, features: FeatureFolder, params: TrainParams) -> None:
     """Both classes must have kept frames, and enough frames for one batch and a validation set."""
-    labels = np.load(features / "labels.npy")
+    labels = np.load(features.labels)
     for value, name in enumerate(CLASSES):
         if not (labels == value).any():
             raise InputError(f"{manifest}: no frame of class '{name}' was kept (training keeps stop-free frames of "

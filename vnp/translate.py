@@ -18,17 +18,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from vnp.seq.frames import batched_chunks, translate_chunks
-from vnp.seq.seqio import Record, input_stem, iter_records
+from vnp.seq.seqio import Record, fasta_record, input_stem, iter_records
 from vnp.support.atomic import AtomicFiles
 from vnp.support.command import command, exit_code, module_main
 from vnp.support.errors import InputError
 from vnp.support.paths import check_output_folder
-
-
-def fasta_wrapped(name: str, seq: str, width: int = 60) -> str:
-    """One FASTA record as Biopython's writer formats it (60 letters a line)."""
-    lines = [seq[i:i + width] for i in range(0, len(seq), width)]
-    return f">{name}\n" + "".join(line + "\n" for line in lines)
 
 
 @dataclass
@@ -65,7 +59,7 @@ def translate_file(path: str | os.PathLike, out_dir: str | os.PathLike, chunk_le
 
 
 def _write_batch(batch, frames_per_chunk, chunked, dna, protein, counts: TranslateCounts) -> None:
-    chunked.write("".join(fasta_wrapped(c.id, c.seq) for c in batch))
+    chunked.write("".join(fasta_record(c.id, c.seq) for c in batch))
     dna.write("".join(f">{f.id}\n{f.nucleotide}\n" for frames in frames_per_chunk for f in frames))
     protein.write("".join(f">{f.id}\n{f.protein}\n" for frames in frames_per_chunk for f in frames))
     counts.chunks += len(batch)

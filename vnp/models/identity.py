@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vnp.support.atomic import write_text
 from vnp.support.errors import InputError
-from vnp.support.paths import regular_file
+from vnp.support.paths import file_sha256, regular_file
 
 log = logging.getLogger("vnp")
 
@@ -49,7 +49,7 @@ def file_digest(path: str | os.PathLike, what: str = "model file") -> str:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # no entry, or an unreadable one: hash again
     started = time.monotonic()
-    digest = _sha256(path, what)
+    digest = file_sha256(path, what)
     took = time.monotonic() - started
     if took > SLOW_HASH_S:
         log.info("hashed %s (%.1f GB) in %.0f s; the digest is cached in %s", real, info.st_size / 1e9, took,
@@ -57,17 +57,6 @@ def file_digest(path: str | os.PathLike, what: str = "model file") -> str:
     if cached:
         _cache_entry(entry, json.dumps({"key": key, "sha256": digest}))
     return digest
-
-
-def _sha256(path: Path, what: str) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 22):
-                digest.update(block)
-    except OSError as err:
-        raise InputError(f"{path}: cannot read {what} ({err.strerror})") from None
-    return digest.hexdigest()
 
 
 def _cache_entry(path: Path, text: str) -> None:

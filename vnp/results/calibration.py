@@ -261,9 +261,10 @@ def probabilities(calibration: Calibration, plan: ChunkPlan, chunks: vcalls.Chun
     return chunk_p, record_p
 
 
-def _running_fdr(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For p sorted decreasing: the mean of 1 - p over the items with a p at least each one's own
-    (ties share their value)."""
+def running_fdr(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For p sorted decreasing: the estimated FDR of calling each item with those before it, the
+    mean of 1 - p over the items with a p at least its own (a tie enters whole: its items share
+    their value), and the last index of each item's tie group."""
     means = np.cumsum(1.0 - p) / np.arange(1, len(p) + 1)
     ends = np.searchsorted(-p, -p, side="right") - 1  # last index of each item's tie group
     return means[ends], ends
@@ -274,7 +275,7 @@ def estimated_fdr(p: np.ndarray, called: np.ndarray) -> np.ndarray:
     fdr = np.full(len(p), np.nan)
     rows = np.flatnonzero(called & ~np.isnan(p))
     order = rows[np.argsort(-p[rows], kind="stable")]
-    fdr[order] = _running_fdr(p[order])[0]
+    fdr[order] = running_fdr(p[order])[0]
     return fdr
 
 
@@ -282,7 +283,7 @@ def select_by_fdr(p: np.ndarray, max_fdr: float) -> np.ndarray:
     """The largest set, by decreasing p, whose estimated FDR is <= max_fdr (a cutoff on p)."""
     rows = np.flatnonzero(~np.isnan(p))
     ordered = np.sort(p[rows])[::-1]
-    fdr, _ = _running_fdr(ordered)
+    fdr, _ = running_fdr(ordered)
     within = np.flatnonzero(fdr <= max_fdr)  # a prefix: the running mean only grows
     if not len(within):
         return np.zeros(len(p), dtype=bool)

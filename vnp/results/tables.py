@@ -40,6 +40,7 @@ from vnp.results.regions import Regions, find_regions, region_scores, territorie
 from vnp.run.folder import RunFolder
 from vnp.support.atomic import AtomicFiles
 from vnp.seq.frames import frame_id
+from vnp.seq.seqio import fasta_record
 
 FRAME_TABLE = "prediction_results.txt"
 RESULT_FILES = ("prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv", "regions.tsv", "regions.bed",
@@ -396,8 +397,7 @@ def _fasta(fh, records: Iterator[tuple[str, int, int, int]], plan: ChunkPlan, wo
     with open(work / SEQUENCES, "rb") as packed:
         for name, r, start, end in records:
             letters = os.pread(packed.fileno(), end - start, int(plan.offsets[r]) + start).decode("ascii")
-            fh.write(f">{name}\n")
-            fh.writelines(letters[i:i + width] + "\n" for i in range(0, len(letters), width))
+            fh.write(fasta_record(name, letters, width))
 
 
 def _summary(fh, results: Results, plan: ChunkPlan) -> None:

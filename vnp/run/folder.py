@@ -19,8 +19,8 @@ from typing import IO
 
 from vnp.support import atomic
 from vnp.support.errors import InputError
-from vnp.support.paths import check_output_folder
-from vnp.run.plan import IDS, INDEX, SEQUENCES, file_sha256
+from vnp.support.paths import check_output_folder, file_sha256
+from vnp.run.plan import IDS, INDEX, SEQUENCES
 
 RUN_RECORD = "record.json"
 LOCK = ".lock"
@@ -66,11 +66,6 @@ class RunFolder:
     def log(self, rank: int) -> Path:
         """This rank's log file (every command that has a run folder: predict, train)."""
         return self.logs / f"rank{rank}.log"
-
-    @property
-    def checkpoint(self) -> Path:
-        """`vnp train`: the classifier head's training state after the last finished epoch."""
-        return self.work / "checkpoint.pt"
 
     @property
     def run_record_path(self) -> Path:
@@ -244,6 +239,89 @@ class RunFolder:
     def write_text(path: Path, text: str) -> None:
         """A temporary name next to `path`, then a rename: a reader never sees half a file."""
         atomic.write_text(path, text)
+
+
+class TrainingFolder(RunFolder):
+    """DIR of `vnp train`: a run folder (lock, logs, handshake files, `work/tiny_pack`) that holds
+    the cached features of its training frames, the training checkpoint and what training leaves."""
+
+    @property
+    def features(self) -> "FeatureFolder":
+        """The embeddings of the training frames, cached across runs with other `train.*` values."""
+        return FeatureFolder(self.root / "features")
+
+    @property
+    def checkpoint(self) -> Path:
+        """The classifier head's training state after the last finished epoch."""
+        return self.work / "checkpoint.pt"
+
+    @property
+    def classifier(self) -> Path:
+        """The trained head (safetensors + json, as `vnp pack convert` writes it)."""
+        return self.root / "classifier"
+
+    @property
+    def pack_yaml(self) -> Path:
+        """The pack of the trained head (`vnp predict pack=DIR/pack.yaml`)."""
+        return self.root / "pack.yaml"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.root / "learning_curve.png"
+
+
+class FeatureFolder(RunFolder):
+    """DIR/features: a run folder of its own, whose work/ holds the packed training inputs (with
+    their CDS table and labels); beside it, its run record, the committed parts while the frames
+    are embedded, then the consolidated arrays (features.npy last: the commit point)."""
+
+    @property
+    def run_record_path(self) -> Path:
+        """The run record of the cached features (inputs with their labels, models, settings)."""
+        return self.root / RUN_RECORD
+
+    @property
+    def parts(self) -> Path:
+        """Committed feature parts (embeddings of finished work units), what a resume starts from."""
+        return self.root / "parts"
+
+    @property
+    def matrix(self) -> Path:
+        """features.npy: (frames, DNABERT-S + ESM2 dims) float32, frames in key order."""
+        return self.root / "features.npy"
+
+    @property
+    def keys(self) -> Path:
+        """keys.npy: each row's frame key (chunk * 6 + frame), increasing."""
+        return self.root / "keys.npy"
+
+    @property
+    def labels(self) -> Path:
+        """labels.npy: each row's class index (`vnp.models.CLASSES`)."""
+        return self.root / "labels.npy"
+
+    @property
+    def arrays(self) -> tuple[Path, Path, Path]:
+        return self.matrix, self.keys, self.labels
+
+    @property
+    def cds_text(self) -> Path:
+        """Per record: its CDS translations joined by newlines, records back to back."""
+        return self.work / "cds.bin"
+
+    @property
+    def cds_index(self) -> Path:
+        """Per record: offset and length in cds.bin; length -1 = keep every frame (FASTA)."""
+        return self.work / "cds_index.npy"
+
+    @property
+    def record_labels(self) -> Path:
+        """Per record: its class index."""
+        return self.work / "record_labels.npy"
 
 
 def check_empty(folder: Path, what: str) -> None:

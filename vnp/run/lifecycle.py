@@ -84,12 +84,13 @@ class Rank:
 
 
 def run_rank(job: Callable[[Rank], int], device: str, backend: str, timeout_s: float, out: Path | None = None,
-             threads: int | None = None, stoppable: bool = True) -> int:
+             threads: int | None = None, stoppable: bool = True, folder_type: type[RunFolder] = RunFolder) -> int:
     """One rank's whole life around `job` (module docstring); its exit code. `threads`: the CPU
     threads setting (None leaves torch's); `stoppable`: a stop signal lets the job stop after its
-    step (else the signal ends the process, as for `vnp embed`, which does not resume)."""
+    step (else the signal ends the process, as for `vnp embed`, which does not resume);
+    `folder_type`: what names the paths in OUT (`TrainingFolder` for `vnp train`'s DIR)."""
     stop = StopFlag.install() if stoppable else StopFlag()
-    folder = RunFolder(out) if out is not None else None  # rank 0 holds OUT's lock until the end
+    folder = folder_type(out) if out is not None else None  # rank 0 holds OUT's lock until the end
     rank: Rank | None = None
     try:
         ctx = vdist.init(device, backend, timeout_s)

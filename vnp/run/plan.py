@@ -26,18 +26,11 @@ from vnp.support.errors import InputError, where
 from vnp.seq.seqio import RecordStart, alignment_format, check_readable, compression_of, iter_pieces
 from vnp.seq.frames import Chunk
 from vnp.support.atomic import AtomicFiles, WriteFailed
+from vnp.support.paths import file_sha256
 
 SEQUENCES = "sequences.bin"
 INDEX = "index.npz"
 IDS = "ids.txt"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_inputs(inputs: Sequence[str]) -> list[Path]:

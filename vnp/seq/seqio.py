@@ -55,6 +55,12 @@ class Record:
     line: int | None  # 1-based line of the header; None in BAM/CRAM (no lines)
 
 
+def fasta_record(name: str, letters: str, width: int = 60) -> str:
+    """One FASTA record, `width` letters a line (as Biopython's writer formats it): vnp's one FASTA
+    writer (translate's chunks, predict's viral sequences and regions, the demo's data)."""
+    return f">{name}\n" + "".join(letters[i:i + width] + "\n" for i in range(0, len(letters), width))
+
+
 def compression_of(path: Path) -> str | None:
     """'gzip', 'bz2', 'xz' or None, from the file's first bytes (not its name)."""
     with open(path, "rb") as fh:

@@ -9,9 +9,6 @@ from vnp.support.config import ModelRunConfig, _help
 AMBIGUOUS = frozenset("NRYMKSWHBVD")  # the original's training filter (U is not in it)
 
 
-FEATURES = "features"
-
-
 @dataclass
 class TrainParams:
     lr: float = _help("SGD learning rate (the original's 2e-4)", 2e-4)

@@ -1,5 +1,6 @@
 """Stage 1 of training: preparing DIR on rank 0 and embedding every kept frame through the
-prediction engine, rank 0 writing checked parts and consolidating them into DIR/features."""
+prediction engine, rank 0 writing checked parts and consolidating them into DIR/features (every
+path named by `vnp.run.folder.TrainingFolder` and `FeatureFolder`)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,19 @@ import torch
 
 from vnp.models import resolve_precision
 from vnp.models.pack import ModelPack, load_pack
-from vnp.run import dist as vdist
 from vnp.run.engine import RowSink
-from vnp.run.folder import RunFolder, input_entries, keep_unit_size, new_run_record
+from vnp.run.folder import FeatureFolder, TrainingFolder, input_entries, keep_unit_size, new_run_record
 from vnp.run.plan import load_plan, pack_inputs
 from vnp.run.store import part_number, read_checked, write_atomic
 from vnp.seq.seqio import record_pieces
 from vnp.support import atomic
 from vnp.support.errors import InputError
-from vnp.training.config import FEATURES, TrainConfig
-from vnp.training.inputs import CDS_TEXT, FEATURE_RECORD, TrainingRecords, read_manifest
+from vnp.training.config import TrainConfig
+from vnp.training.inputs import TrainingRecords, read_manifest
 
 
 class FeatureSink(RowSink):
-    """Rank 0's sink: each step's embeddings as one checked part in DIR/features/parts."""
+    """Rank 0's sink: each step's embeddings as one checked part in `parts` (DIR/features')."""
 
     def __init__(self, parts: Path, units: int, progress: bool):
         from tqdm import tqdm
@@ -70,10 +70,10 @@ def compute_features(ctx, state, config: TrainConfig, stop, select_frames, sink)
     run_steps(ctx, state, config, models, stop, sink=sink, select_frames=select_frames)
 
 
-def consolidate(features: Path, n_units: int, labels_of_record: np.ndarray, first_chunk: np.ndarray) -> None:
-    """Rank 0: the parts into features.npy / keys.npy / labels.npy in frame order (whatever order
+def consolidate(features: FeatureFolder, n_units: int, labels_of_record: np.ndarray, first_chunk: np.ndarray) -> None:
+    """Rank 0: the parts into the folder's matrix, keys and labels in frame order (whatever order
     the units arrived in), then the parts are removed."""
-    paths = sorted(features.joinpath("parts").glob("part-*.npz"))
+    paths = sorted(features.parts.glob("part-*.npz"))
     units, part_keys = [], []
     for path in paths:
         arrays = read_checked(path)
@@ -89,10 +89,10 @@ def consolidate(features: Path, n_units: int, labels_of_record: np.ndarray, firs
         raise RuntimeError("a frame was embedded twice")
     records = np.searchsorted(first_chunk, keys // 6, side="right") - 1
     with atomic.AtomicFiles(fsync=True) as files:  # replaced in order: features.npy last, the commit point
-        for name, array in (("keys.npy", keys), ("labels.npy", labels_of_record[records].astype(np.int64))):
-            with files.open(features / name, "wb") as fh:
+        for path, array in ((features.keys, keys), (features.labels, labels_of_record[records].astype(np.int64))):
+            with files.open(path, "wb") as fh:
                 np.save(fh, array)
-        tmp = files.temporary(features / "features.npy")  # a memory map needs a file name
+        tmp = files.temporary(features.matrix)  # a memory map needs a file name
         matrix = None
         for path, these in zip(paths, part_keys):  # one part in memory at a time
             embeddings = read_checked(path)["embeddings"]
@@ -102,7 +102,7 @@ def consolidate(features: Path, n_units: int, labels_of_record: np.ndarray, firs
             matrix[np.searchsorted(keys, these)] = embeddings
         matrix.flush()
         del matrix
-    shutil.rmtree(features / "parts")
+    shutil.rmtree(features.parts)
 
 
 def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str, config: TrainConfig,
@@ -113,50 +113,47 @@ def _feature_record(entries, pack: ModelPack, chunk_length: int, precision: str,
     return new_run_record(inputs, pack, chunk_length, precision, config, device)
 
 
-def check(config: TrainConfig, manifest: Path, folder: RunFolder):
+def check(config: TrainConfig, manifest: Path, folder: TrainingFolder):
     """Rank 0, in DIR locked: the manifest's entries and the model pack (quick)."""
     entries = read_manifest(manifest)
-    pack = load_pack(config.pack, tiny_dir=folder.root / "tiny_pack", chunk_length=config.chunk_length,
+    pack = load_pack(config.pack, tiny_dir=folder.tiny_pack, chunk_length=config.chunk_length,
                      require_classifier=False, models_dir=config.models.dir)
     return entries, pack
 
 
-def prepare(ctx, config: TrainConfig, entries, pack: ModelPack, folder: RunFolder):
+def prepare(ctx, config: TrainConfig, entries, pack: ModelPack, folder: TrainingFolder):
     """Rank 0: the input pack and CDS table (once), and what feature units are left."""
     from vnp.run.state import RunSpec
 
-    out = folder.root
     chunk_length = config.chunk_length or pack.chunk_length
     precision = resolve_precision(config.precision, ctx.device)
-    features = out / FEATURES
+    features = folder.features
     run_record = _feature_record(entries, pack, chunk_length, precision, config, ctx.device)
-    run_record_path = features / FEATURE_RECORD
-    old = folder.read_json(run_record_path) if run_record_path.exists() else None
+    old = features.read_run_record()
     run_record = keep_unit_size(run_record, old, config.batch.unit_chunks)
     if old is not None and old != run_record:
         if not config.force:
             changed = sorted(k for k in run_record if old.get(k) != run_record[k])
-            raise InputError(f"{out}: holds features of other {', '.join(changed)}; rerun with force=true to "
-                             "start afresh there, or choose another output folder")
-        shutil.rmtree(features)
+            raise InputError(f"{folder.root}: holds features of other {', '.join(changed)}; rerun with force=true "
+                             "to start afresh there, or choose another output folder")
+        shutil.rmtree(features.root)
         folder.checkpoint.unlink(missing_ok=True)
-    work = RunFolder(features).work
-    if old != run_record or not (work / CDS_TEXT).exists():
-        reader = TrainingRecords({e.path: e.label for e in entries}, work)
+    if old != run_record or not features.cds_text.exists():
+        reader = TrainingRecords({e.path: e.label for e in entries}, features)
         try:
-            pack_inputs([e.path for e in entries], work, read=lambda path: record_pieces(reader(path)))
+            pack_inputs([e.path for e in entries], features.work, read=lambda path: record_pieces(reader(path)))
         except BaseException:
             reader.discard()
             raise
         reader.finish()
-        shutil.rmtree(features / "parts", ignore_errors=True)
-        for name in ("features.npy", "keys.npy", "labels.npy"):
-            (features / name).unlink(missing_ok=True)
-        folder.write_json(run_record_path, run_record, indent=None)
-    (features / "parts").mkdir(parents=True, exist_ok=True)
-    plan = load_plan(work, chunk_length)
+        shutil.rmtree(features.parts, ignore_errors=True)
+        for path in features.arrays:
+            path.unlink(missing_ok=True)
+        features.write_run_record(run_record)
+    features.parts.mkdir(parents=True, exist_ok=True)
+    plan = load_plan(features.work, chunk_length)
     unit_chunks = run_record["unit_chunks"]  # the unit size, read once, then from the spec
     n_units = plan.n_units(unit_chunks)
-    done = set(range(n_units)) if (features / "features.npy").exists() else committed_units(features / "parts")
+    done = set(range(n_units)) if features.matrix.exists() else committed_units(features.parts)
     return RunSpec(pack, chunk_length, precision, unit_chunks,
                    tuple(u for u in range(n_units) if u not in done), run_record, resumed_units=len(done))

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from vnp.run import dist as vdist
-from vnp.run.folder import RunFolder
+from vnp.run.folder import FeatureFolder, TrainingFolder
 from vnp.models import CLASSES
 from vnp.support.atomic import open_atomic
-from vnp.training.config import FEATURES, TrainConfig, TrainParams
+from vnp.training.config import TrainConfig, TrainParams
 
 
 def _global_sum(x: torch.Tensor) -> torch.Tensor:
@@ -238,9 +238,9 @@ class Trainer:
         vdist.print0(self.ctx, f"vnp: resuming training after epoch {self.state['epoch']}")
 
 
-def new_trainer(ctx, params: TrainParams, features: Path, settings: dict) -> Trainer:
-    feats = np.load(features / "features.npy", mmap_mode="r")
-    labels = np.load(features / "labels.npy")
+def new_trainer(ctx, params: TrainParams, features: FeatureFolder, settings: dict) -> Trainer:
+    feats = np.load(features.matrix, mmap_mode="r")
+    labels = np.load(features.labels)
     split = split_rows(len(labels), params.holdout, params.seed)
     model = new_classifier(feats.shape[1], params, ctx.device)
     head = TrainingHead(model, params.dropout, params.seed)
@@ -257,13 +257,13 @@ def new_trainer(ctx, params: TrainParams, features: Path, settings: dict) -> Tra
     return Trainer(ctx, params, feats, labels, split, model, head, ddp, optimizer, scheduler, sampler, state)
 
 
-def train_head(ctx, config: TrainConfig, out: Path, settings: dict, stop) -> Trainer:
+def train_head(ctx, config: TrainConfig, folder: TrainingFolder, settings: dict, stop) -> Trainer:
     """Every rank: DDP training from the cached features, a checkpoint after each epoch, until
     early stopping, the last epoch or a stop signal."""
     from tqdm import tqdm
 
-    trainer = new_trainer(ctx, config.train, out / FEATURES, settings)
-    checkpoint = RunFolder(out).checkpoint
+    trainer = new_trainer(ctx, config.train, folder.features, settings)
+    checkpoint = folder.checkpoint
     trainer.resume(checkpoint)
     left = 0 if trainer.state["finished"] else config.train.max_epochs - trainer.state["epoch"]
     bar = tqdm(total=left * trainer.steps, unit="batch", desc="vnp train", dynamic_ncols=True, mininterval=1.0,

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
+from vnp.run.folder import FeatureFolder
 from vnp.run.plan import ChunkPlan, check_inputs
 from vnp.seq.frames import Chunk, Frame
 from vnp.seq.seqio import NUCLEOTIDE_LETTERS, Record, check_readable, iter_records, open_binary
@@ -120,28 +121,16 @@ def _refuse_cut(path: Path, record_id: str, caught: list[warnings.WarningMessage
         raise InputError(f"{where(path, record_id)}: the file ends inside this record (cut short?)")
 
 
-CDS_TEXT = "cds.bin"  # per record: its CDS translations joined by newlines, records back to back
-
-
-CDS_INDEX = "cds_index.npy"  # per record: offset and length in cds.bin; length -1 = keep every frame
-
-
-RECORD_LABELS = "record_labels.npy"
-
-
-FEATURE_RECORD = "record.json"  # DIR/features/record.json: the run record of the cached features
-
-
 class TrainingRecords:
     """The record reader handed to `pack_inputs`: GenBank or FASTA/FASTQ by content. Streams each
-    record's CDS translations into `work/cds.bin` (none for FASTA: every stop-free frame is kept)
-    and notes its label; `finish()` commits both after the packing succeeded."""
+    record's CDS translations into the folder's `cds_text` (none for FASTA: every stop-free frame
+    is kept) and notes its label; `finish()` commits both after the packing succeeded."""
 
-    def __init__(self, labels: dict[Path, str], work: Path):
-        self.labels_of_path, self.work = labels, work
-        work.mkdir(parents=True, exist_ok=True)
+    def __init__(self, labels: dict[Path, str], folder: FeatureFolder):
+        self.labels_of_path, self.folder = labels, folder
+        folder.work.mkdir(parents=True, exist_ok=True)
         self.files = AtomicFiles()  # cds.bin, its index and the labels: committed by `finish`
-        self.text = open(self.files.temporary(work / CDS_TEXT), "wb")
+        self.text = open(self.files.temporary(folder.cds_text), "wb")
         self.index: list[tuple[int, int]] = []
         self.labels: list[int] = []
 
@@ -167,11 +156,11 @@ class TrainingRecords:
     def finish(self) -> None:
         self.text.close()
         with self.files:
-            for name, array in ((RECORD_LABELS, np.asarray(self.labels, dtype=np.int64)),
-                                (CDS_INDEX, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))):
-                with self.files.open(self.work / name, "wb") as fh:
+            for path, array in ((self.folder.record_labels, np.asarray(self.labels, dtype=np.int64)),
+                                (self.folder.cds_index, np.asarray(self.index, dtype=np.int64).reshape(-1, 2))):
+                with self.files.open(path, "wb") as fh:
                     np.save(fh, array)
-            self.files.replace_last(self.work / CDS_TEXT)  # the commit point
+            self.files.replace_last(self.folder.cds_text)  # the commit point
 
     def discard(self) -> None:
         """Packing failed: no temporary is left behind."""
@@ -181,12 +170,12 @@ class TrainingRecords:
 
 class TrainingFrames:
     """The `select_frames(chunk, frames)` hook: the original's training rule (module docstring).
-    Each rank reads a record's translations from `work/cds.bin` when its chunks come up (a unit's
-    chunks are consecutive, so one record is read once a unit), not the whole table."""
+    Each rank reads a record's translations from the folder's `cds_text` when its chunks come up
+    (a unit's chunks are consecutive, so one record is read once a unit), not the whole table."""
 
-    def __init__(self, work: Path, plan: ChunkPlan):
-        self.path = work / CDS_TEXT
-        self.index = np.load(work / CDS_INDEX)
+    def __init__(self, folder: FeatureFolder, plan: ChunkPlan):
+        self.path = folder.cds_text
+        self.index = np.load(folder.cds_index)
         self.plan = plan
         self.record, self.proteins = -1, None
 

@@ -205,7 +205,7 @@ class Calibrated:
 def read_calibrated(run: dict) -> Calibrated | None:
     """The run's calibration record, with the reliability bins of its file while that file is
     still at its path with its checksum; None for a run without a calibration."""
-    from vnp.run.plan import file_sha256
+    from vnp.support.paths import file_sha256
 
     calls = run.get("calls", {})
     record = calls.get("calibration")

@@ -16,7 +16,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from vnp.results.report.data import TABLE_ROWS, TOP_N, Report, _is_number, load
-from vnp.results.report.plots import COLOURS, Figures, called_fdr, draw
+from vnp.results.calibration import running_fdr
+from vnp.results.report.plots import COLOURS, Figures, draw
 from vnp.run.folder import RunFolder
 from vnp.support.atomic import AtomicFiles
 
@@ -261,6 +262,12 @@ def _section_scores(report: Report, figs: Figures) -> str:
                           f"{report.chunks.without_frames:,} chunks without a stop-free frame are not shown."))
     else:
         parts.append(note("No chunk has a stop-free frame: there are no scores."))
+    if figs.scores:
+        parts.append(note("Chunk virus scores: a chunk's score (the axis) is its highest P(virus) over its frames; "
+                          "its colour is its call, which also weighs its highest P(others) over its frames. The "
+                          "two can come from different frames, so a chunk of several frames can score above 0.5 "
+                          "and still be called others (another of its frames scored higher for others); 0.5 is the "
+                          "cut only for a chunk of one frame (below 0.5, a chunk is always called others)."))
     parts.append('<div class="grid">')
     if figs.scores:
         parts.append("<div>" + figure(figs.scores, "histogram of chunk virus scores", wide=True) + "</div>")
@@ -285,7 +292,7 @@ def _section_calibration(report: Report, figs: Figures) -> str:
                           "diagram."))
     called = contigs.labels.get("virus", 0)
     how = (f"the largest set with estimated FDR <= call.max_fdr {cal.max_fdr:g}; its estimated FDR is "
-           f"{called_fdr(p)[called - 1]:.4f}" if cal.max_fdr and called else
+           f"{running_fdr(p)[0][called - 1]:.4f}" if cal.max_fdr and called else
            "by the call.* rules, not by probability (call.max_fdr picks the set from the curve)")
     parts.append(f'<p data-calibrated-called="{called}">{called:,} sequences called virus: {esc(how)}.</p>')
     parts.append(figure(figs.calibration, "reliability diagram, probability histogram and estimated FDR", wide=True))

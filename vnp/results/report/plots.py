@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vnp.results.calibration import running_fdr
 from vnp.results.plots import pyplot
 from vnp.results.report.data import SCORE_BINS, SHARE_BINS, Calibrated, CallRules, Report
 
@@ -23,9 +24,11 @@ COLOURS = {"virus": "#D55E00", "others": "#0072B2", "no_frames": "#999999", "fil
 
 
 def _score_lines(ax, rules: CallRules, vertical: bool) -> None:
-    """0.5 (virus = others for a chunk of one frame) dashed; call.min_score dotted when it is above 0."""
+    """0.5 dashed (where virus = others, but only for a chunk of one frame: with several, the highest
+    others score may come from another frame); call.min_score dotted when it is above 0."""
     line = ax.axvline if vertical else ax.axhline
-    line(0.5, color=COLOURS["line"], linestyle="--", linewidth=1.0, label="0.5 (one frame: virus = others)")
+    line(0.5, color=COLOURS["line"], linestyle="--", linewidth=1.0,
+         label="0.5: the cut for a one-frame chunk only")
     if rules.min_score > 0:
         line(rules.min_score, color=COLOURS["line"], linestyle=":", linewidth=1.4,
              label=f"call.min_score {rules.min_score:g}")
@@ -69,17 +72,18 @@ def plot_scores(plt, hist: dict[str, np.ndarray], rules: CallRules) -> str:
     bottom = np.zeros(len(widths))
     for label in sorted(hist):
         ax.bar(SCORE_BINS[:-1], hist[label], widths, bottom=bottom, align="edge",
-               color=COLOURS.get(label, "#56B4E9"), label=f"{label} chunks", edgecolor="white", linewidth=0.3)
+               color=COLOURS.get(label, "#56B4E9"), label=f"called {label}", edgecolor="white", linewidth=0.3)
         bottom = bottom + hist[label]
     _score_lines(ax, rules, vertical=True)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("chunk virus score (highest P(virus) of the chunk's frames)")
+    ax.set_xlabel("chunk virus score: highest P(virus) over the chunk's frames")
     ax.set_ylabel("chunks")
     ax.yaxis.get_major_locator().set_params(integer=True)
     if bottom.max() > 0 and bottom.max() / max(1, np.median(bottom[bottom > 0])) > 100:
         ax.set_yscale("log")
         ax.set_ylabel("chunks (log scale)")
-    ax.legend(frameon=False, fontsize=8, loc="best")
+    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
+              title="colour: the chunk's call (see the note above)", title_fontsize=8)
     ax.set_title("Chunk virus scores", loc="left")
     return _svg_uri(fig)
 
@@ -143,10 +147,33 @@ def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions
     return _svg_uri(fig)
 
 
+def progress_arrays(samples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t_s, chunks, frames) of run.json's progress samples, from the start of the loop: the samples
+    count from there (t 0, nothing done) but begin only after the first step, so that origin is added."""
+    t, chunks, frames = (np.array([s.get(key, np.nan) for s in samples], dtype=float)
+                         for key in ("t_s", "chunks", "frames"))
+    if len(t) and t[0] > 0:
+        t, chunks, frames = (np.concatenate([[0.0], a]) for a in (t, chunks, frames))
+    return t, chunks, frames
+
+
+def draw_throughput(ax, samples: list[dict]) -> None:
+    """Frames per second of all ranks between samples (thinned to ~RATE_POINTS spans: one sample's
+    step is noise), a constant over each span, the last sample kept."""
+    t, _, frames = progress_arrays(samples)
+    keep = np.unique(np.append(np.arange(0, len(t), max(1, len(t) // RATE_POINTS)), len(t) - 1))
+    t, frames = t[keep], frames[keep]
+    dt = np.diff(t)
+    rate = np.divide(np.diff(frames), dt, out=np.full(len(dt), np.nan), where=dt > 0)
+    ax.stairs(rate, t, color=COLOURS["busy"], linewidth=1.5, baseline=None)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("frames/s")
+    ax.set_title("Throughput (all ranks)")
+    ax.set_ylim(bottom=0)
+
+
 def plot_progress(plt, samples: list[dict]) -> str | None:
-    t = np.array([s.get("t_s", np.nan) for s in samples], dtype=float)
-    frames = np.array([s.get("frames", np.nan) for s in samples], dtype=float)
-    chunks = np.array([s.get("chunks", np.nan) for s in samples], dtype=float)
+    t, chunks, frames = progress_arrays(samples)
     if len(t) < 2:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3))
@@ -156,15 +183,7 @@ def plot_progress(plt, samples: list[dict]) -> str | None:
     left.set_ylabel("done")
     left.set_title("Progress")
     left.legend(frameon=False)
-    every = max(1, len(t) // RATE_POINTS)  # a rate over several samples: one sample's step is noise
-    t_r, frames_r = t[::every], frames[::every]
-    dt = np.diff(t_r)
-    rate = np.divide(np.diff(frames_r), dt, out=np.full(len(dt), np.nan), where=dt > 0)
-    right.step(t_r[1:], rate, where="pre", color=COLOURS["busy"])
-    right.set_xlabel("time since start (s)")
-    right.set_ylabel("frames/s")
-    right.set_title("Throughput (all ranks)")
-    right.set_ylim(bottom=0)
+    draw_throughput(right, samples)
     fig.tight_layout()
     return _svg_uri(fig)
 
@@ -256,18 +275,18 @@ def plot_calibration(plt, cal: Calibrated, p: np.ndarray, called: int) -> str:
     axes[0].legend(frameon=False, fontsize=8)
     axes[1].hist(p, bins=SCORE_BINS, color=COLOURS["virus"])
     axes[1].set(xlabel="sequence virus_probability", ylabel="sequences", title="Probabilities")
-    fdr = called_fdr(p)
-    step = max(1, len(p) // TRACK_POINTS)
-    axes[2].plot(np.arange(1, len(p) + 1)[::step], fdr[::step], color=COLOURS["line"])
-    axes[2].axvline(called, color=COLOURS["virus"], linestyle="--", label=f"called virus: {called:,}")
-    if cal.max_fdr:
-        axes[2].axhline(cal.max_fdr, color=COLOURS["others"], linestyle=":", label=f"call.max_fdr {cal.max_fdr:g}")
-    axes[2].set(xlabel="sequences called (by decreasing probability)", ylabel="estimated FDR",
-                title="Estimated FDR")
+    draw_fdr(axes[2], p, called, cal.max_fdr)
     axes[2].legend(frameon=False, fontsize=8)
     return _svg_uri(fig)
 
 
-def called_fdr(p: np.ndarray) -> np.ndarray:
-    """For `p` decreasing: the estimated FDR of calling the first k sequences, k = 1..len(p)."""
-    return np.cumsum(1.0 - p) / np.arange(1, len(p) + 1)
+def draw_fdr(ax, p: np.ndarray, called: int, max_fdr: float) -> None:
+    """The estimated FDR of calling the first k sequences of `p` (decreasing), by the calls' rule
+    (`calibration.running_fdr`: a tie enters whole), the sequences called and call.max_fdr marked."""
+    fdr = running_fdr(p)[0]
+    step = max(1, len(p) // TRACK_POINTS)
+    ax.plot(np.arange(1, len(p) + 1)[::step], fdr[::step], color=COLOURS["line"])
+    ax.axvline(called, color=COLOURS["virus"], linestyle="--", label=f"called virus: {called:,}")
+    if max_fdr:
+        ax.axhline(max_fdr, color=COLOURS["others"], linestyle=":", label=f"call.max_fdr {max_fdr:g}")
+    ax.set(xlabel="sequences called (by decreasing probability)", ylabel="estimated FDR", title="Estimated FDR")

@@ -24,7 +24,7 @@ import numpy as np
 from vnp.seq.chunking import chunk_bounds, chunk_starts
 from vnp.support.errors import InputError, where
 from vnp.seq.seqio import RecordStart, alignment_format, check_readable, compression_of, iter_pieces
-from vnp.seq.frames import Chunk
+from vnp.seq.frames import Chunk, frame_residues
 from vnp.support.atomic import AtomicFiles, WriteFailed
 
 SEQUENCES = "sequences.bin"
@@ -86,10 +86,12 @@ def packed_problem(work_dir: Path, checksum: bool = True) -> str | None:
 
 
 def pack_inputs(inputs: Sequence[Path], work_dir: Path,
-                read: Callable[[Path], Iterable[RecordStart | bytes]] | None = None) -> None:
+                read: Callable[[Path], Iterable[RecordStart | bytes]] | None = None,
+                chunk_length: int | None = None) -> None:
     """Validate every input and write the packed sequences, index and IDs (atomically). `read`
     streams an input as record starts and letter pieces (default: FASTA/FASTQ/BAM/CRAM; training reads
-    GenBank through `seqio.record_pieces`).
+    GenBank through `seqio.record_pieces`). With `chunk_length`, the index also records the ESM
+    tokens of every chunk's frames (`frame_tokens`: the engine's cost estimate, looked up).
 
     Temporary files are removed whatever stops the packing (bad input, a full disk, a stop signal).
     """
@@ -104,11 +106,15 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path,
             length_array = np.asarray(lengths, dtype=np.int64)
             offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
             id_offsets = np.concatenate(([0], np.cumsum(np.asarray(id_lengths, dtype=np.int64) + 1))).astype(np.int64)
+            tokens = {} if chunk_length is None else {
+                "frame_tokens": chunk_tokens(files.current(work_dir / SEQUENCES), length_array, offsets, chunk_length),
+                "frame_tokens_chunk_length": np.asarray(chunk_length, dtype=np.int64)}
             with files.open(work_dir / INDEX, "wb") as fh:
                 np.savez(fh, lengths=length_array, offsets=offsets, id_offsets=id_offsets,
                          records_per_input=np.asarray(per_input, dtype=np.int64),
                          n_bases=np.asarray(n_bases, dtype=np.int64),
-                         sequences_sha256=np.asarray(seq_sink.hexdigest()), ids_sha256=np.asarray(id_sink.hexdigest()))
+                         sequences_sha256=np.asarray(seq_sink.hexdigest()), ids_sha256=np.asarray(id_sink.hexdigest()),
+                         **tokens)
     except WriteFailed as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InputError(f"{work_dir}: the disk is full while packing the inputs; free space there or "
@@ -128,6 +134,40 @@ class _Hashed:
 
     def hexdigest(self) -> str:
         return self.digest.hexdigest()
+
+
+TOKEN_BLOCK = 1 << 14  # chunks scanned at a time (memory: a few times TOKEN_BLOCK * chunk_length bytes)
+
+
+def chunk_tokens(sequences: Path, lengths: np.ndarray, offsets: np.ndarray, chunk_length: int,
+                 counts: np.ndarray | None = None) -> np.ndarray:
+    """ESM tokens of the frames `translate_chunks` keeps of every chunk of the records (`lengths`,
+    `offsets` into the packed `sequences`, `counts` chunks each as `chunk_bounds`), uint16: per
+    kept frame its residues (at most MAX_RESIDUES) and 2 (BOS, EOS), as the ESM batches count
+    them. A scan of the letters for stops (`frames.frame_residues`), no translation."""
+    from vnp.models.esm import MAX_RESIDUES
+
+    starts, ends = chunk_bounds(lengths, chunk_length, counts)
+    counts = -(-np.asarray(lengths, dtype=np.int64) // chunk_length) if counts is None else counts
+    first = np.asarray(offsets, dtype=np.int64)[np.repeat(np.arange(len(lengths)), counts)] + starts
+    spans = ends - starts
+    tokens = np.zeros(len(starts), dtype=np.uint16)  # at most 6 * (MAX_RESIDUES + 2)
+    if not len(tokens):
+        return tokens
+    packed = np.memmap(sequences, dtype=np.uint8, mode="r")
+    for lo in range(0, len(tokens), TOKEN_BLOCK):
+        block = slice(lo, lo + TOKEN_BLOCK)
+        base = int(first[block][0])
+        region = np.asarray(packed[base:int((first[block] + spans[block]).max())])
+        residues = frame_residues(_rows(region, first[block] - base, chunk_length), spans[block])
+        tokens[block] = np.where(residues > 0, np.minimum(residues, MAX_RESIDUES) + 2, 0).sum(axis=1)
+    return tokens
+
+
+def _rows(region: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(N, width) letters of `region` from each start, padded past its end."""
+    padded = np.concatenate([region, np.zeros(width, dtype=np.uint8)])
+    return np.lib.stride_tricks.sliding_window_view(padded, width)[starts]
 
 
 def _plain_bytes(inputs: Sequence[Path]) -> int:
@@ -201,6 +241,7 @@ class ChunkPlan:
     records_per_input: np.ndarray  # int64 [inputs]
     filtered: np.ndarray | None = None  # int8 [R]: vnp.seq.filters code, 0 = kept; filtered records have no chunks
     n_bases: np.ndarray | None = None  # int64 [R]: N (or n) letters per record
+    frame_tokens: np.ndarray | None = None  # uint16 [C]: `chunk_tokens` of every chunk, when the index has them
 
     @property
     def n_chunks(self) -> int:
@@ -234,6 +275,19 @@ class ChunkPlan:
                 yield base + k, r, k + 1, start, min(start + self.chunk_length, int(self.lengths[r]))
 
 
+    def tokens(self, sequences: Path, c0: int, c1: int) -> np.ndarray:
+        """ESM tokens of the kept frames of chunks c0 .. c1-1 (`chunk_tokens`): looked up in the
+        index, or scanned from `sequences` when the index predates them."""
+        if c1 <= c0:
+            return np.zeros(0, dtype=np.uint16)
+        if self.frame_tokens is not None:
+            return self.frame_tokens[c0:c1]
+        r0, r1 = (int(r) for r in self.record_of(np.array([c0, c1 - 1])))
+        tokens = chunk_tokens(sequences, self.lengths[r0:r1 + 1], self.offsets[r0:r1 + 1], self.chunk_length,
+                              np.diff(self.first_chunk)[r0:r1 + 1])
+        skip = c0 - int(self.first_chunk[r0])
+        return tokens[skip:skip + c1 - c0]
+
     def chunk_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """0-based start and exclusive end of every chunk of the plan (vectorised `spans`)."""
         return chunk_bounds(self.lengths, self.chunk_length, np.diff(self.first_chunk))
@@ -247,10 +301,14 @@ def load_plan(work_dir: Path, chunk_length: int, filters: dict | None = None) ->
         lengths, offsets, id_offsets = data["lengths"], data["offsets"], data["id_offsets"]
         per_input = data["records_per_input"]
         n_bases = data["n_bases"] if "n_bases" in data.files else np.zeros_like(lengths)
+        tokens = data["frame_tokens"] if "frame_tokens" in data.files and \
+            int(data["frame_tokens_chunk_length"]) == chunk_length else None  # older index: scanned when needed
     filtered = filter_codes(lengths, n_bases, filters)
     counts = np.where((lengths > 0) & (filtered == 0), -(-lengths // chunk_length), 0)
     first = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    return ChunkPlan(lengths, offsets, first, chunk_length, id_offsets, per_input, filtered, n_bases)
+    if tokens is not None:  # recorded for every record's chunks: keep those of the records in the plan
+        tokens = tokens[np.repeat(filtered == 0, -(-lengths // chunk_length))]
+    return ChunkPlan(lengths, offsets, first, chunk_length, id_offsets, per_input, filtered, n_bases, tokens)
 
 
 def read_chunks(plan: ChunkPlan, sequences: Path, c0: int, c1: int) -> list[Chunk]:

@@ -209,9 +209,9 @@ def test_helper_threads_compute_with_the_ranks_thread_count():
     assert seen and set(seen) == {1}
 
 
-def test_predict_costs_are_the_translated_frames_tokens_with_or_without_them_in_the_index(tmp_path):
-    """FrameWork.costs looks the tokens up (or scans an older index's letters): the same numbers,
-    unit for unit, as translating every unit's frames (the estimate before, still training's)."""
+def test_predict_costs_are_the_translated_frames_tokens(tmp_path):
+    """FrameWork.costs scans the units' letters for stops: the same numbers, unit for unit, as
+    translating every unit's frames (the estimate before, still training's)."""
     from types import SimpleNamespace
 
     from tests.test_sequence import frame_token_records
@@ -219,14 +219,12 @@ def test_predict_costs_are_the_translated_frames_tokens_with_or_without_them_in_
 
     fasta = tmp_path / "in.fa"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in frame_token_records(random.Random(3))))
+    pack_inputs([fasta], tmp_path / "work")
     models = SimpleNamespace(budgets={"dnabert": 1000, "esm": 1000})
-    for name, chunk_length in (("new", 300), ("old", None)):
-        pack_inputs([fasta], tmp_path / name, chunk_length=chunk_length)
-        state = SimpleNamespace(plan=load_plan(tmp_path / name, 300), folder=SimpleNamespace(
-            sequences=tmp_path / name / "sequences.bin"), spec=SimpleNamespace(unit_chunks=7, pack=SimpleNamespace(
-                embedding_dim=8)))
-        assert (state.plan.frame_tokens is None) == (chunk_length is None)
-        units = list(range(state.plan.n_units(7)))[::-1]
-        translated = FrameWork(state, None, models, select_frames=lambda chunk, frames: frames).costs(units)
-        assert FrameWork(state, None, models).costs(units).tolist() == translated.tolist()
-        assert translated.sum() > 0
+    state = SimpleNamespace(plan=load_plan(tmp_path / "work", 300), folder=SimpleNamespace(
+        sequences=tmp_path / "work" / "sequences.bin"), spec=SimpleNamespace(unit_chunks=7, pack=SimpleNamespace(
+            embedding_dim=8)))
+    units = list(range(state.plan.n_units(7)))[::-1]
+    translated = FrameWork(state, None, models, select_frames=lambda chunk, frames: frames).costs(units)
+    assert FrameWork(state, None, models).costs(units).tolist() == translated.tolist()
+    assert translated.sum() > 0

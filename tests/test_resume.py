@@ -251,25 +251,3 @@ def test_rank0_long_preparation_and_writes_do_not_trip_the_timeout(tmp_path):
                 "pack=tiny", "progress=false", "threads=1", "dist.timeout_s=3"], timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert (out / "prediction_results.txt").exists()
-
-
-def test_resume_of_a_run_packed_before_frame_tokens(long_input, reference, tmp_path):
-    """An index written before the chunks' ESM tokens were recorded: the balanced dealing of a
-    resumed 2-rank run scans them from the packed letters, and the tables are the same."""
-    import numpy as np
-
-    out = tmp_path / "out"
-    shutil.copytree(reference, out)
-    index = out / "work" / "index.npz"
-    with np.load(index) as data:
-        assert "frame_tokens" in data.files
-        older = {name: data[name] for name in data.files if not name.startswith("frame_tokens")}
-    np.savez(index, **older)
-    parts = sorted((out / "work" / "parts").glob("part-*.npz"))
-    for part in parts[len(parts) // 2:]:
-        part.unlink()
-    record = resume(long_input, out, 2)
-    assert 0 < record["work_units"] - record["resumed_units"]
-    assert tables(out) == tables(reference)
-    with np.load(index) as data:
-        assert "frame_tokens" not in data.files  # not repacked: the old index serves

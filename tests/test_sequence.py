@@ -330,23 +330,20 @@ def translated_tokens(plan, work: Path) -> list[int]:
 
 @pytest.mark.parametrize("L", [300, 500, 3300])
 def test_frame_tokens_equal_the_translated_frames_tokens(tmp_path, L):
-    """Recorded while packing (lengths + a stop scan) and scanned for an older index without them:
-    equal, chunk for chunk, to the tokens of the translated frames, filters included."""
+    """The cost estimate's stop scan (`ChunkPlan.tokens`): equal, chunk for chunk and for any range
+    of chunks, to the tokens of the translated frames, filters included."""
     records = frame_token_records(random.Random(L))
     fasta = tmp_path / "x.fa"
     fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
-    pack_inputs([fasta], tmp_path / "new", chunk_length=L)
-    pack_inputs([fasta], tmp_path / "old")  # as an older vnp packed it: no tokens in the index
+    work = tmp_path / "work"
+    pack_inputs([fasta], work)
     for filters in (None, {"min_length": 250, "max_n_fraction": 0.02}):
-        recorded, older = load_plan(tmp_path / "new", L, filters), load_plan(tmp_path / "old", L, filters)
-        expected = translated_tokens(recorded, tmp_path / "new")
-        assert recorded.frame_tokens.tolist() == expected
-        assert older.frame_tokens is None
-        assert older.tokens(tmp_path / "old" / "sequences.bin", 0, older.n_chunks).tolist() == expected
-        for c0, c1 in [(0, 1), (3, 40), (17, older.n_chunks), (older.n_chunks - 2, older.n_chunks), (5, 5)]:
-            assert older.tokens(tmp_path / "old" / "sequences.bin", c0, c1).tolist() == expected[c0:c1]
+        plan = load_plan(work, L, filters)
+        expected = translated_tokens(plan, work)
+        for c0, c1 in [(0, plan.n_chunks), (0, 1), (3, 40), (17, plan.n_chunks), (plan.n_chunks - 2, plan.n_chunks),
+                       (5, 5)]:
+            assert plan.tokens(work / "sequences.bin", c0, c1).tolist() == expected[c0:c1]
         assert sum(t > 0 for t in expected) > len(expected) // 3  # many chunks keep frames
-    assert load_plan(tmp_path / "new", L + 1).frame_tokens is None  # another chunk length: not these
 
 
 @pytest.mark.parametrize("L", [7, 300, 500])

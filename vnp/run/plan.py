@@ -86,12 +86,10 @@ def packed_problem(work_dir: Path, checksum: bool = True) -> str | None:
 
 
 def pack_inputs(inputs: Sequence[Path], work_dir: Path,
-                read: Callable[[Path], Iterable[RecordStart | bytes]] | None = None,
-                chunk_length: int | None = None) -> None:
+                read: Callable[[Path], Iterable[RecordStart | bytes]] | None = None) -> None:
     """Validate every input and write the packed sequences, index and IDs (atomically). `read`
     streams an input as record starts and letter pieces (default: FASTA/FASTQ/BAM/CRAM; training reads
-    GenBank through `seqio.record_pieces`). With `chunk_length`, the index also records the ESM
-    tokens of every chunk's frames (`frame_tokens`: the engine's cost estimate, looked up).
+    GenBank through `seqio.record_pieces`).
 
     Temporary files are removed whatever stops the packing (bad input, a full disk, a stop signal).
     """
@@ -106,15 +104,11 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path,
             length_array = np.asarray(lengths, dtype=np.int64)
             offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
             id_offsets = np.concatenate(([0], np.cumsum(np.asarray(id_lengths, dtype=np.int64) + 1))).astype(np.int64)
-            tokens = {} if chunk_length is None else {
-                "frame_tokens": chunk_tokens(files.current(work_dir / SEQUENCES), length_array, offsets, chunk_length),
-                "frame_tokens_chunk_length": np.asarray(chunk_length, dtype=np.int64)}
             with files.open(work_dir / INDEX, "wb") as fh:
                 np.savez(fh, lengths=length_array, offsets=offsets, id_offsets=id_offsets,
                          records_per_input=np.asarray(per_input, dtype=np.int64),
                          n_bases=np.asarray(n_bases, dtype=np.int64),
-                         sequences_sha256=np.asarray(seq_sink.hexdigest()), ids_sha256=np.asarray(id_sink.hexdigest()),
-                         **tokens)
+                         sequences_sha256=np.asarray(seq_sink.hexdigest()), ids_sha256=np.asarray(id_sink.hexdigest()))
     except WriteFailed as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InputError(f"{work_dir}: the disk is full while packing the inputs; free space there or "
@@ -241,7 +235,6 @@ class ChunkPlan:
     records_per_input: np.ndarray  # int64 [inputs]
     filtered: np.ndarray | None = None  # int8 [R]: vnp.seq.filters code, 0 = kept; filtered records have no chunks
     n_bases: np.ndarray | None = None  # int64 [R]: N (or n) letters per record
-    frame_tokens: np.ndarray | None = None  # uint16 [C]: `chunk_tokens` of every chunk, when the index has them
 
     @property
     def n_chunks(self) -> int:
@@ -276,12 +269,10 @@ class ChunkPlan:
 
 
     def tokens(self, sequences: Path, c0: int, c1: int) -> np.ndarray:
-        """ESM tokens of the kept frames of chunks c0 .. c1-1 (`chunk_tokens`): looked up in the
-        index, or scanned from `sequences` when the index predates them."""
+        """ESM tokens of the kept frames of chunks c0 .. c1-1 (`chunk_tokens`), scanned from the
+        packed `sequences`."""
         if c1 <= c0:
             return np.zeros(0, dtype=np.uint16)
-        if self.frame_tokens is not None:
-            return self.frame_tokens[c0:c1]
         r0, r1 = (int(r) for r in self.record_of(np.array([c0, c1 - 1])))
         tokens = chunk_tokens(sequences, self.lengths[r0:r1 + 1], self.offsets[r0:r1 + 1], self.chunk_length,
                               np.diff(self.first_chunk)[r0:r1 + 1])
@@ -301,14 +292,10 @@ def load_plan(work_dir: Path, chunk_length: int, filters: dict | None = None) ->
         lengths, offsets, id_offsets = data["lengths"], data["offsets"], data["id_offsets"]
         per_input = data["records_per_input"]
         n_bases = data["n_bases"] if "n_bases" in data.files else np.zeros_like(lengths)
-        tokens = data["frame_tokens"] if "frame_tokens" in data.files and \
-            int(data["frame_tokens_chunk_length"]) == chunk_length else None  # older index: scanned when needed
     filtered = filter_codes(lengths, n_bases, filters)
     counts = np.where((lengths > 0) & (filtered == 0), -(-lengths // chunk_length), 0)
     first = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
-    if tokens is not None:  # recorded for every record's chunks: keep those of the records in the plan
-        tokens = tokens[np.repeat(filtered == 0, -(-lengths // chunk_length))]
-    return ChunkPlan(lengths, offsets, first, chunk_length, id_offsets, per_input, filtered, n_bases, tokens)
+    return ChunkPlan(lengths, offsets, first, chunk_length, id_offsets, per_input, filtered, n_bases)
 
 
 def read_chunks(plan: ChunkPlan, sequences: Path, c0: int, c1: int) -> list[Chunk]:

@@ -256,12 +256,12 @@ def _prepare_work(ctx, config: PredictConfig, paths, pack: ModelPack, classifier
     damage = None if fresh else packed_problem(folder.work)
     if damage:  # the inputs are unchanged (by checksum): packing them again gives the same bytes
         log.warning("repacking the inputs: %s", damage)
-        pack_inputs(paths, folder.work, chunk_length=chunk_length)
+        pack_inputs(paths, folder.work)
     if fresh:
         # The old progress can no longer be resumed (the index is about to change), even if this
         # run fails before it starts; the old results themselves stay until replaced.
         folder.forget_run_record()
-        pack_inputs(paths, folder.work, chunk_length=chunk_length)  # validates; replaces the old index only on success
+        pack_inputs(paths, folder.work)  # validates; replaces the old index only on success
     afresh = fresh or not config.resume
     plan = load_plan(folder.work, chunk_length, run_record["filters"])
     store = None if afresh else ScoreStore(folder.parts)

@@ -166,9 +166,9 @@ class FrameWork:
     def costs(self, units) -> np.ndarray:
         """ESM tokens of each unit (ESM2-3B dominates: DNABERT-S is ~25x cheaper a frame); its
         batches pad them by under 1-2% (benchmarks/bench_batches.py), so the real tokens estimate
-        the device time without batching every unit here. Every kept frame (predict): the plan's
-        tokens, recorded while packing (no translation); another selection (training's): its
-        frames, translated."""
+        the device time without batching every unit here. Every kept frame (predict): a stop scan
+        of the unit's letters (`ChunkPlan.tokens`, no translation); another selection (training's):
+        its frames, translated."""
         from vnp.models.esm import MAX_RESIDUES
 
         if self.select_frames is keep_every_frame:

@@ -435,11 +435,12 @@ def _partial_regions(results: Results) -> Iterator[tuple[str, int, int, int]]:
 
 def _fasta(fh, records: Iterator[tuple[str, int, int, int]], plan: ChunkPlan, work: Path, width: int) -> None:
     """(FASTA ID, record, 0-based start, end) -> records, letters read from the packed sequences."""
+    lines = re.compile(f".{{1,{width}}}", re.DOTALL)  # the lines of a record in one call, not one a line
     with open(work / SEQUENCES, "rb") as packed:
         for name, r, start, end in records:
             letters = os.pread(packed.fileno(), end - start, int(plan.offsets[r]) + start).decode("ascii")
-            fh.write(f">{name}\n")
-            fh.writelines(letters[i:i + width] + "\n" for i in range(0, len(letters), width))
+            body = "\n".join(lines.findall(letters))
+            fh.write(f">{name}\n{body}\n" if body else f">{name}\n")
 
 
 def _summary(fh, results: Results, plan: ChunkPlan) -> None:

@@ -73,7 +73,7 @@ def cpu() -> float:
     return time.process_time()
 
 
-def serial_phase_costs(n_chunks: int, verbose: bool = False) -> dict[str, float]:
+def serial_phase_costs(n_chunks: int) -> dict[str, float]:
     """us of CPU a chunk: "pack_us" (rank 0's packing), "costs_us" (the cost estimate now, shared
     out over the ranks), "costs_translate_us" (before: the baseline), "tables_us" (rank 0's tables
     at the end of predict); "chunks", the chunks measured."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import resource
 from pathlib import Path
 
@@ -321,3 +322,24 @@ def test_helper_threads_compute_with_the_ranks_thread_count():
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}
+
+
+def test_predict_costs_are_the_translated_frames_tokens(tmp_path):
+    """FrameWork.costs scans the units' letters for stops: the same numbers, unit for unit, as
+    translating every unit's frames (the estimate before, still training's)."""
+    from types import SimpleNamespace
+
+    from tests.test_sequence import frame_token_records
+    from vnp.run.steps import FrameWork
+
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in frame_token_records(random.Random(3))))
+    pack_inputs([fasta], tmp_path / "work")
+    models = SimpleNamespace(budgets={"dnabert": 1000, "esm": 1000})
+    state = SimpleNamespace(plan=load_plan(tmp_path / "work", 300), folder=SimpleNamespace(
+        sequences=tmp_path / "work" / "sequences.bin"), spec=SimpleNamespace(unit_chunks=7, pack=SimpleNamespace(
+            embedding_dim=8)))
+    units = list(range(state.plan.n_units(7)))[::-1]
+    translated = FrameWork(state, None, models, select_frames=lambda chunk, frames: frames).costs(units)
+    assert FrameWork(state, None, models).costs(units).tolist() == translated.tolist()
+    assert translated.sum() > 0

@@ -52,3 +52,24 @@ def test_chunk_decision_and_contig_summary(tmp_path):
                                "medium", ""]
     assert contigs[1][:12] == ["b", "x.fa", "2", "1", "0", "1", "NA", "NA", "NA", "no_frames", "NA", ""]
     assert counts.chunks == 4 and counts.chunks_without_frames == 1 and counts.viral_chunks == 2
+
+
+def test_float32_text_is_numpys_shortest_repr():
+    """The scores' text without numpy's per-value Dragon4: every float32 of whole stretches of
+    [1e-4, 1) (where the fast path works), the edges around them, and what takes numpy's path."""
+    from vnp.results.tables import float32_text_parts
+
+    def text(values: np.ndarray) -> list[str]:
+        return [f"{head}{tail}" for head, tail in zip(*float32_text_parts(values))]
+
+    edges = np.array([0, 1, 1e-4, 9.9999e-5, 1.0001e-4, 2 ** -13, 2 ** -14, 0.5, 0.125, 0.1, 0.3, 0.99999994, 1e-7,
+                      1e-45, -0.5, 3.0, 1e20, np.nan, np.inf, -np.inf], dtype=np.float32)
+    assert text(edges) == edges.astype(str).tolist()
+    for lo, hi in ((1e-4, 1.02e-4), (2 ** -14, 2 ** -14 + 1e-6), (0.0999, 0.1001), (0.5, 0.5001), (0.9999, 1.0)):
+        bits = np.array([lo, hi], dtype=np.float32).view(np.uint32)
+        values = np.arange(bits[0], bits[1], dtype=np.uint32).view(np.float32)  # every float32 between
+        assert text(values) == values.astype(str).tolist(), (lo, hi)
+    few_places = np.concatenate([np.arange(1, 1 << j, 2) / 2.0 ** j for j in range(1, 17)]).astype(np.float32)
+    assert text(few_places) == few_places.astype(str).tolist()  # where x * 10^k can be a tie
+    random = np.random.default_rng(0).random(100_000).astype(np.float32)
+    assert text(random) == random.astype(str).tolist()

@@ -368,3 +368,62 @@ def test_frame_ids_match_the_originals_files(vanilla, tmp_path, stem):
     assert [">" + i for i in frame_ids] == headers
     rows = (vanilla / f"{stem}_outputs" / "prediction_results.txt").read_text().splitlines()[1:]
     assert frame_ids == [row.split("\t")[0] for row in rows]
+
+
+# --- frame tokens (the engine's cost estimate) -------------------------------------------------
+
+def frame_token_records(rng: random.Random) -> list[tuple[str, str]]:
+    """Records of every kind: no T (every frame stop-free), N and lowercase, IUPAC codes, stop-rich,
+    shorter than a codon or than a chunk, and long ones."""
+    alphabets = ["ACG", "acgN", "ACGT", "ACGTacgtNRY", "CGn", "AACCGGGT"]
+    records = []
+    for i in range(120):
+        alphabet = rng.choice(alphabets)
+        n = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, rng.randint(8, 299), rng.randint(300, 1700)])
+        records.append((f"r{i}", "".join(rng.choice(alphabet) for _ in range(n))))
+    records.append(("long", "ACG" * 1200 + "acgN" * 50))  # one frame of > MAX_RESIDUES residues at 3300
+    return records
+
+
+def translated_tokens(plan, work: Path) -> list[int]:
+    """The cost estimate as it was: translate every chunk and count its kept frames' ESM tokens."""
+    from vnp.models.esm import MAX_RESIDUES
+
+    chunks = read_chunks(plan, work / "sequences.bin", 0, plan.n_chunks)
+    return [sum(min(len(f.protein), MAX_RESIDUES) + 2 for f in kept) for kept in translate_chunks(chunks)]
+
+
+@pytest.mark.parametrize("L", [300, 500, 3300])
+def test_frame_tokens_equal_the_translated_frames_tokens(tmp_path, L):
+    """The cost estimate's stop scan (`ChunkPlan.tokens`): equal, chunk for chunk and for any range
+    of chunks, to the tokens of the translated frames, filters included."""
+    records = frame_token_records(random.Random(L))
+    fasta = tmp_path / "x.fa"
+    fasta.write_text("".join(f">{rid}\n{seq}\n" for rid, seq in records))
+    work = tmp_path / "work"
+    pack_inputs([fasta], work)
+    for filters in (None, {"min_length": 250, "max_n_fraction": 0.02}):
+        plan = load_plan(work, L, filters)
+        expected = translated_tokens(plan, work)
+        for c0, c1 in [(0, plan.n_chunks), (0, 1), (3, 40), (17, plan.n_chunks), (plan.n_chunks - 2, plan.n_chunks),
+                       (5, 5)]:
+            assert plan.tokens(work / "sequences.bin", c0, c1).tolist() == expected[c0:c1]
+        assert sum(t > 0 for t in expected) > len(expected) // 3  # many chunks keep frames
+
+
+@pytest.mark.parametrize("L", [7, 300, 500])
+def test_frame_residues_are_the_kept_proteins_lengths(L):
+    """Frame by frame (F1..R3), the stop scan gives each kept frame's protein length, 0 for a dropped one."""
+    from vnp.seq.frames import frame_residues
+
+    seqs = [seq[:L] for _, seq in frame_token_records(random.Random(L)) if seq]
+    chunks = [Chunk(i, f"r{i}", 1, 1, len(seq), seq) for i, seq in enumerate(seqs)]
+    letters = np.full((len(chunks), L), ord("T"), dtype=np.uint8)  # past each chunk's end: ignored
+    for row, chunk in zip(letters, chunks):
+        row[:len(chunk.seq)] = np.frombuffer(chunk.seq.encode("ascii"), dtype=np.uint8)
+    expected = np.zeros((len(chunks), 6), dtype=np.int64)
+    for row, kept in zip(expected, translate_chunks(chunks)):
+        for frame in kept:
+            row[frame.index] = len(frame.protein)
+    assert frame_residues(letters, [len(c.seq) for c in chunks]).tolist() == expected.tolist()
+    assert (expected[:, 3:] > 0).sum() > len(chunks) // 3  # many reverse frames kept

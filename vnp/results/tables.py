@@ -99,24 +99,66 @@ def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarra
 
 
 def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> None:
-    chunk_of = keys // 6
-    bounds = np.searchsorted(chunk_of, np.arange(plan.n_chunks + 1))  # frames of chunk c: bounds[c]:bounds[c+1]
-    written = 0
+    if len(keys) and not 0 <= int(keys[0]) <= int(keys[-1]) < 6 * plan.n_chunks:
+        raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
+    ids = np.array(list(iter_ids(work)), dtype=object)
     fh.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-    for record, rid in enumerate(iter_ids(work)):
-        first = int(plan.first_chunk[record])
-        for c in range(first, int(plan.first_chunk[record + 1])):
-            lo, hi = int(bounds[c]), int(bounds[c + 1])
-            # numpy's shortest float32 repr, as the original's str(np.float32); formatted per
-            # chunk so no table of strings for all frames is ever held
-            text = scores[lo:hi].astype(np.float32).astype(str)
-            cid = chunk_id(rid, c - first + 1)
-            for i in range(lo, hi):
-                label = "virus" if scores[i, 1] > scores[i, 0] else "others"
-                fh.write(f"{frame_id(cid, keys[i] % 6)}\t{label}\t{text[i - lo, 0]}\t{text[i - lo, 1]}\n")
-            written += hi - lo
-    if written != len(keys):
-        raise RuntimeError(f"tables: wrote {written} frames of {len(keys)} scored")
+    for rows in _row_blocks(len(keys)):  # formatted a block at a time: no table of strings for all frames
+        chunk = keys[rows] // 6
+        first = np.searchsorted(chunk, chunk, side="left")  # each frame's first row of its chunk
+        unique = np.flatnonzero(first == np.arange(len(chunk)))
+        record = plan.record_of(chunk[unique])
+        cids = list(map(chunk_id, ids[record].tolist(), (chunk[unique] - plan.first_chunk[record] + 1).tolist()))
+        names = list(map(frame_id, [cids[i] for i in np.searchsorted(unique, first).tolist()], (keys[rows] % 6).tolist()))
+        block = scores[rows]
+        labels = np.where(block[:, 1] > block[:, 0], "virus", "others").tolist()
+        head0, tail0 = float32_text_parts(block[:, 0])
+        head1, tail1 = float32_text_parts(block[:, 1])
+        fh.writelines(f"{n}\t{lab}\t{a}{b}\t{c}{d}\n" for n, lab, a, b, c, d in zip(names, labels, head0, tail0,
+                                                                                      head1, tail1))
+
+
+_POWERS = 10.0 ** np.arange(13)  # exact in float64
+_DIGIT_LIMITS = 10 ** np.arange(1, 13, dtype=np.int64)
+_LEADING = np.array(["0." + "0" * n for n in range(13)], dtype=object)
+
+
+def float32_text_parts(values: np.ndarray) -> tuple[list, list]:
+    """numpy's shortest float32 repr (`str(np.float32(v))`, as the original printed its scores)
+    of every value, as two parts to print one after the other: (str, int or "").
+
+    Values in [1e-4, 1) (classifier scores) are printed without numpy's per-value Dragon4: the
+    shortest repr of x is the first k (decimal places) for which D = rint(x * 10^k) / 10^k rounds
+    back to x in float32, i.e. lies between the midpoints to x's float32 neighbours (on a midpoint
+    the even x wins). For k <= 12 every product is exact in float64 (24 + 28 bits), and the test
+    is monotone in k, so k is found by bisection. Other values (0, 1, NaN, ...) take numpy's path.
+    """
+    x = np.asarray(values, dtype=np.float32)
+    exact = x.astype(np.float64)
+    fast = (exact >= 1e-4) & (exact < 1)  # compared as numpy does: float32(1e-4) < 1e-4 prints as 1e-04
+    v, exact = x[fast], exact[fast]
+    low = (exact + np.nextafter(v, np.float32(0)).astype(np.float64)) / 2
+    high = (exact + np.nextafter(v, np.float32(1)).astype(np.float64)) / 2
+    even = (v.view(np.uint32) & 1) == 0
+
+    def rounded(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scale = _POWERS[k]
+        digits, a, b = np.rint(exact * scale), low * scale, high * scale
+        return digits, ((digits > a) & (digits < b)) | (even & ((digits == a) | (digits == b)))
+
+    fails, works = np.zeros(len(v), dtype=np.int64), np.full(len(v), 12, dtype=np.int64)
+    while (open_ := works - fails > 1).any():
+        middle = (fails + works) // 2
+        ok = rounded(middle)[1]
+        works, fails = np.where(open_ & ok, middle, works), np.where(open_ & ~ok, middle, fails)
+    digits = rounded(works)[0].astype(np.int64)
+    head = np.empty(len(x), dtype=object)
+    head[fast] = _LEADING[works - 1 - np.searchsorted(_DIGIT_LIMITS, digits, side="right")]
+    tail = np.full(len(x), "", dtype=object)
+    tail[fast] = digits
+    others = np.flatnonzero(~fast)
+    head[others] = x[others].astype(str)
+    return head.tolist(), tail.tolist()
 
 
 @dataclass
@@ -250,8 +292,8 @@ def _highestscore(fh, results: Results, with_scores: bool) -> None:
         ids = _chunk_ids(results, rows)
         is_virus = (chunks.max_virus[rows] >= chunks.max_other[rows]).tolist()  # the original's rule, in float32
         if with_scores:  # printed like the per-frame table (numpy's shortest float32 repr)
-            other, virus = chunks.max_other[rows].astype(str).tolist(), chunks.max_virus[rows].astype(str).tolist()
-            fh.writelines(f"{c}\t{v}\t{a}\t{b}\n" for c, v, a, b in zip(ids, is_virus, other, virus))
+            (h0, t0), (h1, t1) = float32_text_parts(chunks.max_other[rows]), float32_text_parts(chunks.max_virus[rows])
+            fh.writelines(f"{c}\t{v}\t{a}{b}\t{x}{y}\n" for c, v, a, b, x, y in zip(ids, is_virus, h0, t0, h1, t1))
         else:
             fh.writelines(f"{c}\t{v}\n" for c, v in zip(ids, is_virus))
 

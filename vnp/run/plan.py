@@ -24,7 +24,7 @@ import numpy as np
 from vnp.seq.chunking import chunk_bounds, chunk_starts
 from vnp.support.errors import InputError, where
 from vnp.seq.seqio import RecordStart, alignment_format, check_readable, compression_of, iter_pieces
-from vnp.seq.frames import Chunk
+from vnp.seq.frames import Chunk, frame_residues
 from vnp.support.atomic import AtomicFiles, WriteFailed
 from vnp.support.paths import file_sha256
 
@@ -121,6 +121,40 @@ class _Hashed:
 
     def hexdigest(self) -> str:
         return self.digest.hexdigest()
+
+
+TOKEN_BLOCK = 1 << 14  # chunks scanned at a time (memory: a few times TOKEN_BLOCK * chunk_length bytes)
+
+
+def chunk_tokens(sequences: Path, lengths: np.ndarray, offsets: np.ndarray, chunk_length: int,
+                 counts: np.ndarray | None = None) -> np.ndarray:
+    """ESM tokens of the frames `translate_chunks` keeps of every chunk of the records (`lengths`,
+    `offsets` into the packed `sequences`, `counts` chunks each as `chunk_bounds`), uint16: per
+    kept frame its residues (at most MAX_RESIDUES) and 2 (BOS, EOS), as the ESM batches count
+    them. A scan of the letters for stops (`frames.frame_residues`), no translation."""
+    from vnp.models.esm import MAX_RESIDUES
+
+    starts, ends = chunk_bounds(lengths, chunk_length, counts)
+    counts = -(-np.asarray(lengths, dtype=np.int64) // chunk_length) if counts is None else counts
+    first = np.asarray(offsets, dtype=np.int64)[np.repeat(np.arange(len(lengths)), counts)] + starts
+    spans = ends - starts
+    tokens = np.zeros(len(starts), dtype=np.uint16)  # at most 6 * (MAX_RESIDUES + 2)
+    if not len(tokens):
+        return tokens
+    packed = np.memmap(sequences, dtype=np.uint8, mode="r")
+    for lo in range(0, len(tokens), TOKEN_BLOCK):
+        block = slice(lo, lo + TOKEN_BLOCK)
+        base = int(first[block][0])
+        region = np.asarray(packed[base:int((first[block] + spans[block]).max())])
+        residues = frame_residues(_rows(region, first[block] - base, chunk_length), spans[block])
+        tokens[block] = np.where(residues > 0, np.minimum(residues, MAX_RESIDUES) + 2, 0).sum(axis=1)
+    return tokens
+
+
+def _rows(region: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
+    """(N, width) letters of `region` from each start, padded past its end."""
+    padded = np.concatenate([region, np.zeros(width, dtype=np.uint8)])
+    return np.lib.stride_tricks.sliding_window_view(padded, width)[starts]
 
 
 def _plain_bytes(inputs: Sequence[Path]) -> int:
@@ -226,6 +260,17 @@ class ChunkPlan:
                 start = int(starts[k])
                 yield base + k, r, k + 1, start, min(start + self.chunk_length, int(self.lengths[r]))
 
+
+    def tokens(self, sequences: Path, c0: int, c1: int) -> np.ndarray:
+        """ESM tokens of the kept frames of chunks c0 .. c1-1 (`chunk_tokens`), scanned from the
+        packed `sequences`."""
+        if c1 <= c0:
+            return np.zeros(0, dtype=np.uint16)
+        r0, r1 = (int(r) for r in self.record_of(np.array([c0, c1 - 1])))
+        tokens = chunk_tokens(sequences, self.lengths[r0:r1 + 1], self.offsets[r0:r1 + 1], self.chunk_length,
+                              np.diff(self.first_chunk)[r0:r1 + 1])
+        skip = c0 - int(self.first_chunk[r0])
+        return tokens[skip:skip + c1 - c0]
 
     def chunk_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """0-based start and exclusive end of every chunk of the plan (vectorised `spans`)."""

@@ -166,9 +166,15 @@ class FrameWork:
     def costs(self, units) -> np.ndarray:
         """ESM tokens of each unit (ESM2-3B dominates: DNABERT-S is ~25x cheaper a frame); its
         batches pad them by under 1-2% (benchmarks/bench_batches.py), so the real tokens estimate
-        the device time without batching every unit here."""
+        the device time without batching every unit here. Every kept frame (predict): a stop scan
+        of the unit's letters (`ChunkPlan.tokens`, no translation); another selection (training's):
+        its frames, translated."""
         from vnp.models.esm import MAX_RESIDUES
 
+        if self.select_frames is keep_every_frame:
+            plan, sequences = self.state.plan, self.state.folder.sequences
+            return np.asarray([plan.tokens(sequences, *plan.unit_range(u, self.unit_chunks)).sum(dtype=np.int64)
+                               for u in units], dtype=np.float64)
         return np.asarray([sum(min(len(f.protein), MAX_RESIDUES) + 2 for _, f in self.frames(u)) for u in units],
                           dtype=np.float64)
 

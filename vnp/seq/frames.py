@@ -60,6 +60,42 @@ CODON, CODON_RC = _codon_tables()
 STOP = ord("*")
 
 
+def _codon_flags() -> np.ndarray:
+    """Codon index -> bit 1: all ACGT (a residue), bit 2: a stop, bit 4: its reverse complement a stop."""
+    return ((CODON != 0) | (CODON == STOP) * 2 | (CODON_RC == STOP) * 4).astype(np.uint8)
+
+
+FLAGS = _codon_flags()
+
+
+def frame_residues(letters: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Residues of the frames F1..R3 that `translate_chunks` keeps, 0 for those it drops (a stop
+    codon, or no codon of ACGT), for chunks given as rows of letters (uint8 (N, W), each row's
+    first `lengths[i]` letters; the rest is ignored): the proteins' lengths without translating.
+
+    Frame F(f+1) reads the codons starting at positions p = f (mod 3), and R(r+1) the reverse
+    complements of those at p = L - 3 - r (mod 3), all those with p <= L - 3 in both cases, so each
+    of the three position classes gives one F and one R frame the same residues (codons of ACGT),
+    each dropped on its own strand's stops.
+    """
+    rows, width = letters.shape
+    lengths = np.asarray(lengths, dtype=np.int64)
+    residues = np.zeros((rows, 6), dtype=np.int64)
+    if width < 3 or not rows:
+        return residues
+    codes = CODE[letters]
+    codes[np.arange(width) >= lengths[:, None]] = 4  # past a row's end: no codon
+    flags = FLAGS[25 * codes[:, :-2] + 5 * codes[:, 1:-1] + codes[:, 2:]]  # (N, W-2), codon at each position
+    counts = np.stack([(flags[:, c::3] & 1).sum(axis=1, dtype=np.int64) for c in range(3)], axis=1)  # (N, 3)
+    stops = np.stack([np.bitwise_or.reduce(flags[:, c::3], axis=1) for c in range(3)], axis=1)
+    every = np.arange(rows)
+    for f in range(3):
+        residues[:, f] = np.where(stops[:, f] & 2, 0, counts[:, f])
+        c = (lengths - 3 - f) % 3
+        residues[:, 3 + f] = np.where(stops[every, c] & 4, 0, counts[every, c])
+    return residues
+
+
 @dataclass(slots=True)
 class Frame:
     """A kept reading frame of a chunk."""

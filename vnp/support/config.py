@@ -74,7 +74,7 @@ class ModelsConfig:
 
 @dataclass
 class EngineConfig:
-    balance: bool = _help("deal work units to the ranks in estimated-cost order (a translate pre-pass) so each "
+    balance: bool = _help("deal work units to the ranks in estimated-cost order (a stop-codon scan pre-pass) so each "
                           "step costs about the same on every rank; false: input order", True)
     prefetch: int = _help("work units prepared ahead on a helper thread while the device computes (0: none)", 1)
     window: int = _help("steps whose exchange may be in flight before a rank waits (1: wait every step)", 4)

@@ -1,4 +1,6 @@
-"""Shared fixtures: the reference data beside the checkout (skipped cleanly when absent)."""
+"""Shared fixtures: the reference data beside the checkout (skipped cleanly when absent), one tiny
+model pack built once per session (read-only: a test that changes a pack copies it first), a private
+digest cache."""
 
 from __future__ import annotations
 
@@ -26,3 +28,19 @@ def dnabert_reference() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/reference/dnabert-s is not available")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pack(tmp_path_factory) -> Path:
+    """The tiny randomly initialised pack, built once for the whole session; tests only read it."""
+    from vnp.models.pack import build_tiny_pack
+
+    folder = tmp_path_factory.mktemp("pack") / "tiny"
+    build_tiny_pack(folder)
+    return folder
+
+
+@pytest.fixture
+def private_digest_cache(tmp_path, monkeypatch):
+    """Model digests cached in this test's own folder (XDG_CACHE_HOME), not the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -20,6 +20,7 @@ from vnp.results.tables import FILES
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TABLES = FILES  # every result file: the original's tables, chunks, contigs, regions, FASTA, summary
+TINY_DIM = 48 + 64  # the tiny pack's DNABERT-S + ESM2 widths
 
 
 def free_port() -> int:
@@ -155,3 +156,14 @@ def wait_for_parts(out: Path, count: int, proc: subprocess.Popen, timeout: float
 def rank_pid(out: Path, rank: int) -> int:
     text = (out / "logs" / f"rank{rank}.log").read_text()
     return int(re.findall(r"pid (\d+)", text)[-1])
+
+
+def copy_folder(source: Path, target: Path) -> None:
+    """A plain copy of a folder's files (so a test may change the copy, never the source)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        (target / path.name).write_bytes(path.read_bytes())
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("vnp: error")]

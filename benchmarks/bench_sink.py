@@ -73,9 +73,10 @@ def collector(tmp: Path, units: int):
 
     torch.manual_seed(0)
     classifier = MLPClassifier().eval()
+    n_chunks = units * UNIT_CHUNKS
+    plan = SimpleNamespace(n_chunks=n_chunks, unit_range=lambda u, size: (u * size, min((u + 1) * size, n_chunks)))
     state = SimpleNamespace(folder=SimpleNamespace(embeddings=tmp / "emb"), store=ScoreStore(tmp / "parts"),
-                            record={"unit_chunks": UNIT_CHUNKS}, plan=SimpleNamespace(n_chunks=units * UNIT_CHUNKS),
-                            remaining=list(range(units)))
+                            spec=SimpleNamespace(unit_chunks=UNIT_CHUNKS, remaining=list(range(units))), plan=plan)
     engine = SimpleNamespace(commit_every_s=30.0, commit_every_steps=64)
     config = SimpleNamespace(engine=engine, save_embeddings=False, progress=False)
     return Collector(state, config, SimpleNamespace(classifier=classifier), torch.device("cpu")), classifier

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = ["benchmarks.bench_startup", "benchmarks.bench_translate", "benchmarks.bench_batches", "benchmarks.bench_embed", "benchmarks.bench_predict",
-              "benchmarks.bench_call", "benchmarks.bench_serial", "benchmarks.bench_calibrate", "benchmarks.bench_report", "benchmarks.bench_engine", "benchmarks.bench_sink", "benchmarks.gpu"]
+              "benchmarks.bench_call", "benchmarks.bench_serial", "benchmarks.bench_calibrate", "benchmarks.bench_report", "benchmarks.bench_engine", "benchmarks.bench_sink", "benchmarks.bench_scale", "benchmarks.gpu"]
 
 
 def main() -> None:

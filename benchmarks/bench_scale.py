@@ -16,8 +16,7 @@ Measured here:
     size (vnp.run.exchange.encode_header);
   * the serial phases on rank 0 (GPUs idle), in us a chunk: packing the inputs, the cost pre-pass
     (shared out over the ranks, so divided by N), the end-of-run tables and report. From
-    benchmarks/bench_serial.py's `serial_phase_costs` when that module exists, else measured here
-    at a moderate size by calling vnp's functions (pack_inputs, FrameWork.costs, write_tables).
+    benchmarks/bench_serial.py's `serial_phase_costs`.
 
 Assumed (printed with the table):
   * ESM2-3B on an H100: 85,000 ESM tokens/s (bf16, 64k-token batches), DNABERT-S 1/25 of that
@@ -43,10 +42,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -204,73 +201,9 @@ def exchange_bytes_per_chunk(frames_per_chunk: float, unit_chunks: int) -> float
     return frames_per_chunk * 4 * DIM + header / unit_chunks
 
 
-def measured_serial_costs(n_chunks: int) -> dict[str, float]:
-    """us a chunk of rank 0's serial phases, measured here at about `n_chunks` chunks: pack_inputs on
-    a metagenome-like FASTA, the cost pre-pass (FrameWork.costs over every unit, one thread) on it,
-    and the end-of-run tables and report of bench_call's synthetic finished runs (three frames a
-    chunk) of n_chunks / 5 and n_chunks sequences, their difference (the fixed cost left out)."""
-    import torch
-
-    from benchmarks.bench_engine import write_metagenome
-    from vnp.models.memory import unit_chunks_for
-    from vnp.run.plan import SEQUENCES, load_plan, pack_inputs
-    from vnp.run.steps import FrameWork
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            fasta = tmp / "metagenome.fa"
-            write_metagenome(fasta, seed=3, scale=n_chunks / MIX_CHUNKS)
-            t0 = time.perf_counter()
-            pack_inputs([fasta], tmp / "work")
-            pack_s = time.perf_counter() - t0
-            plan = load_plan(tmp / "work", CHUNK_LENGTH)
-            unit = unit_chunks_for(GPU_TOKENS, CHUNK_LENGTH)
-            spec = SimpleNamespace(unit_chunks=unit, chunk_length=CHUNK_LENGTH, pack=SimpleNamespace(embedding_dim=0))
-            state = SimpleNamespace(spec=spec, plan=plan, folder=SimpleNamespace(sequences=tmp / "work" / SEQUENCES))
-            work = FrameWork(state, None, SimpleNamespace(budgets={"dnabert": GPU_TOKENS, "esm": GPU_TOKENS}))
-            t0 = time.perf_counter()
-            work.costs(range(plan.n_units(unit)))
-            costs_s = time.perf_counter() - t0
-            time_tables(tmp / "warm", 1_000)  # imports, matplotlib's first figure
-            (c1, t1), (c2, t2) = (time_tables(tmp / f"run{n}", n) for n in (n_chunks // 5, n_chunks))
-            tables_us = (t2 - t1) / (c2 - c1) * 1e6
-            return {"pack_us": pack_s / plan.n_chunks * 1e6, "costs_us": costs_s / plan.n_chunks * 1e6,
-                    "tables_us": tables_us}
-    finally:
-        torch.set_num_threads(threads)
-
-
-def time_tables(out: Path, sequences: int) -> tuple[int, float]:
-    """Chunks and seconds of what `vnp predict` does once the loop ends (sorted scores, every table,
-    run.json, the report), on bench_call's synthetic finished run of `sequences` sequences."""
-    from benchmarks.bench_call import fake_run
-    from vnp import __version__
-    from vnp.call import finished_run
-    from vnp.results.report import write_report
-    from vnp.results.tables import write_tables
-    from vnp.run.folder import RunFolder
-    from vnp.support.atomic import AtomicFiles
-    from vnp.support.config import PredictConfig
-
-    fake_run(out, sequences)
-    t0 = time.perf_counter()
-    _, plan, store = finished_run(RunFolder(out))
-    keys, scores = store.sorted_scores()
-    with AtomicFiles() as files:  # as predict's _finish: tables, run.json and report.html together
-        counts = write_tables(out, plan, keys, scores, PredictConfig(), ["sample_a", "sample_b"], files)
-        files.write_json(RunFolder(out).run_json, {"vnp": __version__, "counts": asdict(counts)})
-        write_report(out, files=files)
-    return plan.n_chunks, time.perf_counter() - t0
-
-
 def serial_costs(n_chunks: int) -> tuple[dict[str, float], str]:
-    try:
-        from benchmarks.bench_serial import serial_phase_costs
-    except ImportError:
-        return measured_serial_costs(n_chunks), "measured here, bench_serial absent"
+    from benchmarks.bench_serial import serial_phase_costs
+
     return serial_phase_costs(n_chunks), "bench_serial"
 
 

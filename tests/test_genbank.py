@@ -11,6 +11,7 @@ from Bio import SeqIO
 from Bio.Seq import Seq
 from Bio.SeqRecord import SeqRecord
 
+from vnp.run.folder import FeatureFolder
 from vnp.run.plan import pack_inputs
 from vnp.seq.seqio import record_pieces
 from vnp.support.errors import InputError
@@ -46,8 +47,9 @@ def test_a_cut_file_is_one_line(tmp_path, cut, message):
 
 
 def pack(tmp_path: Path, files: list[Path]) -> None:
-    reader = TrainingRecords({f: "virus" for f in files}, tmp_path / "work")
-    pack_inputs(files, tmp_path / "work", read=lambda path: record_pieces(reader(path)))
+    features = FeatureFolder(tmp_path / "features")
+    reader = TrainingRecords({f: "virus" for f in files}, features)
+    pack_inputs(files, features.work, read=lambda path: record_pieces(reader(path)))
 
 
 def test_a_duplicate_within_one_file(tmp_path):

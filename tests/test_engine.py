@@ -286,6 +286,7 @@ def test_a_sink_failing_on_the_last_step_is_raised_at_the_end():
     with pytest.raises(OSError, match="disk full at the end"):
         run_units(SINGLE, CountingWork(9), sink, StopFlag(), EngineConfig(window=3))
     assert sorted(sink.rows) == list(range(8))
+    assert sink.closed  # what arrived before the failure is committed, as after any failure
 
 
 def test_the_loops_times_are_parts_of_its_whole_time():

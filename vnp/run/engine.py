@@ -370,6 +370,15 @@ def _numpy(host: torch.Tensor) -> np.ndarray:
     return array.copy() if host.is_pinned() else array
 
 
+def close_after_failure(sink: Sink) -> None:
+    """Close (commit) the sink after the loop or the sink itself failed; the first error is the one
+    raised, a second one from closing is logged."""
+    try:
+        sink.close()
+    except Exception:
+        log.exception("closing the sink failed too")
+
+
 def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings: EngineConfig,
               recorder: Callable[[str, int], None] | None = None) -> EngineStats:
     """Run every unit of `work` on the ranks; rank 0 hands results to `sink` (None elsewhere) and
@@ -442,15 +451,16 @@ def run_units(ctx: vdist.Context, work: Work, sink: Sink | None, stop, settings:
     except BaseException:
         if consumer is not None:  # what arrived is still handed over and closed (committed)
             consumer.drain(quiet=True)
-            try:
-                sink.close()
-            except Exception:
-                log.exception("closing the sink failed too")
+            close_after_failure(sink)
         raise
     else:
         if consumer is not None:
             t0 = time.perf_counter()
-            consumer.drain()
+            try:
+                consumer.drain()
+            except BaseException:  # the sink failed on the last steps: what it took is committed
+                close_after_failure(sink)
+                raise
             sink.close()
             stats.sink_wait_s += time.perf_counter() - t0
     finally:

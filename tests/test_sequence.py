@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests import baseline_translate as baseline
-from vnp.seq.chunking import chunk_bounds, chunk_id, chunk_shifts, chunk_spans
+from vnp.seq.chunking import chunk_bounds, chunk_id, chunk_spans
 from vnp.seq.filters import KEPT, TOO_MANY_N, TOO_SHORT, filter_codes, reason
 from vnp.run.plan import load_plan, pack_inputs, read_chunks
 from vnp.seq.seqio import Record, input_stem, iter_records
@@ -83,6 +83,17 @@ def test_no_filters_keep_everything(filters):
 ])
 def test_chunk_coordinates_exact(n, L, expected):
     assert spans1(n, L) == expected
+
+
+def chunk_shifts(length: int, chunk_length: int) -> list[int]:
+    """The oracle: the backward shift after each chunk as the original loops them out
+    (`final_low_up_numbers`), surplus / chunks rounded down, one more for the first few gaps."""
+    n_chunks = -(-length // chunk_length)
+    surplus = n_chunks * chunk_length - length
+    lower = int(surplus / n_chunks)
+    n_upper = surplus - lower * (n_chunks - 1)
+    shifts = [lower + 1] * n_upper + [lower] * (n_chunks - 1 - n_upper) + [0]
+    return shifts[:n_chunks]
 
 
 def test_many_sequences_chunked_at_once_equal_each_alone():

@@ -25,16 +25,6 @@ class ChunkSpan:
     end: int
 
 
-def chunk_shifts(length: int, chunk_length: int) -> list[int]:
-    """Backward shift applied after each chunk (the original's `final_low_up_numbers`)."""
-    n_chunks = -(-length // chunk_length)
-    surplus = n_chunks * chunk_length - length
-    lower = int(surplus / n_chunks)
-    n_upper = surplus - lower * (n_chunks - 1)
-    shifts = [lower + 1] * n_upper + [lower] * (n_chunks - 1 - n_upper) + [0]
-    return shifts[:n_chunks]
-
-
 def chunk_starts(length: int, chunk_length: int) -> np.ndarray:
     """0-based start of every chunk of a sequence of `length` bp (empty for length 0)."""
     return chunk_bounds(np.asarray([length], dtype=np.int64), chunk_length)[0]
@@ -45,7 +35,8 @@ def chunk_bounds(lengths: np.ndarray, chunk_length: int,
     """0-based starts and (exclusive) ends of the chunks of many sequences, back to back.
 
     `counts` gives each sequence's number of chunks: ceil(n / L) (the default) or 0 (a sequence
-    left out of the plan). Closed form of `chunk_shifts`: the first k shifts add up to
+    left out of the plan). Closed form of the original's backward shifts (`final_low_up_numbers`:
+    `lower + 1` n_upper times, then `lower`): the first k shifts add up to
     k * lower + min(k, n_upper), so chunk k starts at k * (L - lower) - min(k, n_upper) (the
     original does not shift the first chunk, whose nominal start is 0).
     """

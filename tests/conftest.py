@@ -1,9 +1,10 @@
 """Shared fixtures: the reference data beside the checkout (skipped cleanly when absent), one tiny
 model pack built once per session (read-only: a test that changes a pack copies it first), a private
-digest cache."""
+digest cache, a guard against a test blocking forever on a read."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,15 @@ def tiny_pack(tmp_path_factory) -> Path:
 def private_digest_cache(tmp_path, monkeypatch):
     """Model digests cached in this test's own folder (XDG_CACHE_HOME), not the user's."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def no_hang():
+    """A test that would block forever on a read fails after 20 s instead."""
+    def expired(signum, frame):
+        raise TimeoutError("blocked on a read")
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -4,25 +4,12 @@ in one line naming the key."""
 from __future__ import annotations
 
 import re
-import signal
 
 import pytest
 
 from tests.helpers import ROOT
 from vnp.models.pack import load_pack
 from vnp.support.errors import InputError
-
-
-@pytest.fixture
-def no_hang():
-    """A test that would block forever on a read fails after 20 s instead."""
-    def expired(signum, frame):
-        raise TimeoutError("blocked on a read")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("override, expected", [

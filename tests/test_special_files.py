@@ -4,7 +4,6 @@ control character as a model, pack, input or config is refused in one line and n
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +16,6 @@ from vnp.models.pack import load_pack, model_digests
 from vnp.support.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("private_digest_cache")
-
-
-@pytest.fixture
-def no_hang():
-    """A test that would block forever on a read fails after 20 s instead."""
-    def expired(signum, frame):
-        raise TimeoutError("blocked on a read")
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def fifo(path: Path) -> Path:

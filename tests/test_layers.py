@@ -7,6 +7,7 @@ folder, and no chain of imports (importlib's included) comes back to where it st
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,8 @@ def test_architecture_lists_every_module_and_the_readme_every_folder():
     missing = [str(p.relative_to(ROOT)) for p in MODULES.values()
                if p.name != "__init__.py" and f"`{p.relative_to(ROOT)}`" not in architecture]
     assert missing == []
+    rows = re.findall(r"^\| `([^`]+\.py)` \|", architecture, re.MULTILINE)
+    assert [row for row in rows if not (ROOT / row).is_file()] == []  # no row of a module gone or moved
     layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1]
     folders = {str(p.parent.relative_to(ROOT / "vnp")) for p in MODULES.values()} - {"."}
     assert [f for f in sorted(folders) if f"`{f}/`" not in layout] == []

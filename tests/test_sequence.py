@@ -438,3 +438,9 @@ def test_frame_residues_are_the_kept_proteins_lengths(L):
             row[frame.index] = len(frame.protein)
     assert frame_residues(letters, [len(c.seq) for c in chunks]).tolist() == expected.tolist()
     assert (expected[:, 3:] > 0).sum() > len(chunks) // 3  # many reverse frames kept
+
+
+@pytest.mark.parametrize("chunk_length", [0, -1])
+def test_a_chunk_length_below_one_is_refused(chunk_length):
+    with pytest.raises(ValueError, match=f"chunk length must be positive, got {chunk_length}"):
+        chunk_bounds(np.asarray([10, 700]), chunk_length)

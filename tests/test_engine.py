@@ -17,7 +17,7 @@ import torch
 from vnp.run import dist as vdist
 from vnp.support.config import EngineConfig
 from vnp.run import engine
-from vnp.run.engine import RowSink, StopFlag, run_units, snake
+from vnp.run.engine import Prefetcher, RowSink, StopFlag, run_units, snake
 from vnp.run.exchange import NO_UNIT, Computed, Delivery, UnitRows
 from vnp.run.plan import IDS, iter_ids, load_plan, pack_inputs
 from vnp.run.steps import IdLookup, Progress
@@ -344,3 +344,16 @@ def test_predict_costs_are_the_translated_frames_tokens(tmp_path):
     translated = FrameWork(state, None, models, select_frames=lambda chunk, frames: frames).costs(units)
     assert FrameWork(state, None, models).costs(units).tolist() == translated.tolist()
     assert translated.sum() > 0
+
+
+def test_the_prefetcher_prepares_depth_units_ahead_and_skips_empty_slots():
+    prepared = []
+    fetcher = Prefetcher(lambda unit: prepared.append(unit) or unit * 10, [5, 6, None, 7, 8], depth=2)
+    try:
+        assert fetcher.get(0) == 50
+        assert sorted(fetcher.futures) == [1]  # slot 2 holds no unit; slot 3 is 3 ahead
+        assert fetcher.get(1) == 60 and sorted(fetcher.futures) == [3]
+        assert fetcher.get(2) is None and fetcher.get(3) == 70 and fetcher.get(4) == 80
+    finally:
+        fetcher.close()
+    assert prepared == [5, 6, 7, 8]

@@ -36,6 +36,9 @@ def test_header_round_trip_and_its_limits():
         encode_header(1, np.asarray([5, 3], np.int64), False, 1)
     with pytest.raises(RuntimeError, match="span at most 64"):
         encode_header(1, np.asarray([0, 64], np.int64), False, 1)
+    with pytest.raises(RuntimeError, match=r"span at most 128 keys"):  # words of 64 bits each
+        encode_header(1, np.asarray([0, 128], np.int64), False, 2)
+    assert np.array_equal(decode_keys(encode_header(1, np.asarray([0, 127], np.int64), False, 2)), [0, 127])
 
 
 class SparseWork:

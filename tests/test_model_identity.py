@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import signal
 import subprocess
@@ -176,3 +177,16 @@ def test_a_hub_snapshot_is_named_by_its_commit(tiny_pack, tmp_path, monkeypatch)
     pack = load_pack(str(tiny_pack))
     pack.dnabert = "org/dnabert"
     assert model_digests(pack)["dnabert"] == f"git:{commit}"
+
+
+def test_only_files_from_64_mib_are_cached_each_under_its_own_entry(tmp_path, monkeypatch):
+    small = tmp_path / "small.pt"
+    small.write_bytes(b"s" * 100_000)  # far under 64 MiB: hashed every time, no entry
+    identity.file_digest(small)
+    assert not identity.cache_dir().exists() or not list(identity.cache_dir().iterdir())
+    monkeypatch.setattr(identity, "CACHE_MIN_BYTES", 1000)
+    for name in ("a.pt", "b.pt", "c.pt"):
+        (tmp_path / name).write_bytes(name[0].encode() * 1000)  # exactly 1,000 bytes each
+        identity.file_digest(tmp_path / name)
+    entries = sorted(p.name for p in identity.cache_dir().iterdir())
+    assert len(entries) == 3 and all(re.fullmatch(r"[0-9a-f]{40}\.json", e) for e in entries), entries

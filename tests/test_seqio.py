@@ -135,3 +135,19 @@ def test_a_nul_byte_in_a_sequence_line_is_binary_data_and_a_bad_first_letter_is_
         records_of(tmp_path, b">s0\n" + b"A" * 5000 + b"\n>s1\nAC\x00GT\n")  # past the first check
     with pytest.raises(InputError, match=r"line 2: not a FASTA/FASTQ file \(expected '>' or '@', found 'x'\)$"):
         records_of(tmp_path, b"\nxy>s1\nACGT\n")
+
+
+@pytest.mark.parametrize("quality", ["III", "IIIII"])
+def test_a_fastq_quality_shorter_or_longer_than_its_sequence_is_refused(tmp_path, quality):
+    with pytest.raises(InputError, match=rf"in.fq: record 'r1' \(line 4\): quality length {len(quality)} differs "
+                                         r"from sequence length 4"):
+        records_of(tmp_path, f"@r1\nACGT\n+\n{quality}\n".encode(), "in.fq")
+
+
+def test_a_fasta_record_has_width_letters_a_line():
+    from vnp.seq.seqio import fasta_record
+
+    letters = "ACGT" * 38  # 152 letters: two full lines of 60 and one of 32
+    assert fasta_record("s1", letters) == f">s1\n{letters[:60]}\n{letters[60:120]}\n{letters[120:]}\n"
+    assert fasta_record("s2", letters[:7], width=3) == ">s2\nACG\nTAC\nG\n"
+    assert fasta_record("empty", "") == ">empty\n"

@@ -211,6 +211,11 @@ def test_parts_are_numbered_in_turn_fsynced_and_read_back_in_key_order(tmp_path,
         two.add(unit, np.asarray([unit], np.int64), np.full((1, 2), unit, np.float32))
     two.commit()
     assert two.sorted_scores()[0].tolist() == [0, 1]
+    three = ScoreStore(tmp_path / "three")  # the first unit smallest, the later ones out of order
+    for unit in (0, 2, 1):
+        three.add(unit, np.asarray([6 * unit, 6 * unit + 4], np.int64), np.full((2, 2), unit, np.float32))
+    three.commit()
+    assert three.sorted_scores()[0].tolist() == [0, 4, 6, 10, 12, 16]
 
 
 def test_a_part_whose_bytes_match_its_name_but_are_no_npz_is_rejected(tmp_path):

@@ -182,3 +182,14 @@ def test_the_run_description_travels_through_the_ready_file_unchanged(tmp_path):
     assert RunSpec.from_ready(folder.read_json(folder.ready("n")), [1, 3, 4]) == spec
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.unit_chunks = 4
+
+
+def test_a_foreign_entry_with_a_line_break_in_its_name_is_shown_escaped(tmp_path):
+    """Names are shown as Python writes them, printable letters as they are (café), others escaped."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("bad\nname", "café", "tab\tx"):
+        (foreign / name).write_text("")
+    with pytest.raises(InputError) as err:
+        RunFolder(foreign).check_usable()
+    assert "holds 'bad\\nname', 'café', 'tab\\tx')" in str(err.value) and "\n" not in str(err.value)

@@ -444,3 +444,11 @@ def test_frame_residues_are_the_kept_proteins_lengths(L):
 def test_a_chunk_length_below_one_is_refused(chunk_length):
     with pytest.raises(ValueError, match=f"chunk length must be positive, got {chunk_length}"):
         chunk_bounds(np.asarray([10, 700]), chunk_length)
+
+
+def test_a_chunk_states_its_1_based_inclusive_span():
+    """700 bp at L = 500: chunks 1-500 and 350-700 (the module's example), positions 1-based."""
+    seq = "ACGT" * 175
+    chunks = list(chunks_of(Record("r", seq, 1), 500, first_index=3))
+    assert [(c.index, c.number, c.start, c.end) for c in chunks] == [(3, 1, 1, 500), (4, 2, 350, 700)]
+    assert [c.seq for c in chunks] == [seq[:500], seq[349:]]

@@ -50,6 +50,9 @@ def test_gaps_split_or_merge():
     assert segment(series, merge_gap=99) == [[(1, 2), (4, 5)]]  # the gap is 100 bp
     assert segment(series, merge_gap=100) == [[(1, 5)]]
     assert segment([[6, 6, -1, 6, 6]]) == [[(1, 5)]]  # a weak dip does not pay two switches
+    three = [[7, -8, -8, -8, 7, -8, 7]]  # gaps of 300 bp, then 100 bp: each measured from its own run
+    assert segment(three) == [[(1, 1), (5, 5), (7, 7)]]
+    assert segment(three, merge_gap=100) == [[(1, 1), (5, 7)]]
 
 
 def test_missing_chunks_take_their_neighbours_state():

@@ -27,10 +27,11 @@ _NEWLINE = 10
 
 
 def blocks(n: int, widths: Callable[[slice], np.ndarray], lines: Callable[[slice], np.ndarray] | None = None,
-           cells: int = CELLS, most: int = MOST_ROWS) -> Iterator[slice]:
+           cells: int | None = None, most: int = MOST_ROWS) -> Iterator[slice]:
     """Consecutive slices of n items (items `s` of up to `widths(s)` bytes, each `lines(s)` rows,
-    default 1) whose rows times their widest stay within `cells` (an item alone may exceed it),
-    at most `most` items: memory stays flat however many rows and however wide one of them is."""
+    default 1) whose rows times their widest stay within `cells` (default CELLS; an item alone may
+    exceed it), at most `most` items: memory stays flat however many rows and however wide one is."""
+    cells = CELLS if cells is None else cells
     lo, window = 0, most
     while lo < n:
         ahead = slice(lo, min(n, lo + window))

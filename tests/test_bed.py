@@ -11,6 +11,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from vnp.results.tables import _regions_bed, bed_chrom
+from vnp.results.text import IdText
 
 IDS = ["#a", "track", "browser", "trackhub_1", "%41", "%", "plain", "a#b", "t", "b%"]
 
@@ -30,7 +31,7 @@ def results(ids: list[str]) -> SimpleNamespace:
     n = len(ids)
     regions = Regions(record=np.arange(n), start=np.zeros(n, np.int64), end=np.full(n, 300),
                       first=np.zeros(n, np.int64), last=np.ones(n, np.int64))
-    return SimpleNamespace(ids=np.array(ids, dtype=object), regions=regions, region_mean=np.full(n, 0.75),
+    return SimpleNamespace(ids=IdText.of(ids), regions=regions, region_mean=np.full(n, 0.75),
                            region_max=np.full(n, 0.9), whole=np.ones(n, bool))
 
 
@@ -40,9 +41,9 @@ def bed_lines(text: str) -> list[list[str]]:
 
 
 def test_every_region_survives_a_bed_reader_and_decodes_to_its_id():
-    fh = io.StringIO()
+    fh = io.BytesIO()
     _regions_bed(fh, results(IDS))
-    rows = bed_lines(fh.getvalue())
+    rows = bed_lines(fh.getvalue().decode())
     assert len(rows) == len(IDS)
     assert [decode(row[0]) for row in rows] == IDS
     assert [row[3] for row in rows] == [f"{i}|region_1_300" for i in IDS]  # column 4 as in regions.tsv

@@ -57,10 +57,10 @@ def test_chunk_decision_and_contig_summary(tmp_path):
 def test_float32_text_is_numpys_shortest_repr():
     """The scores' text without numpy's per-value Dragon4: every float32 of whole stretches of
     [1e-4, 1) (where the fast path works), the edges around them, and what takes numpy's path."""
-    from vnp.results.tables import float32_text_parts
+    from vnp.results.text import float32_shortest, lines
 
     def text(values: np.ndarray) -> list[str]:
-        return [f"{head}{tail}" for head, tail in zip(*float32_text_parts(values))]
+        return lines([float32_shortest(values)], len(values)).decode().split("\n")[:-1]
 
     edges = np.array([0, 1, 1e-4, 9.9999e-5, 1.0001e-4, 2 ** -13, 2 ** -14, 0.5, 0.125, 0.1, 0.3, 0.99999994, 1e-7,
                       1e-45, -0.5, 3.0, 1e20, np.nan, np.inf, -np.inf], dtype=np.float32)

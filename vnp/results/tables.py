@@ -33,14 +33,14 @@ import numpy as np
 
 from vnp.results import calibration as vcal
 from vnp.results import calls as vcalls
-from vnp.seq.chunking import chunk_id
 from vnp.seq.filters import reason
-from vnp.run.plan import SEQUENCES, ChunkPlan, iter_ids
+from vnp.run.plan import IDS, SEQUENCES, ChunkPlan
 from vnp.results.regions import Regions, find_regions, region_scores, territories, viterbi
 from vnp.run.folder import RunFolder
 from vnp.support.atomic import AtomicFiles
-from vnp.seq.frames import frame_id
-from vnp.seq.seqio import fasta_record
+from vnp.results import text
+from vnp.results.text import IdText
+from vnp.seq.frames import FRAME_NAMES
 
 FRAME_TABLE = "prediction_results.txt"
 RESULT_FILES = ("prediction_results_highestscore.csv", "chunks.tsv", "contigs.tsv", "regions.tsv", "regions.bed",
@@ -93,7 +93,7 @@ def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarra
         with AtomicFiles() as files:
             return write_tables(out, plan, keys, scores, config, inputs, files, work)
     work = work or RunFolder(out).work
-    with files.open(out / FRAME_TABLE) as fh:
+    with files.open(out / FRAME_TABLE, "wb") as fh:
         _write_frame_table(fh, plan, work, keys, scores)
     return write_results(out, plan, keys, scores, config, inputs, files, work)
 
@@ -101,71 +101,32 @@ def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarra
 def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> None:
     if len(keys) and not 0 <= int(keys[0]) <= int(keys[-1]) < 6 * plan.n_chunks:
         raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
-    ids = np.array(list(iter_ids(work)), dtype=object)
-    fh.write("Sequence_ID\tPrediction\tscore1\tscore2\n")
-    for rows in _row_blocks(len(keys)):  # formatted a block at a time: no table of strings for all frames
-        chunk = keys[rows] // 6
-        first = np.searchsorted(chunk, chunk, side="left")  # each frame's first row of its chunk
-        unique = np.flatnonzero(first == np.arange(len(chunk)))
-        record = plan.record_of(chunk[unique])
-        cids = list(map(chunk_id, ids[record].tolist(), (chunk[unique] - plan.first_chunk[record] + 1).tolist()))
-        names = list(map(frame_id, [cids[i] for i in np.searchsorted(unique, first).tolist()], (keys[rows] % 6).tolist()))
+    ids = IdText.read(work / IDS, plan.id_offsets)
+    fh.write(b"Sequence_ID\tPrediction\tscore1\tscore2\n")
+    for rows in text.blocks(len(keys), lambda s: ids.lengths[plan.record_of(keys[s] // 6)]):
+        chunk = keys[rows] // 6  # formatted a block at a time: no table of strings for all frames
+        record = plan.record_of(chunk)
         block = scores[rows]
-        labels = np.where(block[:, 1] > block[:, 0], "virus", "others").tolist()
-        head0, tail0 = float32_text_parts(block[:, 0])
-        head1, tail1 = float32_text_parts(block[:, 1])
-        fh.writelines(f"{n}\t{lab}\t{a}{b}\t{c}{d}\n" for n, lab, a, b, c, d in zip(names, labels, head0, tail0,
-                                                                                      head1, tail1))
+        fh.write(text.lines([*_chunk_id(ids, record, chunk - plan.first_chunk[record] + 1),
+                             text.choice(_FRAME_NAMES, keys[rows] % 6), b"\t",
+                             text.choice((b"others", b"virus"), block[:, 1] > block[:, 0]), b"\t",
+                             text.float32_shortest(block[:, 0]), b"\t", text.float32_shortest(block[:, 1])],
+                            len(chunk)))
 
 
-_POWERS = 10.0 ** np.arange(13)  # exact in float64
-_DIGIT_LIMITS = 10 ** np.arange(1, 13, dtype=np.int64)
-_LEADING = np.array(["0." + "0" * n for n in range(13)], dtype=object)
+_FRAME_NAMES = tuple(name.encode() for name in FRAME_NAMES)  # frames.frame_id: the chunk ID and these
 
 
-def float32_text_parts(values: np.ndarray) -> tuple[list, list]:
-    """numpy's shortest float32 repr (`str(np.float32(v))`, as the original printed its scores)
-    of every value, as two parts to print one after the other: (str, int or "").
-
-    Values in [1e-4, 1) (classifier scores) are printed without numpy's per-value Dragon4: the
-    shortest repr of x is the first k (decimal places) for which D = rint(x * 10^k) / 10^k rounds
-    back to x in float32, i.e. lies between the midpoints to x's float32 neighbours (on a midpoint
-    the even x wins). For k <= 12 every product is exact in float64 (24 + 28 bits), and the test
-    is monotone in k, so k is found by bisection. Other values (0, 1, NaN, ...) take numpy's path.
-    """
-    x = np.asarray(values, dtype=np.float32)
-    exact = x.astype(np.float64)
-    fast = (exact >= 1e-4) & (exact < 1)  # compared as numpy does: float32(1e-4) < 1e-4 prints as 1e-04
-    v, exact = x[fast], exact[fast]
-    low = (exact + np.nextafter(v, np.float32(0)).astype(np.float64)) / 2
-    high = (exact + np.nextafter(v, np.float32(1)).astype(np.float64)) / 2
-    even = (v.view(np.uint32) & 1) == 0
-
-    def rounded(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scale = _POWERS[k]
-        digits, a, b = np.rint(exact * scale), low * scale, high * scale
-        return digits, ((digits > a) & (digits < b)) | (even & ((digits == a) | (digits == b)))
-
-    fails, works = np.zeros(len(v), dtype=np.int64), np.full(len(v), 12, dtype=np.int64)
-    while (open_ := works - fails > 1).any():
-        middle = (fails + works) // 2
-        ok = rounded(middle)[1]
-        works, fails = np.where(open_ & ok, middle, works), np.where(open_ & ~ok, middle, fails)
-    digits = rounded(works)[0].astype(np.int64)
-    head = np.empty(len(x), dtype=object)
-    head[fast] = _LEADING[works - 1 - np.searchsorted(_DIGIT_LIMITS, digits, side="right")]
-    tail = np.full(len(x), "", dtype=object)
-    tail[fast] = digits
-    others = np.flatnonzero(~fast)
-    head[others] = x[others].astype(str)
-    return head.tolist(), tail.tolist()
+def _chunk_id(ids: IdText, record: np.ndarray, number: np.ndarray) -> list:
+    """Columns of `chunking.chunk_id` of each row (`{record_id}_chunk_{number}`)."""
+    return [ids.column(record), b"_chunk_", text.ints(number)]
 
 
 @dataclass
 class Results:
     """Everything `write_results` derives from the scores, before formatting."""
 
-    ids: np.ndarray  # of str objects, in input order
+    ids: IdText  # in input order
     inputs: list[str]
     input_of: np.ndarray  # input index per record
     chunk_record: np.ndarray  # record of each chunk
@@ -188,9 +149,7 @@ class Results:
 def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, config, inputs: list[str],
                     work: Path) -> Results:
     """Chunk and sequence calls and regions of every record (no file written)."""
-    ids = list(iter_ids(work))
-    if len(ids) != plan.n_records:
-        raise RuntimeError(f"tables: {len(ids)} IDs for {plan.n_records} records in the index")
+    ids = IdText.read(work / IDS, plan.id_offsets)
     if len(keys) and not 0 <= int(keys[0]) <= int(keys[-1]) < 6 * plan.n_chunks:
         raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
     chunks = vcalls.chunk_scores(plan.n_chunks, keys, scores)
@@ -219,7 +178,7 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
     record_of_chunk = np.repeat(np.arange(plan.n_records), np.diff(plan.first_chunk))
     numbers = np.arange(plan.n_chunks) - plan.first_chunk[record_of_chunk] + 1
     input_of = np.repeat(np.arange(len(plan.records_per_input)), plan.records_per_input)
-    return Results(np.array(ids, dtype=object), inputs, input_of, record_of_chunk, numbers, chunks, viral, starts,
+    return Results(ids, inputs, input_of, record_of_chunk, numbers, chunks, viral, starts,
                    ends, calls, regions, whole, mean, top, np.bincount(regions.record, minlength=plan.n_records),
                    chunk_p, record_p, fdr)
 
@@ -241,12 +200,14 @@ def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarr
         "regions.tsv": lambda fh: _regions_tsv(fh, results),
         "regions.bed": lambda fh: _regions_bed(fh, results),
         "regions.gff3": lambda fh: _regions_gff3(fh, results, plan),
-        "viral_sequences.fna": lambda fh: _fasta(fh, _viral_sequences(results, plan), plan, work, config.tables.fasta_width),
-        "viral_regions.fna": lambda fh: _fasta(fh, _partial_regions(results), plan, work, config.tables.fasta_width),
+        "viral_sequences.fna":
+            lambda fh: _fasta(fh, results, _viral_sequences(results, plan), plan, work, config.tables.fasta_width),
+        "viral_regions.fna":
+            lambda fh: _fasta(fh, results, _partial_regions(results), plan, work, config.tables.fasta_width),
         "summary.tsv": lambda fh: _summary(fh, results, plan),
     }
     for name, write in writers.items():
-        with files.open(out / name) as fh:
+        with files.open(out / name, "wb") as fh:
             write(fh)
     return _counts(results, plan, len(keys))
 
@@ -261,115 +222,94 @@ def _counts(results: Results, plan: ChunkPlan, frames: int) -> TableCounts:
                        labels={str(k): int(n) for k, n in zip(labels, numbers)})
 
 
-BLOCK = 1 << 16  # rows formatted at a time: memory stays flat however many sequences
+def _ascii(strings: np.ndarray) -> tuple[bytes, ...]:
+    return tuple(str(value).encode("ascii") for value in strings)
 
 
-def _row_blocks(n: int) -> Iterator[slice]:
-    for lo in range(0, n, BLOCK):
-        yield slice(lo, min(lo + BLOCK, n))
-
-
-def _fixed_column(values: np.ndarray) -> list[str]:
-    """Six decimals per value (of its exact float value, float32 included); NaN -> NA."""
-    text = list(map("%.6f".__mod__, values.tolist()))
-    for i in np.flatnonzero(np.isnan(values)).tolist():
-        text[i] = "NA"
-    return text
-
-
-def _chunk_ids(results: Results, rows: np.ndarray) -> list[str]:
-    ids = results.ids
-    return [chunk_id(ids[r], k) for r, k in zip(results.chunk_record[rows].tolist(),
-                                                  results.chunk_number[rows].tolist())]
+_CHUNK_LABELS = (b"others", b"virus", b"no_frames")
+_KINDS = (b"partial", b"whole")
 
 
 def _highestscore(fh, results: Results, with_scores: bool) -> None:
-    chunks = results.chunks
-    fh.write("Modified_ID\tIs_Virus" + ("\tmax_score_0\tmax_score_1" if with_scores else "") + "\n")
+    chunks, ids = results.chunks, results.ids
+    fh.write(b"Modified_ID\tIs_Virus" + (b"\tmax_score_0\tmax_score_1" if with_scores else b"") + b"\n")
     with_frames = np.flatnonzero(chunks.has_frames)
-    for block in _row_blocks(len(with_frames)):
+    for block in text.blocks(len(with_frames), lambda s: ids.lengths[results.chunk_record[with_frames[s]]]):
         rows = with_frames[block]
-        ids = _chunk_ids(results, rows)
-        is_virus = (chunks.max_virus[rows] >= chunks.max_other[rows]).tolist()  # the original's rule, in float32
+        parts = [*_chunk_id(ids, results.chunk_record[rows], results.chunk_number[rows]), b"\t",
+                 text.choice((b"False", b"True"), chunks.max_virus[rows] >= chunks.max_other[rows])]  # in float32
         if with_scores:  # printed like the per-frame table (numpy's shortest float32 repr)
-            (h0, t0), (h1, t1) = float32_text_parts(chunks.max_other[rows]), float32_text_parts(chunks.max_virus[rows])
-            fh.writelines(f"{c}\t{v}\t{a}{b}\t{x}{y}\n" for c, v, a, b, x, y in zip(ids, is_virus, h0, t0, h1, t1))
-        else:
-            fh.writelines(f"{c}\t{v}\n" for c, v in zip(ids, is_virus))
+            parts += [b"\t", text.float32_shortest(chunks.max_other[rows]), b"\t",
+                      text.float32_shortest(chunks.max_virus[rows])]
+        fh.write(text.lines(parts, len(rows)))
 
 
 def _chunks(fh, results: Results) -> None:
-    chunks, probability = results.chunks, results.chunk_probability
-    extra = "" if probability is None else "\tvirus_probability"
-    fh.write(f"chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel{extra}\n")
-    labels = np.array(["others", "virus", "no_frames"])
-    for rows in _row_blocks(len(chunks.frames)):
-        label = labels[np.where(chunks.has_frames[rows], results.viral[rows], 2)].tolist()
-        seq_ids = [results.ids[r] for r in results.chunk_record[rows].tolist()]
-        lines = (f"{c}\t{r}\t{start}\t{end}\t{n}\t{a}\t{b}\t{lab}" for c, r, start, end, n, a, b, lab in zip(
-            _chunk_ids(results, np.arange(rows.start, rows.stop)), seq_ids, (results.starts[rows] + 1).tolist(),
-            results.ends[rows].tolist(), chunks.frames[rows].tolist(), _fixed_column(chunks.max_other[rows]),
-            _fixed_column(chunks.max_virus[rows]), label))
-        if probability is None:
-            fh.writelines(line + "\n" for line in lines)
-        else:
-            fh.writelines(f"{line}\t{p}\n" for line, p in zip(lines, _fixed_column(probability[rows])))
+    chunks, probability, ids = results.chunks, results.chunk_probability, results.ids
+    extra = b"" if probability is None else b"\tvirus_probability"
+    fh.write(b"chunk_id\tsequence_id\tstart\tend\tframes\tmax_score1\tmax_score2\tlabel" + extra + b"\n")
+    for rows in text.blocks(len(chunks.frames), lambda s: 2 * ids.lengths[results.chunk_record[s]]):
+        record = results.chunk_record[rows]
+        seq_id = ids.column(record)
+        parts = [seq_id, b"_chunk_", text.ints(results.chunk_number[rows]), b"\t", seq_id, b"\t",
+                 text.ints(results.starts[rows] + 1), b"\t", text.ints(results.ends[rows]), b"\t",
+                 text.ints(chunks.frames[rows]), b"\t", text.fixed(chunks.max_other[rows]), b"\t",
+                 text.fixed(chunks.max_virus[rows]), b"\t",
+                 text.choice(_CHUNK_LABELS, np.where(chunks.has_frames[rows], results.viral[rows], 2))]
+        if probability is not None:
+            parts += [b"\t", text.fixed(probability[rows])]
+        fh.write(text.lines(parts, rows.stop - rows.start))
 
 
 def _contigs(fh, results: Results, plan: ChunkPlan, filters) -> None:
-    calls = results.calls
+    calls, ids = results.calls, results.ids
     calibrated = results.probability is not None
-    fh.write("\t".join(CONTIG_COLUMNS + (CALIBRATED_COLUMNS if calibrated else ())) + "\n")
+    fh.write(("\t".join(CONTIG_COLUMNS + (CALIBRATED_COLUMNS if calibrated else ())) + "\n").encode())
     filter_settings = asdict(filters)
-    reasons = {r: reason(int(plan.filtered[r]), int(plan.lengths[r]), int(plan.n_bases[r]), filter_settings)
-               for r in np.flatnonzero(calls.label == vcalls.FILTERED).tolist()}
-    for rows in _row_blocks(plan.n_records):
-        decided = calls.label[rows] <= vcalls.VIRUS
-        support = np.where(decided, calls.support[rows].astype(str), "NA").tolist()
-        why = [reasons.get(r, "") for r in range(rows.start, rows.stop)]
-        inputs = [results.inputs[i] for i in results.input_of[rows].tolist()]
-        columns = [results.ids[rows], inputs, plan.lengths[rows].tolist(), calls.chunks[rows].tolist(),
-                   calls.viral_chunks[rows].tolist(), (calls.chunks - calls.with_frames)[rows].tolist(),
-                   _fixed_column(calls.fraction[rows]), _fixed_column(calls.max_virus[rows]),
-                   _fixed_column(calls.mean_virus[rows]), vcalls.LABELS[calls.label[rows]].tolist(),
-                   vcalls.CONFIDENCE[calls.confidence[rows]].tolist(), why, support,
-                   _fixed_column(calls.margin[rows]), results.regions_per_record[rows].tolist()]
+    filtered = np.flatnonzero(calls.label == vcalls.FILTERED)
+    names = tuple(name.encode("utf-8") for name in results.inputs)
+    labels, confidence = _ascii(vcalls.LABELS), _ascii(vcalls.CONFIDENCE)
+    for rows in text.blocks(plan.n_records, lambda s: ids.lengths[s]):
+        n = rows.stop - rows.start
+        undecided = np.flatnonzero(calls.label[rows] > vcalls.VIRUS)
+        support = text.with_texts(text.ints(np.where(calls.label[rows] > vcalls.VIRUS, 0, calls.support[rows])),
+                                  undecided, [b"NA"] * len(undecided))
+        mine = filtered[np.searchsorted(filtered, rows.start):np.searchsorted(filtered, rows.stop)]
+        why = text.with_texts(np.zeros((n, 1), np.uint8), mine - rows.start,
+                              [reason(int(plan.filtered[r]), int(plan.lengths[r]), int(plan.n_bases[r]),
+                                      filter_settings).encode() for r in mine.tolist()])
+        parts = [ids.column(np.arange(rows.start, rows.stop)), b"\t", text.choice(names, results.input_of[rows]), b"\t",
+                 text.ints(plan.lengths[rows]), b"\t", text.ints(calls.chunks[rows]), b"\t",
+                 text.ints(calls.viral_chunks[rows]), b"\t", text.ints((calls.chunks - calls.with_frames)[rows]), b"\t",
+                 text.fixed(calls.fraction[rows]), b"\t", text.fixed(calls.max_virus[rows]), b"\t",
+                 text.fixed(calls.mean_virus[rows]), b"\t", text.choice(labels, calls.label[rows]), b"\t",
+                 text.choice(confidence, calls.confidence[rows]), b"\t", why, b"\t", support, b"\t",
+                 text.fixed(calls.margin[rows]), b"\t", text.ints(results.regions_per_record[rows])]
         if calibrated:
-            columns += [_fixed_column(results.probability[rows]), _fixed_column(results.fdr[rows])]
-        fh.writelines("\t".join(map(str, row)) + "\n" for row in zip(*columns))
+            parts += [b"\t", text.fixed(results.probability[rows]), b"\t", text.fixed(results.fdr[rows])]
+        fh.write(text.lines(parts, n))
 
 
-@dataclass
-class _RegionBlock:
-    record: list[int]
-    seq_ids: list[str]
-    names: list[str]  # `<seq>|region_<start>_<end>`, 1-based inclusive
-    start: list[int]  # 0-based
-    end: list[int]
-    chunks: list[int]
-    mean: list[str]
-    top: list[str]
-    mean_values: np.ndarray
-    whole: list[bool]
+def _region_blocks(results: Results) -> Iterator[slice]:
+    return text.blocks(len(results.regions), lambda s: 2 * results.ids.lengths[results.regions.record[s]])
 
 
-def _region_blocks(results: Results) -> Iterator[_RegionBlock]:
-    regions = results.regions
-    for rows in _row_blocks(len(regions)):
-        record, start, end = regions.record[rows].tolist(), regions.start[rows].tolist(), regions.end[rows].tolist()
-        seq_ids = [results.ids[r] for r in record]
-        yield _RegionBlock(record, seq_ids, [f"{i}|region_{s + 1}_{e}" for i, s, e in zip(seq_ids, start, end)],
-                           start, end, (regions.last[rows] - regions.first[rows] + 1).tolist(),
-                           _fixed_column(results.region_mean[rows]), _fixed_column(results.region_max[rows]),
-                           results.region_mean[rows], results.whole[rows].tolist())
+def _region_name(seq_id: np.ndarray, regions: Regions, rows: slice) -> list:
+    """Columns of a region's name, `<seq>|region_<start>_<end>` (1-based inclusive), after `seq_id`."""
+    return [seq_id, b"|region_", text.ints(regions.start[rows] + 1), b"_", text.ints(regions.end[rows])]
 
 
 def _regions_tsv(fh, results: Results) -> None:
-    fh.write("\t".join(REGION_COLUMNS) + "\n")
-    for b in _region_blocks(results):
-        fh.writelines(f"{i}\t{name}\t{s + 1}\t{e}\t{e - s}\t{n}\t{mean}\t{top}\t{'whole' if whole else 'partial'}\n"
-                      for i, name, s, e, n, mean, top, whole in zip(b.seq_ids, b.names, b.start, b.end, b.chunks,
-                                                                     b.mean, b.top, b.whole))
+    regions = results.regions
+    fh.write(("\t".join(REGION_COLUMNS) + "\n").encode())
+    for rows in _region_blocks(results):
+        seq_id = results.ids.column(regions.record[rows])
+        fh.write(text.lines([seq_id, b"\t", *_region_name(seq_id, regions, rows), b"\t",
+                             text.ints(regions.start[rows] + 1), b"\t", text.ints(regions.end[rows]), b"\t",
+                             text.ints(regions.end[rows] - regions.start[rows]), b"\t",
+                             text.ints(regions.last[rows] - regions.first[rows] + 1), b"\t",
+                             text.fixed(results.region_mean[rows]), b"\t", text.fixed(results.region_max[rows]), b"\t",
+                             text.choice(_KINDS, results.whole[rows])], rows.stop - rows.start))
 
 
 BED_HEADER_STARTS = ("#", "track", "browser", "%")  # BED readers skip lines starting with the first three
@@ -386,12 +326,23 @@ def bed_chrom(seq_id: str) -> str:
     return seq_id
 
 
+def _escaped(ids: IdText, records: np.ndarray, needed: np.ndarray, escape) -> np.ndarray:
+    """The ID column of `records`, where `needed[record]` each ID as `escape(ID)` (Python, the few)."""
+    rows = np.flatnonzero(needed[records])
+    return text.with_texts(ids.column(records), rows, [escape(ids.text(r)).encode() for r in records[rows].tolist()])
+
+
 def _regions_bed(fh, results: Results) -> None:
     """BED6: 0-based half-open, score = round(1000 * mean virus score); chrom by `bed_chrom`."""
-    for b in _region_blocks(results):
-        scores = np.clip(np.round(1000 * b.mean_values), 0, 1000).astype(np.int64).tolist()
-        fh.writelines(f"{bed_chrom(i)}\t{s}\t{e}\t{name}\t{score}\t.\n"
-                      for i, s, e, name, score in zip(b.seq_ids, b.start, b.end, b.names, scores))
+    regions, ids = results.regions, results.ids
+    header_like = ids.starts_with([start.encode() for start in BED_HEADER_STARTS])
+    for rows in _region_blocks(results):
+        record = regions.record[rows]
+        scores = np.clip(np.round(1000 * results.region_mean[rows]), 0, 1000).astype(np.int64)
+        fh.write(text.lines([_escaped(ids, record, header_like, bed_chrom), b"\t", text.ints(regions.start[rows]),
+                             b"\t", text.ints(regions.end[rows]), b"\t",
+                             *_region_name(ids.column(record), regions, rows), b"\t", text.ints(scores), b"\t."],
+                            len(record)))
 
 
 # GFF3: characters column 1 may hold unescaped; attribute values must escape ;=&, tabs and %
@@ -401,45 +352,78 @@ _SEQID_UNSAFE = re.compile("[^" + re.escape(_SEQID_SAFE) + "]")
 _VALUE_UNSAFE = re.compile("[^" + re.escape(_VALUE_SAFE) + "]")
 
 
+def _unsafe_bytes(safe: str) -> np.ndarray:
+    """Bytes of UTF-8 text outside `safe` (every byte of a non-ASCII character)."""
+    table = np.ones(256, dtype=bool)
+    table[np.frombuffer(safe.encode("ascii"), np.uint8)] = False
+    return table
+
+
 def _escape(text: str, unsafe: re.Pattern, safe: str) -> str:
     return quote(text, safe=safe) if unsafe.search(text) else text  # quote() only when needed: it is slow
 
 
 def _regions_gff3(fh, results: Results, plan: ChunkPlan) -> None:
     """GFF3: one `viral_sequence` (SO:0001041) feature per region, 1-based inclusive, score = mean
-    virus score, a ##sequence-region line before each sequence's first feature."""
-    fh.write("##gff-version 3\n")
-    previous = None
-    for b in _region_blocks(results):
-        for r, i, name, s, e, n, mean, top, whole in zip(b.record, b.seq_ids, b.names, b.start, b.end, b.chunks,
-                                                         b.mean, b.top, b.whole):
-            seqid = _escape(i, _SEQID_UNSAFE, _SEQID_SAFE)
-            if r != previous:
-                fh.write(f"##sequence-region {seqid} 1 {int(plan.lengths[r])}\n")
-                previous = r
-            fh.write(f"{seqid}\tvnp\tviral_sequence\t{s + 1}\t{e}\t{mean}\t.\t.\t"
-                     f"ID={_escape(name, _VALUE_UNSAFE, _VALUE_SAFE)};kind={'whole' if whole else 'partial'};"
-                     f"chunks={n};max_virus_score={top}\n")
+    virus score, a ##sequence-region line before each sequence's first feature. A region's ID is
+    its name escaped, i.e. the escaped sequence ID and `|region_<start>_<end>` (safe characters)."""
+    regions, ids = results.regions, results.ids
+    seqid_unsafe, value_unsafe = ids.any_byte(_unsafe_bytes(_SEQID_SAFE)), ids.any_byte(_unsafe_bytes(_VALUE_SAFE))
+    first = np.ones(len(regions), dtype=bool)  # each sequence's first region
+    first[1:] = regions.record[1:] != regions.record[:-1]
+    fh.write(b"##gff-version 3\n")
+    for rows in _region_blocks(results):
+        record, n = regions.record[rows], rows.stop - rows.start
+        seqid = _escaped(ids, record, seqid_unsafe, lambda i: _escape(i, _SEQID_UNSAFE, _SEQID_SAFE))
+        value = _escaped(ids, record, value_unsafe, lambda i: _escape(i, _VALUE_UNSAFE, _VALUE_SAFE))
+        features = text.line_matrix([
+            seqid, b"\tvnp\tviral_sequence\t", text.ints(regions.start[rows] + 1), b"\t", text.ints(regions.end[rows]),
+            b"\t", text.fixed(results.region_mean[rows]), b"\t.\t.\tID=", *_region_name(value, regions, rows),
+            b";kind=", text.choice(_KINDS, results.whole[rows]), b";chunks=",
+            text.ints(regions.last[rows] - regions.first[rows] + 1), b";max_virus_score=",
+            text.fixed(results.region_max[rows])], n)
+        heads = np.flatnonzero(first[rows])
+        header = text.line_matrix([b"##sequence-region ", seqid[heads], b" 1 ", text.ints(plan.lengths[record[heads]])],
+                                  len(heads))
+        at = np.arange(n) + np.cumsum(first[rows])  # each feature's line, after the headers so far
+        fh.write(text.joined(text.stacked(n + len(heads), [(at, features), (at[heads] - 1, header)])))
 
 
-def _viral_sequences(results: Results, plan: ChunkPlan) -> Iterator[tuple[str, int, int, int]]:
-    for r in np.flatnonzero(results.calls.label == vcalls.VIRUS).tolist():
-        yield results.ids[r], r, 0, int(plan.lengths[r])
+def _viral_sequences(results: Results, plan: ChunkPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    record = np.flatnonzero(results.calls.label == vcalls.VIRUS)
+    return record, np.zeros(len(record), np.int64), plan.lengths[record].astype(np.int64), False
 
 
-def _partial_regions(results: Results) -> Iterator[tuple[str, int, int, int]]:
-    for b in _region_blocks(results):
-        for name, r, s, e, whole in zip(b.names, b.record, b.start, b.end, b.whole):
-            if not whole:
-                yield name, r, s, e
+def _partial_regions(results: Results) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    partial = results.regions.take(~results.whole)
+    return partial.record, partial.start, partial.end, True
 
 
-def _fasta(fh, records: Iterator[tuple[str, int, int, int]], plan: ChunkPlan, work: Path, width: int) -> None:
-    """(FASTA ID, record, 0-based start, end) -> records, letters read from the packed sequences."""
-    with open(work / SEQUENCES, "rb") as packed:
-        for name, r, start, end in records:
-            letters = os.pread(packed.fileno(), end - start, int(plan.offsets[r]) + start).decode("ascii")
-            fh.write(fasta_record(name, letters, width))
+def _fasta(fh, results: Results, items: tuple[np.ndarray, np.ndarray, np.ndarray, bool], plan: ChunkPlan,
+           work: Path, width: int) -> None:
+    """(records, 0-based starts, ends, named as regions) -> FASTA records as `seqio.fasta_record`
+    writes them, letters read from the packed sequences: a block of records at a time, every
+    line of letters a row of up to `width` letters."""
+    record, start, end, as_regions = items
+    if not len(record):
+        return
+    ids, length = results.ids, end - start
+    line_count = -(-length // width)
+    packed = np.memmap(work / SEQUENCES, dtype=np.uint8, mode="r")
+    for rows in text.blocks(len(record), lambda s: np.maximum(np.minimum(length[s], width), 2 * ids.lengths[record[s]]),
+                            lambda s: line_count[s] + 1):
+        r, n, counts = record[rows], rows.stop - rows.start, line_count[rows]
+        name = ids.column(r)
+        header = text.line_matrix([b">", *(_region_name(name, Regions(r, r, r, start[rows], end[rows]), slice(None))
+                                           if as_regions else [name])], n)
+        before = np.cumsum(counts) - counts  # lines of letters before each record's
+        item = np.repeat(np.arange(n), counts)
+        line = np.arange(int(counts.sum())) - before[item]  # each line's number in its record
+        first = plan.offsets[r][item] + start[rows][item] + line * width
+        letters = text.line_matrix([text.windows(packed, first, np.minimum(width, length[rows][item] - line * width))],
+                                   len(item))
+        at = np.arange(n) + before  # each header's line
+        fh.write(text.joined(text.stacked(n + len(item), [(at, header), (np.arange(len(item)) + item + 1, letters)])))
 
 
 def _summary(fh, results: Results, plan: ChunkPlan) -> None:
@@ -458,10 +442,11 @@ def _summary(fh, results: Results, plan: ChunkPlan) -> None:
                per_input(of=region_input), per_input(mask=calls.label == vcalls.NO_FRAMES),
                per_input(mask=calls.label == vcalls.FILTERED),
                per_input(regions.end - regions.start, of=region_input)]
-    fh.write("\t".join(SUMMARY_COLUMNS) + "\n")
+    lines = ["\t".join(SUMMARY_COLUMNS)]
     for i, name in enumerate(results.inputs):
-        fh.write("\t".join([name, *(str(column[i]) for column in columns)]) + "\n")
-    fh.write("\t".join(["total", *(str(sum(column)) for column in columns)]) + "\n")
+        lines.append("\t".join([name, *(str(column[i]) for column in columns)]))
+    lines.append("\t".join(["total", *(str(sum(column)) for column in columns)]))
+    fh.write(("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def load_embeddings(out: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

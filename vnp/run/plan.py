@@ -94,6 +94,8 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path,
                 seq_sink, id_sink = _Hashed(seq_out), _Hashed(id_out)
                 lengths, id_lengths, per_input, n_bases = _pack(inputs, seq_sink, id_sink, work_dir,
                                                                 read or iter_pieces)
+                seq_sink.flush()
+                id_sink.flush()
             length_array = np.asarray(lengths, dtype=np.int64)
             offsets = np.concatenate(([0], np.cumsum(length_array)[:-1])).astype(np.int64)
             id_offsets = np.concatenate(([0], np.cumsum(np.asarray(id_lengths, dtype=np.int64) + 1))).astype(np.int64)
@@ -110,14 +112,25 @@ def pack_inputs(inputs: Sequence[Path], work_dir: Path,
 
 
 class _Hashed:
-    """A binary file that also hashes what is written to it (the checksum the index records)."""
+    """A binary file that also hashes what is written to it (the checksum the index records),
+    written and hashed in pieces of about FLUSH bytes (a record's letters and ID are often a few
+    hundred bytes: one write and one hash update each would cost more than the packing itself).
+    `flush()` before the file is closed."""
+
+    FLUSH = 1 << 20
 
     def __init__(self, fh):
-        self.fh, self.digest = fh, hashlib.sha256()
+        self.fh, self.digest, self.buffer = fh, hashlib.sha256(), bytearray()
 
     def write(self, data: bytes) -> None:
-        self.fh.write(data)
-        self.digest.update(data)
+        self.buffer += data
+        if len(self.buffer) >= self.FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.fh.write(self.buffer)
+        self.digest.update(self.buffer)
+        self.buffer.clear()
 
     def hexdigest(self) -> str:
         return self.digest.hexdigest()
@@ -207,8 +220,9 @@ def _pack(inputs: Sequence[Path], seq_out: _Hashed, id_out: _Hashed, work_dir: P
                 raise InputError(f"{where(path, piece.id, piece.line)}: record ID also used in "
                                  f"{first_file[piece.id]} (IDs must be unique across inputs)")
             first_file[piece.id] = path
-            id_out.write(piece.id.encode("utf-8") + b"\n")
-            id_lengths.append(len(piece.id.encode("utf-8")))  # offsets into ids.txt are bytes
+            encoded = piece.id.encode("utf-8")
+            id_out.write(encoded + b"\n")
+            id_lengths.append(len(encoded))  # offsets into ids.txt are bytes
             lengths.append(0)
             n_bases.append(0)
             count += 1

@@ -321,6 +321,8 @@ def _record_id(path: Path, header: bytes, line: int) -> str:
 def control_character(text: str) -> str | None:
     """The first control, format or line-separator character of `text` as U+XXXX, else None:
     such a character written raw into a table or a terminal can rewrite what is shown."""
+    if text.isascii() and text.isprintable():  # the usual ID: printable ASCII holds none of them
+        return None
     bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
     return None if bad is None else f"U+{ord(bad):04X}"
 

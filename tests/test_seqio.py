@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT, child_env
@@ -61,12 +62,15 @@ def test_cr_only_fasta_and_utf8_ids_give_the_right_tables(tiny_pack, tmp_path):
     fasta.write_bytes(b"\xef\xbb\xbf>c\xc3\xa91\r" + b"ATGGCCAAAGGC" * 20 + b"\r>c2\r" + b"ACGT" * 40 + b"\r")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(out), f"pack={tiny_pack}",
-                           "progress=false", "threads=1"], env={**child_env(), "LC_ALL": "C", "LANG": "C"},
+                           "progress=false", "threads=1", "save_embeddings=true"],
+                          env={**child_env(), "LC_ALL": "C", "LANG": "C"},
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     contigs = (out / "contigs.tsv").read_text(encoding="utf-8").splitlines()
     rows = [dict(zip(contigs[0].split("\t"), line.split("\t"))) for line in contigs[1:]]
     assert [(row["sequence_id"], row["length"]) for row in rows] == [("cé1", "240"), ("c2", "160")]
+    saved = [str(i) for part in sorted((out / "embeddings").glob("*.npz")) for i in np.load(part)["ids"]]
+    assert any(i.startswith("cé1_chunk_1_") for i in saved), saved  # the frame IDs of saved embeddings too
 
 
 def random_fasta(rng) -> tuple[bytes, list[tuple[str, str]]]:

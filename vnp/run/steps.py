@@ -228,7 +228,7 @@ class IdLookup:
             for key, chunk, record in zip(keys.tolist(), chunks.tolist(), records.tolist()):
                 if record not in names:
                     fh.seek(int(offsets[record]))
-                    names[record] = fh.read(int(offsets[record + 1]) - int(offsets[record]) - 1).decode("ascii")
+                    names[record] = fh.read(int(offsets[record + 1]) - int(offsets[record]) - 1).decode("utf-8")
                 number = chunk - int(self.plan.first_chunk[record]) + 1
                 out.append(frame_id(chunk_id(names[record], number), key % 6))
         return out

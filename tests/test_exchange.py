@@ -17,7 +17,7 @@ from tests.helpers import free_port
 from vnp.run import dist as vdist
 from vnp.run.engine import MIN_BATCH_ROWS, RowSink, StopFlag, run_units
 from vnp.support.config import EngineConfig
-from vnp.run.exchange import HEADER, NO_UNIT, Computed, decode_keys, encode_header
+from vnp.run.exchange import HEADER, NO_UNIT, Computed, Exchange, decode_keys, encode_header
 
 SINGLE = vdist.Context(vdist.Env(0, 0, 1, 1, "single"), torch.device("cpu"), None)
 DIM, ROWS = 8, 12  # ROWS: a unit of 2 chunks, 6 frames each
@@ -39,6 +39,13 @@ def test_header_round_trip_and_its_limits():
     with pytest.raises(RuntimeError, match=r"span at most 128 keys"):  # words of 64 bits each
         encode_header(1, np.asarray([0, 128], np.int64), False, 2)
     assert np.array_equal(decode_keys(encode_header(1, np.asarray([0, 127], np.int64), False, 2)), [0, 127])
+    many = np.arange(10_000, 10_600, 2, dtype=np.int64)  # 300 frames: counts beyond Python's small ints
+    assert np.array_equal(decode_keys(encode_header(3, many, False, 10)), many)
+
+
+@pytest.mark.parametrize("rows, words", [(0, 1), (1, 1), (64, 1), (65, 2), (6 * 128, 12)])
+def test_the_key_mask_has_a_bit_a_row_in_64_bit_words(rows, words):
+    assert Exchange(1, 0, torch.device("cpu"), rows, 8).words == words
 
 
 class SparseWork:

@@ -31,12 +31,17 @@ demo: $(STAMP)
 report-screenshot: demo
 	$(PY) -m tests.chromium demo_out/report.html demo_out/report.png
 
+# pytest-xdist workers (one torch thread each, tests/conftest.py): the multi-process tests mostly wait
+# (torchrun start-ups, rendezvous, signals), so more workers than cores pay. Plain `pytest` runs serially.
+TEST_WORKERS ?= 4
+FAST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The developers' loop: the single-process tests only (the multi-process runs are marked slow).
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(FAST_WORKERS) -m "not slow"
 
 # launch/wdl/vnp.wdl run by miniwdl through podman in a CPU image built offline (debootstrap +
 # podman import; launch/containers/cpu-image.sh), its outputs checked as the Broad's steps read them.

@@ -4,6 +4,10 @@ digest cache, a guard against a test blocking forever on a read."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
+import os
 import signal
 from pathlib import Path
 
@@ -11,6 +15,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test`: several workers on few cores) each worker computes on one
+    thread: the workers, not torch's threads, use the cores. Serial runs keep torch's default."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -57,3 +71,39 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, str]:
+    """`vnp demo` run once (its OUT, and what it printed): test_demo checks the run, test_report the
+    report it wrote. Read-only: a test that reruns the demo copies it first (the trained head lies
+    beside OUT, in OUT_model). Under pytest-xdist the workers share one run: the first to need it
+    runs it under a lock in the run's common temporary folder, the others wait and read it."""
+    from vnp.demo import main as demo_main
+
+    def build(folder: Path) -> None:
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            assert demo_main([str(folder / "demo")]) == 0
+        (folder / "printed.txt").write_text(text.getvalue())
+
+    folder = built_once(tmp_path_factory, "demo", build)
+    return folder / "demo", (folder / "printed.txt").read_text()
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once per test run, shared read-only. Under pytest-xdist
+    the first worker to need it builds it under a lock in the run's common temporary folder; the
+    others wait for it and read it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder common to this run's workers
+    folder = base / f"shared-{name}"
+    folder.mkdir(exist_ok=True)
+    done = folder / ".built"  # made last: a build that failed half-way is redone by the next test
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            build(folder)
+            done.touch()
+    return folder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from vnp.demo import example_path, example_sequences, write_example
@@ -14,9 +16,10 @@ def test_bundled_example_is_what_the_generator_makes(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_finds_the_synthetic_viruses_and_the_provirus_and_says_it_is_synthetic(tmp_path, capsys):
-    assert demo_main([str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
+def test_demo_finds_the_synthetic_viruses_and_the_provirus_and_says_it_is_synthetic(demo_run, tmp_path, capsys):
+    shared, out = demo_run  # the session's demo run (conftest): its OUT and what it printed
+    for name in (shared.name, f"{shared.name}_model"):  # a copy: the rerun below writes into it
+        shutil.copytree(shared.parent / name, tmp_path / name.replace(shared.name, "demo", 1))
     assert "SYNTHETIC" in out and "TINY" in out
     last = out.strip().splitlines()[-4:]  # the last lines: how to get the real models
     assert "vnp models fetch 500 -o models/500" in last[1] and "pack=models/500/pack.yaml" in last[2]

@@ -236,13 +236,9 @@ def test_the_report_needs_nothing_from_the_network(synthetic):
     assert "https://" not in text
 
 
-@pytest.fixture(scope="module")
-def demo_report(tmp_path_factory) -> Path:
-    from vnp.demo import main as demo_main
-
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    assert demo_main([str(out)]) == 0  # predict writes the report at its end
-    return out / "report.html"
+@pytest.fixture
+def demo_report(demo_run) -> Path:
+    return demo_run[0] / "report.html"  # predict writes the report at its end
 
 
 def test_predict_writes_the_report_with_the_run_numbers(demo_report):

@@ -192,7 +192,8 @@ def plot_roc(curves: dict, path: Path, files=None) -> None:
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.legend(loc="lower right")
+    if ax.get_legend_handles_labels()[1]:  # no curve (no AUROC anywhere): no empty legend
+        ax.legend(loc="lower right")
     fig.tight_layout()
     save_png(fig, path, files=files)
 

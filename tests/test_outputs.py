@@ -54,6 +54,24 @@ def test_chunk_decision_and_contig_summary(tmp_path):
     assert counts.chunks == 4 and counts.chunks_without_frames == 1 and counts.viral_chunks == 2
 
 
+def test_keys_beyond_the_plan_are_refused(tmp_path):
+    from vnp.results.tables import check_keys
+
+    fasta = tmp_path / "x.fa"
+    fasta.write_text(">a\n" + "ATGGCCAAA" * 130 + "\n")  # 3 chunks: keys 0..17
+    pack_inputs([fasta], tmp_path / "work")
+    plan = load_plan(tmp_path / "work", 500)
+    for keys in ([0, 5, 17], [3], [], [17]):
+        check_keys(np.asarray(keys, np.int64), plan)
+    for keys in ([0, 18], [-1, 4], [18], [2, 3, 40]):
+        with pytest.raises(RuntimeError, match="scored frames beyond the plan's 3 chunks"):
+            check_keys(np.asarray(keys, np.int64), plan)
+    scores = np.full((2, 2), 0.5, np.float32)
+    with pytest.raises(RuntimeError, match="beyond the plan"):
+        write_tables(tmp_path, plan, np.asarray([0, 18], np.int64), scores, PredictConfig(), ["x.fa"])
+    assert not (tmp_path / "prediction_results.txt").exists()  # nothing written
+
+
 def test_float32_text_is_numpys_shortest_repr():
     """The scores' text without numpy's per-value Dragon4: every float32 of whole stretches of
     [1e-4, 1) (where the fast path works), the edges around them, and what takes numpy's path."""

@@ -319,3 +319,23 @@ def test_vnp_call_refuses_an_unfinished_run(tmp_path, run, capsys):
     assert call_main([str(tmp_path / "nowhere")]) == 2
     assert "no such output folder" in capsys.readouterr().err
     assert all((copy / name).read_bytes() == (out / name).read_bytes() for name in RESULT_FILES)
+
+
+def test_chunk_rows_are_each_sequences_chunks_with_their_span_frames_and_label(run):
+    """chunks.tsv: one row per chunk of every sequence not filtered, in input order, 1-based
+    inclusive spans by the original's rule, the frame count, and no_frames where nothing was kept."""
+    from vnp.seq.chunking import chunk_spans
+
+    out, sequences = run
+    rows = table(out / "chunks.tsv")
+    kept = [(name, seq) for records in sequences.values() for name, seq in records.items()
+            if name not in ("too_short", "mostly_n")]
+    assert [(r["chunk_id"], r["sequence_id"], r["start"], r["end"]) for r in rows] == [
+        (f"{name}_chunk_{s.number}", name, str(s.start + 1), str(s.end)) for name, seq in kept
+        for s in chunk_spans(len(seq), L)]
+    stops = [r for r in rows if r["sequence_id"] == "stops"]
+    assert stops and all(r["frames"] == "0" and r["label"] == "no_frames" for r in stops)
+    others = [r for r in rows if r["sequence_id"] != "stops"]
+    assert all(int(r["frames"]) > 0 and r["label"] in ("virus", "others") for r in others)
+    assert {r["label"] for r in rows if r["sequence_id"] == "viral_only"} == {"virus"}
+    assert {r["label"] for r in rows if r["sequence_id"] == "host_only"} == {"others"}

@@ -98,9 +98,14 @@ def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarra
     return write_results(out, plan, keys, scores, config, inputs, files, work)
 
 
-def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> None:
+def check_keys(keys: np.ndarray, plan: ChunkPlan) -> None:
+    """Sorted frame keys must lie within the plan (6 frames a chunk): scores of another run are refused."""
     if len(keys) and not 0 <= int(keys[0]) <= int(keys[-1]) < 6 * plan.n_chunks:
         raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
+
+
+def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> None:
+    check_keys(keys, plan)
     ids = IdText.read(work / IDS, plan.id_offsets)
     fh.write(b"Sequence_ID\tPrediction\tscore1\tscore2\n")
     for rows in text.blocks(len(keys), lambda s: ids.lengths[plan.record_of(keys[s] // 6)]):
@@ -150,8 +155,7 @@ def compute_results(plan: ChunkPlan, keys: np.ndarray, scores: np.ndarray, confi
                     work: Path) -> Results:
     """Chunk and sequence calls and regions of every record (no file written)."""
     ids = IdText.read(work / IDS, plan.id_offsets)
-    if len(keys) and not 0 <= int(keys[0]) <= int(keys[-1]) < 6 * plan.n_chunks:
-        raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
+    check_keys(keys, plan)
     chunks = vcalls.chunk_scores(plan.n_chunks, keys, scores)
     call = config.call
     margins = vcalls.chunk_margins(chunks, call.min_score)

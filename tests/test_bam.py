@@ -88,6 +88,25 @@ def test_truncated_bam_is_one_line_exit_2_and_nothing_packed(tmp_path, ending, p
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"vnp: error: {cut}: truncated or corrupt BAM")
 
 
+@pytest.mark.parametrize("stale", [0, 2, 5])
+def test_a_cut_bam_says_the_same_whatever_errno_htslib_left(tmp_path, stale):
+    """htslib reports a block cut short as a failed close carrying whatever errno was last set (0,
+    or ENOENT from an earlier lookup): that errno says nothing about the file, so it is not shown."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.__errno_location.restype = ctypes.POINTER(ctypes.c_int)
+    reads = [(f"r{i}", UNMAPPED, "ACGT" * 50) for i in range(3000)]
+    whole = write_reads(tmp_path / "whole.bam", reads).read_bytes()
+    cut = tmp_path / "cut.bam"
+    cut.write_bytes(whole[: len(whole) // 2] + BGZF_EOF)
+    records = iter_records(cut)
+    next(records)
+    libc.__errno_location()[0] = stale
+    with pytest.raises(InputError, match=rf"^{cut}: truncated or corrupt BAM data after \d+ reads$"):
+        list(records)
+
+
 @pytest.mark.slow
 def test_predict_on_a_bam_equals_predict_on_the_same_reads_as_fasta(tmp_path):
     from vnp.demo import coding_like

@@ -255,8 +255,10 @@ def _alignment_pieces(path: Path, kind: str, nucleotides: bool) -> Iterator[Reco
                 yield letters
     except (OSError, ValueError, StopIteration) as err:
         after = f" after {count} reads" if count else ""
-        # htslib reports a stream cut inside a block as errno 0 ("Closing failed: Success"): no detail
-        detail = "" if isinstance(err, OSError) and not err.errno and err.errno is not None else f" ({err})"
+        # htslib reports a stream cut inside a block as a failed close carrying whatever errno was
+        # last set ("Closing failed: Success", or ENOENT from an earlier lookup): no detail
+        stale = isinstance(err, OSError) and err.errno is not None and "Closing failed" in str(err)
+        detail = "" if stale else f" ({err})"
         raise InputError(f"{path}: truncated or corrupt {kind} data{after}{detail}") from None
 
 

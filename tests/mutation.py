@@ -37,7 +37,7 @@ MODULES = {
     "evaluate": ("vnp/evaluate.py", "tests/test_evaluate.py"),
     "calls": ("vnp/results/calls.py", "tests/test_regions.py tests/test_outputs.py"),
     "regions": ("vnp/results/regions.py", "tests/test_regions.py"),
-    "tables": ("vnp/results/tables.py", "tests/test_outputs.py tests/test_results.py tests/test_report.py"),
+    "tables": ("vnp/results/tables.py", "tests/test_outputs.py tests/test_results.py tests/test_bed.py tests/test_text.py tests/test_report.py"),
 }
 
 CONFIG = """[cosmic-ray]

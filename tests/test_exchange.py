@@ -39,6 +39,10 @@ def test_header_round_trip_and_its_limits():
     with pytest.raises(RuntimeError, match=r"span at most 128 keys"):  # words of 64 bits each
         encode_header(1, np.asarray([0, 128], np.int64), False, 2)
     assert np.array_equal(decode_keys(encode_header(1, np.asarray([0, 127], np.int64), False, 2)), [0, 127])
+    header = encode_header(7, np.asarray([4, 5, 9], np.int64), False, 1)
+    header[1] = 2  # a count that disagrees with the mask
+    with pytest.raises(RuntimeError, match=r"^unit 7: header says 2 frames, its key mask 3$"):
+        decode_keys(header)
     many = np.arange(10_000, 10_600, 2, dtype=np.int64)  # 300 frames: counts beyond Python's small ints
     assert np.array_equal(decode_keys(encode_header(3, many, False, 10)), many)
 

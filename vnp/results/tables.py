@@ -33,6 +33,7 @@ import numpy as np
 
 from vnp.results import calibration as vcal
 from vnp.results import calls as vcalls
+from vnp.seq.chunking import CHUNK_SEP
 from vnp.seq.filters import reason
 from vnp.run.plan import IDS, SEQUENCES, ChunkPlan
 from vnp.results.regions import Regions, find_regions, region_scores, territories, viterbi
@@ -93,9 +94,10 @@ def write_tables(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarra
         with AtomicFiles() as files:
             return write_tables(out, plan, keys, scores, config, inputs, files, work)
     work = work or RunFolder(out).work
+    results = compute_results(plan, keys, scores, config, inputs, work)
     with files.open(out / FRAME_TABLE, "wb") as fh:
-        _write_frame_table(fh, plan, work, keys, scores)
-    return write_results(out, plan, keys, scores, config, inputs, files, work)
+        _write_frame_table(fh, plan, results.ids, keys, scores)
+    return _write_result_files(out, results, plan, len(keys), config, files, work)
 
 
 def check_keys(keys: np.ndarray, plan: ChunkPlan) -> None:
@@ -104,15 +106,14 @@ def check_keys(keys: np.ndarray, plan: ChunkPlan) -> None:
         raise RuntimeError(f"tables: scored frames beyond the plan's {plan.n_chunks} chunks")
 
 
-def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores: np.ndarray) -> None:
-    check_keys(keys, plan)
-    ids = IdText.read(work / IDS, plan.id_offsets)
+def _write_frame_table(fh, plan: ChunkPlan, ids: IdText, keys: np.ndarray, scores: np.ndarray) -> None:
+    """Keys checked against the plan by `compute_results`."""
     fh.write(b"Sequence_ID\tPrediction\tscore1\tscore2\n")
     for rows in text.blocks(len(keys), lambda s: ids.lengths[plan.record_of(keys[s] // 6)]):
         chunk = keys[rows] // 6  # formatted a block at a time: no table of strings for all frames
         record = plan.record_of(chunk)
         block = scores[rows]
-        fh.write(text.lines([*_chunk_id(ids, record, chunk - plan.first_chunk[record] + 1),
+        fh.write(text.lines([*_chunk_id(ids.column(record), chunk - plan.first_chunk[record] + 1),
                              text.choice(_FRAME_NAMES, keys[rows] % 6), b"\t",
                              text.choice((b"others", b"virus"), block[:, 1] > block[:, 0]), b"\t",
                              text.float32_shortest(block[:, 0]), b"\t", text.float32_shortest(block[:, 1])],
@@ -122,9 +123,9 @@ def _write_frame_table(fh, plan: ChunkPlan, work: Path, keys: np.ndarray, scores
 _FRAME_NAMES = tuple(name.encode() for name in FRAME_NAMES)  # frames.frame_id: the chunk ID and these
 
 
-def _chunk_id(ids: IdText, record: np.ndarray, number: np.ndarray) -> list:
-    """Columns of `chunking.chunk_id` of each row (`{record_id}_chunk_{number}`)."""
-    return [ids.column(record), b"_chunk_", text.ints(number)]
+def _chunk_id(seq_id: np.ndarray, number: np.ndarray) -> list:
+    """Columns of `chunking.chunk_id` of each row (`{record_id}_chunk_{number}`), after `seq_id`."""
+    return [seq_id, CHUNK_SEP.encode(), text.ints(number)]
 
 
 @dataclass
@@ -195,7 +196,12 @@ def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarr
         with AtomicFiles() as files:
             return write_results(out, plan, keys, scores, config, inputs, files, work)
     work = work or RunFolder(out).work
-    results = compute_results(plan, keys, scores, config, inputs, work)
+    return _write_result_files(out, compute_results(plan, keys, scores, config, inputs, work), plan, len(keys),
+                               config, files, work)
+
+
+def _write_result_files(out: Path, results: Results, plan: ChunkPlan, frames: int, config, files: AtomicFiles,
+                        work: Path) -> TableCounts:
     writers = {
         "prediction_results_highestscore.csv":
             lambda fh: _highestscore(fh, results, config.tables.highestscore_scores),
@@ -213,7 +219,7 @@ def write_results(out: Path, plan: ChunkPlan, keys: np.ndarray, scores: np.ndarr
     for name, write in writers.items():
         with files.open(out / name, "wb") as fh:
             write(fh)
-    return _counts(results, plan, len(keys))
+    return _counts(results, plan, frames)
 
 
 def _counts(results: Results, plan: ChunkPlan, frames: int) -> TableCounts:
@@ -240,7 +246,7 @@ def _highestscore(fh, results: Results, with_scores: bool) -> None:
     with_frames = np.flatnonzero(chunks.has_frames)
     for block in text.blocks(len(with_frames), lambda s: ids.lengths[results.chunk_record[with_frames[s]]]):
         rows = with_frames[block]
-        parts = [*_chunk_id(ids, results.chunk_record[rows], results.chunk_number[rows]), b"\t",
+        parts = [*_chunk_id(ids.column(results.chunk_record[rows]), results.chunk_number[rows]), b"\t",
                  text.choice((b"False", b"True"), chunks.max_virus[rows] >= chunks.max_other[rows])]  # in float32
         if with_scores:  # printed like the per-frame table (numpy's shortest float32 repr)
             parts += [b"\t", text.float32_shortest(chunks.max_other[rows]), b"\t",
@@ -255,7 +261,7 @@ def _chunks(fh, results: Results) -> None:
     for rows in text.blocks(len(chunks.frames), lambda s: 2 * ids.lengths[results.chunk_record[s]]):
         record = results.chunk_record[rows]
         seq_id = ids.column(record)
-        parts = [seq_id, b"_chunk_", text.ints(results.chunk_number[rows]), b"\t", seq_id, b"\t",
+        parts = [*_chunk_id(seq_id, results.chunk_number[rows]), b"\t", seq_id, b"\t",
                  text.ints(results.starts[rows] + 1), b"\t", text.ints(results.ends[rows]), b"\t",
                  text.ints(chunks.frames[rows]), b"\t", text.fixed(chunks.max_other[rows]), b"\t",
                  text.fixed(chunks.max_virus[rows]), b"\t",

@@ -61,13 +61,16 @@ def chunk_spans(length: int, chunk_length: int) -> list[ChunkSpan]:
     return [ChunkSpan(k + 1, int(s), min(int(s) + chunk_length, length)) for k, s in enumerate(starts)]
 
 
+CHUNK_SEP = "_chunk_"  # between the record ID and the chunk's number in a chunk ID
+
+
 def chunk_id(record_id: str, number: int) -> str:
     """The original's chunk ID: `{record_id}_chunk_{k}`, k from 1."""
-    return f"{record_id}_chunk_{number}"
+    return f"{record_id}{CHUNK_SEP}{number}"
 
 
 def parse_chunk_id(name: str) -> tuple[str, int] | None:
     """(record ID, k) of a name of `chunk_id`'s form, else None. A record ID may itself end like a
     chunk ID, so the caller decides which reading holds for its run."""
-    record_id, sep, number = name.rpartition("_chunk_")
+    record_id, sep, number = name.rpartition(CHUNK_SEP)
     return (record_id, int(number)) if sep and number.isdigit() else None

@@ -56,8 +56,9 @@ class Record:
 
 
 def fasta_record(name: str, letters: str, width: int = 60) -> str:
-    """One FASTA record, `width` letters a line (as Biopython's writer formats it): vnp's one FASTA
-    writer (translate's chunks, predict's viral sequences and regions, the demo's data)."""
+    """One FASTA record, `width` letters a line (as Biopython's writer formats it): translate's
+    chunks and the demo's data. The result FASTA files hold the same bytes, written a block of
+    records at a time by results.tables (tests/test_text.py compares the two)."""
     return f">{name}\n" + "".join(letters[i:i + width] + "\n" for i in range(0, len(letters), width))
 
 

@@ -47,12 +47,11 @@ def dnabert_reference() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_pack(tmp_path_factory) -> Path:
-    """The tiny randomly initialised pack, built once for the whole session; tests only read it."""
+    """The tiny randomly initialised pack, built once per test run (`built_once`: shared by the
+    xdist workers); tests only read it."""
     from vnp.models.pack import build_tiny_pack
 
-    folder = tmp_path_factory.mktemp("pack") / "tiny"
-    build_tiny_pack(folder)
-    return folder
+    return built_once(tmp_path_factory, "pack", lambda folder: build_tiny_pack(folder / "tiny")) / "tiny"
 
 
 @pytest.fixture

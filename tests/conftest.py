@@ -5,7 +5,6 @@ digest cache, a guard against a test blocking forever on a read."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import signal
@@ -49,6 +48,7 @@ def dnabert_reference() -> Path:
 def tiny_pack(tmp_path_factory) -> Path:
     """The tiny randomly initialised pack, built once per test run (`built_once`: shared by the
     xdist workers); tests only read it."""
+    from tests.helpers import built_once
     from vnp.models.pack import build_tiny_pack
 
     return built_once(tmp_path_factory, "pack", lambda folder: build_tiny_pack(folder / "tiny")) / "tiny"
@@ -78,6 +78,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, str]:
     report it wrote. Read-only: a test that reruns the demo copies it first (the trained head lies
     beside OUT, in OUT_model). Under pytest-xdist the workers share one run: the first to need it
     runs it under a lock in the run's common temporary folder, the others wait and read it."""
+    from tests.helpers import built_once
     from vnp.demo import main as demo_main
 
     def build(folder: Path) -> None:
@@ -88,21 +89,3 @@ def demo_run(tmp_path_factory) -> tuple[Path, str]:
 
     folder = built_once(tmp_path_factory, "demo", build)
     return folder / "demo", (folder / "printed.txt").read_text()
-
-
-def built_once(tmp_path_factory, name: str, build) -> Path:
-    """A folder that `build(folder)` fills once per test run, shared read-only. Under pytest-xdist
-    the first worker to need it builds it under a lock in the run's common temporary folder; the
-    others wait for it and read it."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the folder common to this run's workers
-    folder = base / f"shared-{name}"
-    folder.mkdir(exist_ok=True)
-    done = folder / ".built"  # made last: a build that failed half-way is redone by the next test
-    with open(base / f"shared-{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            build(folder)
-            done.touch()
-    return folder

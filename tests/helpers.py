@@ -3,6 +3,7 @@ from each other): real processes with a clean environment, launchers, inputs."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -167,3 +168,29 @@ def copy_folder(source: Path, target: Path) -> None:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("vnp: error")]
+
+
+def one_error_line(stderr: str, message: str = "") -> str:
+    """What a command printed is exactly one `vnp: error: ` line (no traceback, no second rank's
+    word), holding `message`; returns it."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], stderr
+    return lines[0]
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once per test run, shared read-only. Under pytest-xdist
+    the first worker to need it builds it under a lock in the run's common temporary folder; the
+    others wait for it and read it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the folder common to this run's workers
+    folder = base / f"shared-{name}"
+    folder.mkdir(exist_ok=True)
+    done = folder / ".built"  # made last: a build that failed half-way is redone by the next test
+    with open(base / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            build(folder)
+            done.touch()
+    return folder

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import tables, write_mixed_input
+from tests.helpers import one_error_line, tables, write_mixed_input
 from vnp.call import main as call_main
 from vnp.predict import main as predict_main
 
@@ -39,9 +39,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
 
 
 def one_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and err.startswith("vnp: error: "), err
-    return err.strip()
+    return one_error_line(capsys.readouterr().err)
 
 
 def refused_unchanged(out: Path, capsys, *args) -> str:

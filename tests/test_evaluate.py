@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import one_error_line
 from vnp.evaluate import main as evaluate_main
 
 # ------------------------------------------------------------------------------------------
@@ -103,17 +104,12 @@ def test_every_cell_of_the_confusion_matrix_is_its_own(tmp_path, capsys):
 def test_evaluate_bad_labels_is_one_line(prediction, capsys, text, message):
     labels = prediction / "labels.tsv"
     labels.write_text(text)
-    assert evaluate_main([str(prediction), str(labels)]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], lines
+    one_line_error(capsys, evaluate_main([str(prediction), str(labels)]), message)
 
 
 def one_line_error(capsys, code: int, message: str) -> str:
     assert code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], lines
-    return lines[0]
+    return one_error_line(capsys.readouterr().err, message)
 
 
 # ------------------------------------------------------------------------------------------

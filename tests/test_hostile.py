@@ -1,5 +1,8 @@
-"""Hostile input through `vnp predict` under torchrun with 2 ranks: one clear line, exit code 2,
-no traceback from any rank, and nothing already written in OUT destroyed."""
+"""Hostile input to `vnp predict`: one clear line, exit code 2, no traceback, and nothing already
+written in OUT destroyed. Every case runs in one process (the error's words); under torchrun with
+2 ranks one case of each place an error is found (rank 0's quick checks, its long input pass, the
+configuration every rank reads, the model files, the output folder) shows that exactly one rank
+says it and no rank prints a traceback or waits."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BIN, ROOT, child_env, tables
+from tests.helpers import BIN, ROOT, child_env, error_lines, one_error_line, tables
+from vnp.predict import main as predict_main
 
-pytestmark = pytest.mark.slow
 ARGS = ["pack=tiny", "progress=false", "threads=1", "dist.timeout_s=60"]
 GOOD = ">g1\n" + "ATGGCCAAAGGC" * 40 + "\n>g2\n" + "ACGT" * 130 + "\n"
 
@@ -82,28 +85,38 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
 CASES = ["missing", "directory", "empty", "blank", "binary", "truncated_gzip", "fastq_quality", "digit", "star",
          "dash", "protein", "duplicate", "same_twice", "id_in_two_files", "evil_classifier", "bad_key"]
 
-
-ON_FINISHED = {"missing", "truncated_gzip", "digit", "duplicate", "evil_classifier"}
+# one case of each place an error is found: rank 0's quick checks (missing, evil_classifier), its
+# long input pass (truncated_gzip, digit, duplicate: the other rank waits on the ready file), the
+# configuration every rank reads (bad_key: only rank 0 says it)
+UNDER_TORCHRUN = ["missing", "truncated_gzip", "digit", "duplicate", "evil_classifier", "bad_key"]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_one_line_exit_2(case, finished, tmp_path):
+def test_bad_input_one_line_exit_2(case, tmp_path, capsys):
+    items, expected = bad_inputs(tmp_path)[case]
+    capsys.readouterr()  # what building the inputs printed
+    assert predict_main([*items, "-o", str(tmp_path / "fresh"), *ARGS]) == 2
+    one_error_line(capsys.readouterr().err, expected)  # no traceback: one line is all there is
+    assert not (ROOT / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", UNDER_TORCHRUN)
+def test_bad_input_under_torchrun_keeps_a_finished_run(case, finished, tmp_path):
+    """Even with force=true, a bad rerun over a finished OUT leaves its tables as they were."""
     _, out = finished
     before = tables(out)
     items, expected = bad_inputs(tmp_path)[case]
-    # A fresh OUT shows the input's own error; a finished OUT must survive a bad rerun even with
-    # force=true (checked for a sample of the cases, to keep the suite short).
-    targets = [(tmp_path / "fresh", [])] + ([(out, ["force=true"])] if case in ON_FINISHED else [])
-    for target, extra in targets:
-        proc = torchrun(*items, "-o", str(target), *ARGS, *extra)
-        errors = [l for l in proc.stderr.splitlines() if l.startswith("vnp: error")]
-        assert proc.returncode != 0 and not rank_tracebacks(proc.stderr), proc.stderr
-        assert len(errors) == 1 and expected in errors[0], proc.stderr
-        assert proc.returncode == 1 and "exitcode  : 2" in proc.stderr  # torchrun reports the ranks' exit 2
+    proc = torchrun(*items, "-o", str(out), *ARGS, "force=true")
+    errors = error_lines(proc.stderr)
+    assert proc.returncode != 0 and not rank_tracebacks(proc.stderr), proc.stderr
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    assert proc.returncode == 1 and "exitcode  : 2" in proc.stderr  # torchrun reports the ranks' exit 2
     assert tables(out) == before
     assert not (ROOT / "PWNED").exists() and not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
 def test_out_is_a_file(tmp_path, finished):
     good, _ = finished
     target = tmp_path / "out"
@@ -113,6 +126,7 @@ def test_out_is_a_file(tmp_path, finished):
     assert target.read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_out_not_writable(tmp_path, finished):
     good, _ = finished
     target = Path("/sys/fs")  # not writable even for root
@@ -125,6 +139,7 @@ def test_out_not_writable(tmp_path, finished):
     assert not rank_tracebacks(proc.stderr)
 
 
+@pytest.mark.slow
 def test_corrupt_model_file_is_refused_before_any_work(tmp_path, finished):
     good, _ = finished
     from vnp.models.pack import build_tiny_pack
@@ -134,7 +149,7 @@ def test_corrupt_model_file_is_refused_before_any_work(tmp_path, finished):
     model.write_bytes(model.read_bytes()[:1000])
     out = tmp_path / "out"
     proc = torchrun(str(good), "-o", str(out), "pack=" + str(tmp_path / "pack"), "progress=false", "threads=1")
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("vnp: error")]
+    errors = error_lines(proc.stderr)
     assert proc.returncode != 0 and not rank_tracebacks(proc.stderr), proc.stderr
     assert len(errors) == 1 and "esm2_tiny.pt" in errors[0], proc.stderr
     assert not list((out / "work" / "parts").glob("part-*"))  # no unit was embedded

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_mixed_input
+from tests.helpers import one_error_line, write_mixed_input
 from vnp.call import main as call_main
 from vnp.predict import main as predict_main
 from vnp.translate import main as translate_main
@@ -17,9 +17,7 @@ COMMON = ["pack=tiny", "progress=false", "batch.unit_chunks=4", "dist.timeout_s=
 
 
 def one_line(capsys, message: str) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], lines
-    return lines[0]
+    return one_error_line(capsys.readouterr().err, message)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,9 @@ import pytest
 from tests.helpers import (
     BIN,
     ROOT,
+    built_once,
     child_env,
+    one_error_line,
     predict_ok,
     rank_pid,
     run,
@@ -25,7 +27,9 @@ from tests.helpers import (
     tables,
     wait_for_parts,
     write_long_input,
+    write_mixed_input,
 )
+from vnp.predict import main as predict_main
 
 pytestmark = pytest.mark.slow
 # Frequent commits, so that runs of a few seconds leave several parts to kill and resume between.
@@ -35,14 +39,16 @@ ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "engi
 
 @pytest.fixture(scope="module")
 def long_input(tmp_path_factory) -> Path:
-    return write_long_input(tmp_path_factory.mktemp("long") / "long.fa")
+    """Shared read-only by the test run's workers (`built_once`), like the uninterrupted run."""
+    return built_once(tmp_path_factory, "resume-input", lambda folder: write_long_input(folder / "long.fa")) / "long.fa"
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, long_input) -> Path:
-    out = tmp_path_factory.mktemp("ref") / "out"
-    predict_ok(1, long_input, out, ARGS)
-    return out
+    """The uninterrupted run, in this process (one rank: its tables are any world size's)."""
+    def build(folder: Path) -> None:
+        assert predict_main([str(long_input), "-o", str(folder / "out"), *ARGS]) == 0
+    return built_once(tmp_path_factory, "resume-reference", build) / "out"
 
 
 def start_torchrun(long_input: Path, out: Path, ranks: int = 2, extra: list[str] = ()) -> subprocess.Popen:
@@ -64,7 +70,11 @@ def kill_every_rank(out: Path, proc: subprocess.Popen, ranks: int) -> None:
 
 
 def resume(long_input: Path, out: Path, ranks: int) -> dict:
-    return predict_ok(ranks, long_input, out, ARGS)
+    """The same command again, on `ranks` ranks (one: in this process); returns its run.json."""
+    if ranks > 1:
+        return predict_ok(ranks, long_input, out, ARGS)
+    assert predict_main([str(long_input), "-o", str(out), *ARGS]) == 0
+    return json.loads((out / "run.json").read_text())
 
 
 def test_kill_one_rank_then_resume_with_1_and_3_ranks(long_input, reference, tmp_path):
@@ -110,7 +120,7 @@ def test_signal_ahead_of_time_stops_every_rank_cleanly(long_input, reference, tm
     os.kill(rank_pid(out, 1), signal.SIGUSR1)
     assert proc.wait(timeout=120) != 0
     assert "Run the same command again to resume" in proc.stderr.read()
-    record = resume(long_input, out, 2)
+    record = resume(long_input, out, 1)  # test_sigterm_mid_run_then_resume resumes on 2 ranks
     assert record["resumed_units"] >= 3
     assert tables(out) == tables(reference)
 
@@ -130,29 +140,23 @@ def test_corrupt_progress_is_recomputed(long_input, reference, tmp_path):
     assert tables(out) == tables(reference)
 
 
-def test_changed_input_is_refused_unless_forced(long_input, reference, tmp_path):
-    out = tmp_path / "out"
-    shutil.copytree(reference, out)
-    backup = long_input.read_bytes()
-    try:
-        long_input.write_bytes(backup.replace(b">s1\n", b">s1\nACGT", 1))
-        proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS])
-        assert proc.returncode == 2
-        assert "different inputs" in proc.stderr and proc.stderr.count("\n") == 1
-        assert tables(out) == tables(reference)  # nothing written in OUT was destroyed
-        proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS, "force=true"])
-        assert proc.returncode == 0, proc.stderr
-        assert tables(out) != tables(reference)
-    finally:
-        long_input.write_bytes(backup)
+def test_changed_input_is_refused_unless_forced(tmp_path, capsys):
+    fasta, out = write_mixed_input(tmp_path / "in.fa"), tmp_path / "out"
+    assert predict_main([str(fasta), "-o", str(out), *ARGS]) == 0
+    finished = tables(out)
+    fasta.write_bytes(fasta.read_bytes().replace(b"len=500\n", b"len=500\nACGT", 1))
+    capsys.readouterr()
+    assert predict_main([str(fasta), "-o", str(out), *ARGS]) == 2
+    one_error_line(capsys.readouterr().err, "different inputs")
+    assert tables(out) == finished  # nothing written in OUT was destroyed
+    assert predict_main([str(fasta), "-o", str(out), *ARGS, "force=true"]) == 0
+    assert tables(out) != finished
 
 
 def test_settings_that_do_not_change_results_may_differ(long_input, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    proc = run([sys.executable, "-m", "vnp.predict", str(long_input), "-o", str(out), *ARGS,
-                "batch.esm_tokens=2048", "progress=true"])
-    assert proc.returncode == 0, proc.stderr
+    assert predict_main([str(long_input), "-o", str(out), *ARGS, "batch.esm_tokens=2048", "progress=true"]) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["resumed_units"] == record["work_units"]  # nothing recomputed
     assert tables(out) == tables(reference)

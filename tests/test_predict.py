@@ -12,7 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import BIN, ROOT, child_env, free_port, predict_ok, run, slurm_job_id, tables, write_mixed_input
+from tests.helpers import (
+    BIN,
+    ROOT,
+    built_once,
+    child_env,
+    free_port,
+    predict_ok,
+    run,
+    slurm_job_id,
+    tables,
+    write_mixed_input,
+)
 from vnp.support.config import iter_help
 from vnp.predict import main as predict_main
 
@@ -22,14 +33,23 @@ COMMON = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "di
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> Path:
-    return write_mixed_input(tmp_path_factory.mktemp("input") / "mixed.fa")
+    """Shared read-only by the test run's workers (`built_once`), like the runs below."""
+    return built_once(tmp_path_factory, "predict-input", lambda folder: write_mixed_input(folder / "mixed.fa")) / "mixed.fa"
 
 
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory, mixed) -> Path:
-    out = tmp_path_factory.mktemp("single") / "out"
-    predict_ok(1, mixed, out, COMMON)
-    return out
+    """`python -m vnp.predict` in a process of its own: the tables every launcher must give."""
+    return built_once(tmp_path_factory, "predict-single",
+                      lambda folder: predict_ok(1, mixed, folder / "out", COMMON)) / "out"
+
+
+@pytest.fixture(scope="module")
+def saved_single(tmp_path_factory, mixed) -> Path:
+    """One rank in this process, with save_embeddings=true."""
+    def build(folder: Path) -> None:
+        assert predict_main([str(mixed), "-o", str(folder / "out"), *COMMON, "save_embeddings=true"]) == 0
+    return built_once(tmp_path_factory, "predict-saved", build) / "out"
 
 
 def test_single_process_outputs(single_run, mixed):
@@ -141,10 +161,16 @@ def test_chunk_and_contig_calls_follow_the_scores(single_run, expected_scores):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_torchrun_tables_identical(single_run, mixed, tmp_path, ranks):
+def test_torchrun_tables_and_embeddings_identical(single_run, saved_single, mixed, tmp_path, ranks):
+    """The ranks deal units by cost, so embeddings parts arrive out of input order: same tables,
+    same IDs and rows as one rank."""
+    from vnp.results.tables import load_embeddings
+
     out = tmp_path / "out"
-    predict_ok(ranks, mixed, out, COMMON)
-    assert tables(out) == tables(single_run)
+    predict_ok(ranks, mixed, out, [*COMMON, "save_embeddings=true"])
+    assert tables(out) == tables(single_run) == tables(saved_single)
+    (ids1, vectors1), (ids, vectors) = load_embeddings(saved_single), load_embeddings(out)
+    assert list(ids) == list(ids1) and np.array_equal(vectors, vectors1)
 
 
 @pytest.mark.slow
@@ -181,7 +207,7 @@ def test_more_ranks_than_chunks(tmp_path):
     small.write_text(">a\n" + "ATGGCC" * 20 + "\n>b\nAC\n")
     single, multi = tmp_path / "single", tmp_path / "multi"
     args = [str(small), "pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=1"]
-    assert run([sys.executable, "-m", "vnp.predict", "-o", str(single), *args]).returncode == 0
+    assert predict_main(["-o", str(single), *args]) == 0
     proc = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=3", "-m", "vnp.predict", "-o", str(multi), *args])
     assert proc.returncode == 0, proc.stderr
     assert tables(multi) == tables(single)
@@ -196,9 +222,8 @@ def test_gpus_flag_relaunches_under_torchrun(single_run, mixed, tmp_path):
     assert json.loads((out / "run.json").read_text())["world_size"] == 2
 
 
-def test_save_embeddings(tmp_path, mixed):
-    out = tmp_path / "out"
-    assert predict_main([str(mixed), "-o", str(out), *COMMON, "save_embeddings=true"]) == 0
+def test_save_embeddings(saved_single):
+    out = saved_single
     from vnp.results.tables import load_embeddings
 
     ids, vectors = load_embeddings(out)
@@ -222,19 +247,6 @@ def test_run_json_reports_engine_timings_and_progress(single_run):
     assert 0 < len(progress) <= 1000
     assert progress[-1]["chunks"] == record["counts"]["chunks"] and progress[-1]["frames"] == record["counts"]["frames"]
     assert all(a["t_s"] <= b["t_s"] and a["frames"] <= b["frames"] for a, b in zip(progress, progress[1:]))
-
-
-@pytest.mark.slow
-def test_torchrun_save_embeddings_in_cost_order(mixed, tmp_path):
-    """Two ranks deal units by cost, so embeddings parts arrive out of input order: same IDs and rows."""
-    from vnp.results.tables import load_embeddings
-
-    one, two = tmp_path / "one", tmp_path / "two"
-    predict_ok(1, mixed, one, [*COMMON, "save_embeddings=true"])
-    predict_ok(2, mixed, two, [*COMMON, "save_embeddings=true"])
-    (ids1, vectors1), (ids2, vectors2) = load_embeddings(one), load_embeddings(two)
-    assert list(ids1) == list(ids2) and np.array_equal(vectors1, vectors2)
-    assert tables(one) == tables(two)
 
 
 def test_config_is_written_when_the_run_starts(tmp_path, mixed, monkeypatch, capsys):

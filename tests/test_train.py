@@ -22,7 +22,7 @@ from Bio.SeqFeature import FeatureLocation, SeqFeature
 from Bio.SeqRecord import SeqRecord
 from safetensors.numpy import load_file
 
-from tests.helpers import BIN, ROOT, child_env, run
+from tests.helpers import ROOT, built_once, child_env, launcher, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
 from vnp.run.folder import FeatureFolder
@@ -156,17 +156,12 @@ def write_class(path: Path, prefix: str, pool, n: int, seed: int) -> list[SeqRec
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    write_class(folder / "virus.gbff", "v", GC_CODONS, 60, 1)
-    write_class(folder / "others.gbff", "o", AT_CODONS, 60, 2)
-    (folder / "manifest.tsv").write_text("path\tlabel\nvirus.gbff\tvirus\nothers.gbff\tothers\n")
-    return folder / "manifest.tsv"
-
-
-def launcher(ranks: int) -> list[str]:
-    if ranks == 1:
-        return [sys.executable, "-m"]
-    return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m"]
+    """Shared read-only by the test run's workers (`built_once`), like the one-rank run."""
+    def build(folder: Path) -> None:
+        write_class(folder / "virus.gbff", "v", GC_CODONS, 60, 1)
+        write_class(folder / "others.gbff", "o", AT_CODONS, 60, 2)
+        (folder / "manifest.tsv").write_text("path\tlabel\nvirus.gbff\tvirus\nothers.gbff\tothers\n")
+    return built_once(tmp_path_factory, "train-data", build) / "manifest.tsv"
 
 
 def train_ok(ranks: int, manifest: Path, out: Path, args: list[str]) -> dict:
@@ -184,9 +179,10 @@ FEW_STEPS = ["train.max_epochs=6", "train.patience=6", "train.lr=0.01"]
 
 @pytest.fixture(scope="module")
 def one_rank(tmp_path_factory, manifest) -> Path:
-    out = tmp_path_factory.mktemp("one") / "out"
-    train_ok(1, manifest, out, FEW_STEPS)
-    return out
+    """`vnp train` on one rank, in this process (read-only: tests copy it)."""
+    def build(folder: Path) -> None:
+        assert train_main([str(manifest), "-o", str(folder / "out"), *COMMON, *FEW_STEPS]) == 0
+    return built_once(tmp_path_factory, "train-one", build) / "out"
 
 
 def test_outputs_and_features(one_rank, manifest):

@@ -15,7 +15,6 @@ again (after new tests).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import subprocess
 import sys

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import BIN, ROOT, run
 from vnp.cli import main as vnp_main
 from vnp.embed import checked_records, embed_records, nucleotide_check
 from vnp.models.batches import token_batches
@@ -20,7 +21,6 @@ from vnp.models.dnabert import load_dnabert
 from vnp.models.esm import load_esm
 from vnp.models.pack import build_tiny_pack
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_BUDGET = "96"  # several batches for these inputs, some padded
 
 # IDs out of sorted order, descriptions, lower case, N, wrapped lines, varied lengths.
@@ -228,26 +228,22 @@ def test_python_dash_m_entry_point(pack, inputs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_embed_under_torchrun_equals_single_process(tmp_path, ranks):
+def test_embed_under_torchrun_equals_single_process(tmp_path, pack, capsys, ranks):
     """Records sharded in units over the ranks, gathered to rank 0: same ids and rows."""
     import random
 
-    from vnp.models.pack import build_tiny_pack
-
-    pack = build_tiny_pack(tmp_path / "pack")
     fasta = tmp_path / "frames.fa"
     rng = random.Random(4)
     fasta.write_text("".join(f">f{i}\n{''.join(rng.choices('ACGT', k=rng.randint(20, 200)))}\n" for i in range(23)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
-    env["OMP_NUM_THREADS"] = "1"  # the same threads per rank as under torchrun: identical bits
-    root = Path(__file__).resolve().parents[1]
-    args = ["dnabert", str(fasta), "-m", pack.dnabert, "--batch-records", "4"]
-    single = subprocess.run([sys.executable, "-m", "vnp.embed", *args, "-o", str(tmp_path / "one.npz")],
-                            env=env, cwd=root, capture_output=True, text=True)
-    assert single.returncode == 0, single.stderr
-    multi = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={ranks}",
-                            "-m", "vnp.embed", *args, "-o", str(tmp_path / "many.npz")],
-                           env=env, cwd=root, capture_output=True, text=True)
+    args = ["dnabert", fasta, "-m", pack.dnabert, "--batch-records", "4"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread, as each rank under torchrun: identical bits
+    try:
+        assert run_embed(capsys, *args, "-o", tmp_path / "one.npz")[0] == 0
+    finally:
+        torch.set_num_threads(threads)
+    multi = run([str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={ranks}", "-m", "vnp.embed",
+                 *map(str, args), "-o", str(tmp_path / "many.npz")])
     assert multi.returncode == 0, multi.stderr
     one, many = np.load(tmp_path / "one.npz"), np.load(tmp_path / "many.npz")
     assert list(one["ids"]) == [f"f{i}" for i in range(23)] == list(many["ids"])
@@ -272,20 +268,14 @@ sys.exit(embed.main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-def test_a_checking_pass_longer_than_the_timeout_stops_no_rank(tmp_path):
+def test_a_checking_pass_longer_than_the_timeout_stops_no_rank(tmp_path, pack):
     """The checking pass runs on every rank at once (no rank waits in a collective while another
     reads the whole input), so an input that takes longer to check than --timeout-s still runs."""
-    from vnp.models.pack import build_tiny_pack
-
-    pack = build_tiny_pack(tmp_path / "pack")
     fasta = tmp_path / "frames.fa"
     fasta.write_text("".join(f">f{i}\n{'ACGT' * (5 + i)}\n" for i in range(5)))
     (tmp_path / "slow_check.py").write_text(SLOW_CHECK)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
-                          str(tmp_path / "slow_check.py"), "dnabert", str(fasta), "-m", pack.dnabert,
-                          "--timeout-s", "3", "-o", str(tmp_path / "out.npz")],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    proc = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(tmp_path / "slow_check.py"),
+                "dnabert", str(fasta), "-m", pack.dnabert, "--timeout-s", "3", "-o", str(tmp_path / "out.npz")],
+               timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(np.load(tmp_path / "out.npz")["ids"]) == [f"f{i}" for i in range(5)]

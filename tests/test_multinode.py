@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BIN, ROOT, child_env, predict_ok, tables, wait_for_parts, write_long_input
+from tests.helpers import BIN, ROOT, built_once, child_env, tables, wait_for_parts, write_long_input
+from vnp.predict import main as predict_main
 from vnp.run.dist import Env, Network, look_at_network, pick_interface, set_socket_interface, spans_several_hosts
 
 ETH = {"lo": ("127.0.0.1", "::1"), "eth0": ("10.1.2.3", "fe80::1"), "ib0": ("192.168.7.3",)}
@@ -229,14 +230,17 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def job_input(tmp_path_factory) -> Path:
-    return write_long_input(tmp_path_factory.mktemp("input") / "job.fa", n=80)
+    """Shared read-only by the test run's workers (`built_once`), like the one-rank run."""
+    return built_once(tmp_path_factory, "multinode-input",
+                      lambda folder: write_long_input(folder / "job.fa", n=80)) / "job.fa"
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, job_input) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "out"
-    predict_ok(1, job_input, out, ARGS)
-    return out
+    """One rank, in this process: the tables every node layout must give."""
+    def build(folder: Path) -> None:
+        assert predict_main([str(job_input), "-o", str(folder / "out"), *ARGS]) == 0
+    return built_once(tmp_path_factory, "multinode-reference", build) / "out"
 
 
 def node_env(**extra: str) -> dict[str, str]:

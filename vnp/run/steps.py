@@ -27,7 +27,7 @@ from vnp.seq.chunking import chunk_id
 from vnp.run.exchange import Computed, UnitResult
 from vnp.models.batches import Budget, FrameTooLarge
 from vnp.models.memory import DTYPES, token_budget
-from vnp.run.plan import IDS, SEQUENCES, ChunkPlan, read_chunks
+from vnp.run.plan import ChunkPlan, read_chunks
 from vnp.run.state import RunState
 from vnp.run.folder import PART_FILES
 from vnp.run.store import PartWriter, part_number, write_atomic

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import ROOT, child_env, tables, write_mixed_input
+from tests.helpers import ROOT, child_env, one_error_line, tables, write_mixed_input
 from tests.model_server import Blackhole, Mirror, MirrorServer, git_blob_id
 from vnp.models.pack import build_tiny_pack
+from vnp.predict import main as predict_main
 
 REPO = "vnp-test/tiny-dnabert"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -157,19 +158,19 @@ def test_verify_passes_then_fails_on_one_changed_byte(fetched, tmp_path):
     assert f"FAILED {weights}: sha256" in proc.stdout and f"{copy}: FAILED: 6 of 7" in proc.stdout
 
 
-def test_fetched_pack_predicts_as_the_tiny_pack(fetched, sources, tmp_path):
-    """Byte-identical tables; the fetched pack folder may be read-only."""
+def test_fetched_pack_predicts_as_the_tiny_pack(fetched, sources, tmp_path, private_digest_cache):
+    """Byte-identical tables (the tiny pack's run in this process); the fetched pack folder may be
+    read-only."""
     out, _ = fetched
     fasta = write_mixed_input(tmp_path / "mixed.fa")
     direct, via_fetch = tmp_path / "direct", tmp_path / "fetched"
-    proc = vnp("predict", str(fasta), "-o", str(direct), f"pack={sources['tiny'] / 'pack.yaml'}", *COMMON)
-    assert proc.returncode == 0, proc.stderr
+    assert predict_main([str(fasta), "-o", str(direct), f"pack={sources['tiny'] / 'pack.yaml'}", *COMMON]) == 0
     proc = vnp("predict", str(fasta), "-o", str(via_fetch), f"pack={out / 'pack.yaml'}", "offline=true", *COMMON)
     assert proc.returncode == 0, proc.stderr
     assert tables(direct) == tables(via_fetch)
 
 
-def test_corrupt_pack_fails_predict_with_one_line(fetched, tmp_path):
+def test_corrupt_pack_fails_predict_with_one_line(fetched, tmp_path, capsys, private_digest_cache):
     out, _ = fetched
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
@@ -178,15 +179,14 @@ def test_corrupt_pack_fails_predict_with_one_line(fetched, tmp_path):
     data[len(data) // 2] ^= 0xFF
     checkpoint.write_bytes(bytes(data))
     fasta = write_mixed_input(tmp_path / "mixed.fa")
-    proc = vnp("predict", str(fasta), "-o", str(tmp_path / "out"), f"pack={copy / 'pack.yaml'}", *COMMON)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        f"vnp: error: {checkpoint}: " + proc.stderr.split(f"{checkpoint}: ", 1)[1].strip()]
-    assert "corrupt or changed" in proc.stderr and f"vnp models verify {copy}" in proc.stderr
+    capsys.readouterr()
+    assert predict_main([str(fasta), "-o", str(tmp_path / "out"), f"pack={copy / 'pack.yaml'}", *COMMON]) == 2
+    line = one_error_line(capsys.readouterr().err, f"vnp: error: {checkpoint}: ")
+    assert "corrupt or changed" in line and f"vnp models verify {copy}" in line
     (copy / "esm2_tiny.pt").unlink()
-    proc = vnp("predict", str(fasta), "-o", str(tmp_path / "out"), f"pack={copy / 'pack.yaml'}", *COMMON)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"{checkpoint}: missing from the model pack; get it with `vnp models fetch 500 -o DIR`" in proc.stderr
+    assert predict_main([str(fasta), "-o", str(tmp_path / "out"), f"pack={copy / 'pack.yaml'}", *COMMON]) == 2
+    one_error_line(capsys.readouterr().err,
+                   f"{checkpoint}: missing from the model pack; get it with `vnp models fetch 500 -o DIR`")
 
 
 def test_shared_models_folder_read_only(fetched, tmp_path):

@@ -308,21 +308,23 @@ def test_the_report_shows_the_calibration(fitted):
     assert "no reliability diagram" in (run / "report.html").read_text()
 
 
-def test_predict_takes_a_calibration(fitted, tmp_path):
+def test_predict_takes_a_calibration(fitted, tmp_path, capsys):
     """`vnp predict ... calibration=`: the columns and the record at the end of a real run; a bad
     file is refused at the start, before anything is embedded or written."""
-    from tests.helpers import write_mixed_input
+    from tests.helpers import one_error_line, write_mixed_input
+    from vnp.predict import main as predict_main
 
     path, _, _ = fitted
     fasta = write_mixed_input(tmp_path / "mixed.fa")
     common = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=4", "dist.timeout_s=60"]
     (tmp_path / "bad.json").write_text("{}")
     bad = f"calibration={tmp_path / 'bad.json'}"
-    refusal(vnp("predict", str(fasta), "-o", str(tmp_path / "refused"), *common, bad), "not a vnp calibration file")
+    capsys.readouterr()
+    assert predict_main([str(fasta), "-o", str(tmp_path / "refused"), *common, bad]) == 2
+    one_error_line(capsys.readouterr().err, "not a vnp calibration file")
     assert not (tmp_path / "refused").exists()
     out = tmp_path / "out"
-    proc = vnp("predict", str(fasta), "-o", str(out), *common, f"calibration={path}", "call.max_fdr=0.2")
-    assert proc.returncode == 0, proc.stderr
+    assert predict_main([str(fasta), "-o", str(out), *common, f"calibration={path}", "call.max_fdr=0.2"]) == 0
     rows = contigs(out)
     assert all(r["virus_probability"] == "NA" for r in rows if r["label"] in ("no_frames", "filtered"))
     assert all(0 < float(r["virus_probability"]) < 1 for r in rows if r["label"] in ("virus", "others"))

@@ -34,7 +34,7 @@ def test_tables_match_the_original_given_its_scores(vanilla, tmp_path, stem):
 
 def test_chunk_decision_and_contig_summary(tmp_path):
     fasta = tmp_path / "x.fa"
-    fasta.write_text(">a\n" + "ATGGCCAAA" * 130 + "\n>b\nAC\n")  # a: 1170 bp -> 3 chunks; b: no frame
+    fasta.write_text(">a\n" + "ATGGCCAAA" * 130 + "\n>b\nAC\n>c\nA\n")  # a: 1170 bp -> 3 chunks; b, c: no frame
     work = tmp_path / "work"
     pack_inputs([fasta], work)
     plan = load_plan(work, 500)
@@ -51,7 +51,7 @@ def test_chunk_decision_and_contig_summary(tmp_path):
     assert contigs[0][:12] == ["a", "x.fa", "1170", "3", "2", "0", "0.666667", "0.900000", "0.533333", "virus",
                                "medium", ""]
     assert contigs[1][:12] == ["b", "x.fa", "2", "1", "0", "1", "NA", "NA", "NA", "no_frames", "NA", ""]
-    assert counts.chunks == 4 and counts.chunks_without_frames == 1 and counts.viral_chunks == 2
+    assert counts.chunks == 5 and counts.chunks_without_frames == 2 and counts.viral_chunks == 2
 
 
 def test_keys_beyond_the_plan_are_refused(tmp_path):

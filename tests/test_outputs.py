@@ -91,3 +91,20 @@ def test_float32_text_is_numpys_shortest_repr():
     assert text(few_places) == few_places.astype(str).tolist()  # where x * 10^k can be a tie
     random = np.random.default_rng(0).random(100_000).astype(np.float32)
     assert text(random) == random.astype(str).tolist()
+
+
+def test_saved_embeddings_are_read_back_in_input_order(tmp_path):
+    """`load_embeddings` joins the parts of OUT/embeddings by frame key, whichever part holds a frame;
+    a run that saved none gives empty arrays."""
+    from vnp.results.tables import load_embeddings
+
+    ids, vectors = load_embeddings(tmp_path)
+    assert ids.shape == (0,) and vectors.shape == (0, 0)
+    parts = tmp_path / "embeddings"
+    parts.mkdir()
+    np.savez(parts / "part-000001.npz", ids=np.asarray(["c_chunk_1F2", "a_chunk_1F1"]), keys=np.asarray([13, 0]),
+             embeddings=np.asarray([[2.0], [0.0]], np.float32))
+    np.savez(parts / "part-000002.npz", ids=np.asarray(["b_chunk_1R1"]), keys=np.asarray([9]),
+             embeddings=np.asarray([[1.0]], np.float32))
+    ids, vectors = load_embeddings(tmp_path)
+    assert ids.tolist() == ["a_chunk_1F1", "b_chunk_1R1", "c_chunk_1F2"] and vectors[:, 0].tolist() == [0, 1, 2]

@@ -121,17 +121,3 @@ def test_a_rank_whose_launcher_is_gone_stops_as_on_sigterm():
     assert not StopFlag(parent=None).requested  # not watched (no torchrun agent)
     orphan = StopFlag(parent=os.getppid() + 1_000_000)  # a parent that is no longer ours
     assert orphan.requested and "launcher" in orphan.reason
-
-
-def test_the_parent_is_watched_only_under_a_torchrun_agent(monkeypatch):
-    import signal
-
-    from vnp.run.engine import StopFlag
-
-    for sig in (signal.SIGTERM, signal.SIGUSR1):  # restored after the test
-        monkeypatch.setattr(signal, "signal", lambda *args: None)
-
-    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
-    assert StopFlag.install().parent is None
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
-    assert StopFlag.install().parent == os.getppid()

@@ -76,19 +76,22 @@ def test_every_unit_delivered_once_in_order(prefetch, window):
     assert [u for call in sink.calls for u in call] == list(range(11))
     assert work.prepared == list(range(11))  # each unit prepared once
     assert all(np.array_equal(sink.rows[u], np.full((u % 3, 4), float(u), np.float32)) for u in range(11))
-    assert stats.steps == 11 and not stats.stopped and stats.per_rank[0]["rank"] == 0
+    assert stats.steps == stats.units == 11 and not stats.stopped and stats.per_rank[0]["rank"] == 0
     assert sink.closed
 
 
 @pytest.mark.parametrize("window", [1, 4])
-def test_stop_leaves_after_the_step_that_completes_it(window):
+def test_stop_leaves_after_the_step_that_completes_it(window, caplog):
     """A stop asked for in step s is seen when step s completes, right after step s + window - 1
-    was posted (the same step on every rank); everything posted is still delivered."""
+    was posted (the same step on every rank); everything posted is still delivered, and the log
+    names the last step."""
     stop = StopFlag()
     work, sink = CountingWork(20, stop, stop_at=5), ListSink()
-    stats = run_units(SINGLE, work, sink, stop, EngineConfig(window=window))
+    with caplog.at_level("INFO", logger="vnp"):
+        stats = run_units(SINGLE, work, sink, stop, EngineConfig(window=window))
     assert stats.stopped and stop.requested
     assert stats.steps == 5 + window
+    assert f"stop requested: left after step {5 + window - 1}" in caplog.messages
     assert [u for call in sink.calls for u in call] == list(range(5 + window))
 
 
@@ -303,6 +306,16 @@ def test_the_loops_times_are_parts_of_its_whole_time():
     assert round(before, 1) <= stats.per_rank[0]["peak_rss_mib"] <= round(after, 1)
 
 
+def test_per_rank_seconds_are_reported_to_the_millisecond():
+    """run.json's per-rank times: milliseconds; rank 0's sink stage, which is short a step, microseconds."""
+    names = ("busy_s", "wait_s", "prepare_wait_s", "cost_s", "sink_wait_s", "loop_s")
+    stats = engine.EngineStats(**dict.fromkeys(names + ("sink_forward_s", "sink_other_s"), 1.23456789))
+    mine = stats.mine(0)
+    assert [mine[name] for name in names] == [1.235] * len(names)
+    assert mine["sink_forward_s"] == mine["sink_other_s"] == 1.234568
+    assert "sink_forward_s" not in stats.mine(1)
+
+
 def test_a_rank_whose_launcher_is_gone_stops():
     flag = StopFlag(parent=os.getppid() + 1_000_000)  # not this process's parent
     assert flag.requested and "launcher" in flag.reason
@@ -310,6 +323,26 @@ def test_a_rank_whose_launcher_is_gone_stops():
     assert not watched.requested and watched.reason == "signal"
     watched.requested = True
     assert watched.requested
+
+
+def test_the_parent_is_watched_under_a_torchrun_agent_unless_told(monkeypatch):
+    """By default a rank watches its parent only when a torchrun agent started it; `watch_parent`
+    says so either way."""
+    import signal
+
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # no handler installed in the test process
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert StopFlag.install().parent is None
+    assert StopFlag.install(watch_parent=True).parent == os.getppid()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    assert StopFlag.install().parent == os.getppid()
+    assert StopFlag.install(watch_parent=False).parent is None
+
+
+def test_a_rank_without_a_sink_reports_no_sink_time():
+    """Rank 0's stats always carry the sink's seconds: a run that hands nothing to a sink spent none."""
+    stats = run_units(SINGLE, CountingWork(5), None, StopFlag(), EngineConfig(window=2))
+    assert stats.per_rank[0]["sink_forward_s"] == stats.per_rank[0]["sink_other_s"] == 0
 
 
 def test_helper_threads_compute_with_the_ranks_thread_count():

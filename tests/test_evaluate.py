@@ -269,6 +269,7 @@ def test_a_labels_path_that_is_not_a_labels_file(prediction, capsys, kind, messa
     ("file", "report: -o is an existing file, not a folder"),
     ("dangling", "report: output folder is a broken symbolic link"),
     ("unwritable", "cannot create the folder"),
+    ("foreign", "report: the evaluation folder (-o) is not empty and not one vnp made (it holds 'notes.txt')"),
 ])
 def test_an_output_folder_that_cannot_be_one(prediction, capsys, kind, message):
     labels = prediction / "labels.tsv"
@@ -278,8 +279,30 @@ def test_an_output_folder_that_cannot_be_one(prediction, capsys, kind, message):
         target.write_text("keep me")
     elif kind == "dangling":
         target.symlink_to(prediction / "nowhere")
+    elif kind == "foreign":  # a folder of the user's: nothing written into it
+        target.mkdir()
+        (target / "notes.txt").write_text("keep me")
     else:
         target = Path("/proc/vnp-evaluation")  # no process, root or not, can create this
     one_line_error(capsys, evaluate_main([str(prediction), str(labels), "-o", str(target)]), message)
     if kind == "file":
         assert target.read_text() == "keep me"
+    if kind == "foreign":
+        assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+def test_the_roc_plot_stays_within_the_unit_square(prediction, monkeypatch):
+    """Every curve and the chance diagonal run from (0, 0) to (1, 1): rates are never above 1."""
+    from vnp import evaluate
+
+    figures, save_png = [], evaluate.save_png
+    monkeypatch.setattr(evaluate, "save_png",
+                        lambda fig, path, files=None: figures.append(fig) or save_png(fig, path, files=files))
+    labels = prediction / "labels.tsv"
+    labels.write_text("a\tvirus\nc\tothers\nd\tothers\n")
+    assert evaluate_main([str(prediction), str(labels)]) == 0
+    lines = figures[0].axes[0].get_lines()
+    assert len(lines) == 3  # per chunk, per sequence, chance
+    for line in lines:
+        x, y = line.get_xydata().T
+        assert (x[0], y[0], x[-1], y[-1]) == (0, 0, 1, 1) and 0 <= y.min() <= y.max() <= 1

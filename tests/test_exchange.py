@@ -17,7 +17,7 @@ from tests.helpers import free_port
 from vnp.run import dist as vdist
 from vnp.run.engine import MIN_BATCH_ROWS, RowSink, StopFlag, run_units
 from vnp.support.config import EngineConfig
-from vnp.run.exchange import HEADER, NO_UNIT, Computed, Exchange, decode_keys, encode_header
+from vnp.run.exchange import HEADER, NO_UNIT, CollectiveFailed, Computed, Exchange, decode_keys, encode_header
 
 SINGLE = vdist.Context(vdist.Env(0, 0, 1, 1, "single"), torch.device("cpu"), None)
 DIM, ROWS = 8, 12  # ROWS: a unit of 2 chunks, 6 frames each
@@ -50,6 +50,44 @@ def test_header_round_trip_and_its_limits():
 @pytest.mark.parametrize("rows, words", [(0, 1), (1, 1), (64, 1), (65, 2), (6 * 128, 12)])
 def test_the_key_mask_has_a_bit_a_row_in_64_bit_words(rows, words):
     assert Exchange(1, 0, torch.device("cpu"), rows, 8).words == words
+
+
+def test_rows_computed_on_another_device_travel_on_the_exchanges():
+    """A GPU rank exchanging over gloo sends every row it computed, moved to the exchange's device
+    (here: rows on the CPU, the exchange on the meta device); a unit without rows sends none."""
+    exchange = Exchange(1, 0, torch.device("meta"), ROWS, DIM)
+    exchange.post(Computed(4, np.asarray([3, 5, 8], np.int64), torch.ones((3, DIM))), False)
+    exchange.post(Computed(NO_UNIT, np.zeros(0, np.int64), torch.zeros((0, DIM))), False)
+    for frames in (3, 0):
+        delivery, _ = exchange.complete_oldest()
+        assert delivery.rows.shape == (frames, DIM) and delivery.rows.device.type == "meta"
+
+
+GLOO_ERROR = "[gloo] Connection closed by peer [127.0.0.1]:4242\nException raised from recv at gloo/pair.cc:42"
+
+
+class FailedWork:
+    """A collective's handle that is done and fails when waited for."""
+
+    def is_completed(self):
+        return True
+
+    def wait(self):
+        raise RuntimeError(GLOO_ERROR)
+
+
+def test_a_failed_collective_is_named_by_the_first_line_of_its_error(monkeypatch):
+    """A peer that died is reported as the backend's message, not where in C++ it was raised;
+    whether posting the header fails or waiting for it."""
+    def all_gather(outputs, header, group, async_op):
+        raise RuntimeError(GLOO_ERROR)
+
+    monkeypatch.setattr(dist, "new_group", lambda backend: None)
+    computed = Computed(0, np.asarray([1], np.int64), torch.ones((1, DIM)))
+    for gather in (all_gather, lambda *args, **kwargs: FailedWork()):
+        monkeypatch.setattr(dist, "all_gather", gather)
+        with pytest.raises(CollectiveFailed, match=r"^\[gloo\] Connection closed by peer \[127.0.0.1\]:4242$"):
+            Exchange(2, 1, torch.device("cpu"), ROWS, DIM).post(computed, False)
 
 
 class SparseWork:

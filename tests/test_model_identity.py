@@ -190,3 +190,37 @@ def test_only_files_from_64_mib_are_cached_each_under_its_own_entry(tmp_path, mo
         identity.file_digest(tmp_path / name)
     entries = sorted(p.name for p in identity.cache_dir().iterdir())
     assert len(entries) == 3 and all(re.fullmatch(r"[0-9a-f]{40}\.json", e) for e in entries), entries
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of `size` bytes that takes no disk space (a hole)."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    return path
+
+
+def test_files_of_64_mib_and_more_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(identity, "file_sha256", lambda path, what: "hashed")  # the size is what counts
+    identity.file_digest(sparse_file(tmp_path / "under.pt", (64 << 20) - 1))
+    assert not identity.cache_dir().exists() or not list(identity.cache_dir().iterdir())
+    identity.file_digest(sparse_file(tmp_path / "at.pt", 64 << 20))
+    assert len(list(identity.cache_dir().iterdir())) == 1
+
+
+def test_the_size_of_a_slow_hashing_is_said_in_gb_of_a_billion_bytes(tmp_path, monkeypatch, caplog):
+    """1,249,999,999 bytes are 1.2 GB: not 1.0 (whole GB), not 1.3 (a GB of fewer bytes)."""
+    monkeypatch.setattr(identity, "file_sha256", lambda path, what: "hashed")
+    monkeypatch.setattr(identity, "SLOW_HASH_S", -1.0)
+    with caplog.at_level("INFO", logger="vnp"):
+        identity.file_digest(sparse_file(tmp_path / "model.pt", 1_249_999_999))
+    assert "(1.2 GB)" in caplog.records[0].getMessage()
+
+
+def test_only_a_folder_under_snapshots_named_by_a_commit_is_a_hub_snapshot(tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert identity.hub_snapshot_commit(tmp_path / "snapshots" / commit) == commit
+    for parent in ("blobs", "trees", "snapshot"):  # before and after "snapshots" in any order
+        assert identity.hub_snapshot_commit(tmp_path / parent / commit) is None
+    assert identity.hub_snapshot_commit(tmp_path / "snapshots" / commit.upper()) is None
+    assert identity.hub_snapshot_commit(tmp_path / "snapshots" / "main") is None
+

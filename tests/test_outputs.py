@@ -34,7 +34,7 @@ def test_tables_match_the_original_given_its_scores(vanilla, tmp_path, stem):
 
 def test_chunk_decision_and_contig_summary(tmp_path):
     fasta = tmp_path / "x.fa"
-    fasta.write_text(">a\n" + "ATGGCCAAA" * 130 + "\n>b\nAC\n")  # a: 1170 bp -> 3 chunks; b: no frame
+    fasta.write_text(">a\n" + "ATGGCCAAA" * 130 + "\n>b\nAC\n>c\nA\n")  # a: 1170 bp -> 3 chunks; b, c: no frame
     work = tmp_path / "work"
     pack_inputs([fasta], work)
     plan = load_plan(work, 500)
@@ -51,7 +51,7 @@ def test_chunk_decision_and_contig_summary(tmp_path):
     assert contigs[0][:12] == ["a", "x.fa", "1170", "3", "2", "0", "0.666667", "0.900000", "0.533333", "virus",
                                "medium", ""]
     assert contigs[1][:12] == ["b", "x.fa", "2", "1", "0", "1", "NA", "NA", "NA", "no_frames", "NA", ""]
-    assert counts.chunks == 4 and counts.chunks_without_frames == 1 and counts.viral_chunks == 2
+    assert counts.chunks == 5 and counts.chunks_without_frames == 2 and counts.viral_chunks == 2
 
 
 def test_keys_beyond_the_plan_are_refused(tmp_path):
@@ -91,3 +91,20 @@ def test_float32_text_is_numpys_shortest_repr():
     assert text(few_places) == few_places.astype(str).tolist()  # where x * 10^k can be a tie
     random = np.random.default_rng(0).random(100_000).astype(np.float32)
     assert text(random) == random.astype(str).tolist()
+
+
+def test_saved_embeddings_are_read_back_in_input_order(tmp_path):
+    """`load_embeddings` joins the parts of OUT/embeddings by frame key, whichever part holds a frame;
+    a run that saved none gives empty arrays."""
+    from vnp.results.tables import load_embeddings
+
+    ids, vectors = load_embeddings(tmp_path)
+    assert ids.shape == (0,) and vectors.shape == (0, 0)
+    parts = tmp_path / "embeddings"
+    parts.mkdir()
+    np.savez(parts / "part-000001.npz", ids=np.asarray(["c_chunk_1F2", "a_chunk_1F1"]), keys=np.asarray([13, 0]),
+             embeddings=np.asarray([[2.0], [0.0]], np.float32))
+    np.savez(parts / "part-000002.npz", ids=np.asarray(["b_chunk_1R1"]), keys=np.asarray([9]),
+             embeddings=np.asarray([[1.0]], np.float32))
+    ids, vectors = load_embeddings(tmp_path)
+    assert ids.tolist() == ["a_chunk_1F1", "b_chunk_1R1", "c_chunk_1F2"] and vectors[:, 0].tolist() == [0, 1, 2]

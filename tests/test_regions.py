@@ -66,6 +66,12 @@ def test_sequence_ends_and_one_chunk_sequences():
     assert segment([[0.01], [-0.01], [0.0], [5, 5], [-5, 5]]) == [[(1, 1)], [], [(1, 1)], [(1, 2)], [(2, 2)]]
 
 
+def test_a_sequence_without_chunks_has_no_state_even_when_decided():
+    """Sequences without chunks (filtered ones) anywhere, the last one included, are left out."""
+    states = viterbi(np.asarray([2.0, 2.0]), np.asarray([0, 0, 1, 1, 2, 2]), np.ones(5, bool), 3.0)
+    assert states.tolist() == [True, True]
+
+
 def test_min_length_drops_short_regions():
     assert segment([[-9, 9, -9, 9, 9, 9]], min_length=250) == [[(4, 6)]]
 
@@ -163,7 +169,7 @@ def test_chunk_maxima_over_frames_and_record_values_over_chunks_with_frames():
 def test_region_scores_are_over_the_chunks_with_frames_of_each_region():
     from vnp.results.regions import Regions, region_scores
 
-    virus = np.asarray([0.9, 0.1, 0.7, 0.8, 0.2, 0.6, 0.95], np.float32)
+    virus = np.asarray([0.7, 0.1, 0.9, 0.8, 0.2, 0.6, 0.95], np.float32)  # the first region's highest: its last
     has = np.asarray([True, False, True, True, False, True, True])
     first, last = np.asarray([0, 3, 5, 6]), np.asarray([2, 4, 5, 6])  # regions of 3, 2, 1 and 1 chunks
     regions = Regions(np.zeros(4, np.int64), first, last, first * 10, last * 10 + 10)

@@ -155,3 +155,11 @@ def test_a_fasta_record_has_width_letters_a_line():
     assert fasta_record("s1", letters) == f">s1\n{letters[:60]}\n{letters[60:120]}\n{letters[120:]}\n"
     assert fasta_record("s2", letters[:7], width=3) == ">s2\nACG\nTAC\nG\n"
     assert fasta_record("empty", "") == ">empty\n"
+
+
+def test_a_letter_that_cannot_be_printed_is_named_by_its_byte(tmp_path):
+    """A control character in an error message is written as its byte value, never raw or quoted."""
+    with pytest.raises(InputError, match=r"\(line 2\): invalid character byte 0x01 at column 3"):
+        records_of(tmp_path, b">s1\nAC\x01GT\n")
+    with pytest.raises(InputError, match=r"line 1: not a FASTA/FASTQ file \(expected '>' or '@', found byte 0x01\)$"):
+        records_of(tmp_path, b"\x01s1\nACGT\n")

@@ -251,9 +251,10 @@ def test_fastq_reads_like_fasta(tmp_path):
 
 @pytest.mark.parametrize("name, stem", [
     ("reads.fastq.gz", "reads"), ("a.fa", "a"), ("genome.fasta.xz", "genome"), ("x.fna.bz2", "x"),
-    ("plain", "plain"), ("s.v1.fa", "s.v1"),
+    ("plain", "plain"), ("s.v1.fa", "s.v1"), (".fa", ".fa"), (".fastq.gz", ".fastq"),
 ])
 def test_input_stem(name, stem):
+    """A name that is nothing but a suffix keeps it: a stem is never empty."""
     assert input_stem(name) == stem
 
 

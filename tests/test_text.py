@@ -180,7 +180,7 @@ def test_tables_equal_the_per_row_writers(tmp_path, width, monkeypatch):
     blocks so that rows are split over many."""
     monkeypatch.setattr(text, "CELLS", 2000)
     rng = np.random.default_rng(3)
-    lengths = [0, 1, 120, 499, 500, 501, 1200, 2600, 90, 9000, 777, 6000] * 3
+    lengths = [0, 1, 120, 499, 500, 501, 1200, 2600, 90, 9000, 777, 6001] * 3
     fasta = tmp_path / "in.fa"
     with open(fasta, "w", encoding="utf-8") as fh:
         for k, n in enumerate(lengths):
@@ -202,5 +202,6 @@ def test_tables_equal_the_per_row_writers(tmp_path, width, monkeypatch):
     write_tables(tmp_path / "out", plan, keys, scores, config, ["in.fa"], work=work)
     results = compute_results(plan, keys, scores, config, ["in.fa"], work)
     assert (results.calls.label == vcalls.VIRUS).any() and (~results.whole).any()
+    assert (results.regions.start % 2).any()  # a region that starts at an odd 0-based base too
     for name, expected in old_tables(results, plan, work, keys, scores, width, config.filter).items():
         assert (tmp_path / "out" / name).read_text(encoding="utf-8") == expected, name

@@ -56,17 +56,24 @@ def cosmic_ray(*args: str) -> None:
 
 
 def sample(db: Path, keep: int, seed: int) -> None:
-    """Mark all but `keep` random pending mutants as skipped."""
+    """Mark all but `keep` random pending mutants as skipped. The draw is over the mutants in a
+    fixed order (module, position, operator, occurrence), not over cosmic-ray's job IDs (random at
+    each `init`), so the same seed draws the same mutants again."""
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     with use_db(str(db), WorkDB.Mode.open) as work_db:
-        jobs = sorted(item.job_id for item in work_db.pending_work_items)
+        jobs = [item.job_id for item in sorted(work_db.pending_work_items, key=mutant_key)]
         if len(jobs) <= keep:
             return
         kept = set(random.Random(seed).sample(jobs, keep))
         skipped = WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="not in the sample")
         work_db.set_multiple_results([job for job in jobs if job not in kept], skipped)
+
+
+def mutant_key(item) -> tuple:
+    """What a mutant is, independent of its job ID."""
+    return tuple((str(m.module_path), tuple(m.start_pos), m.operator_name, m.occurrence) for m in item.mutations)
 
 
 def annotations(module: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:

@@ -193,3 +193,20 @@ def test_a_foreign_entry_with_a_line_break_in_its_name_is_shown_escaped(tmp_path
     with pytest.raises(InputError) as err:
         RunFolder(foreign).check_usable()
     assert "holds 'bad\\nname', 'café', 'tab\\tx')" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_clearing_progress_removes_emptied_folders_and_keeps_any_other(tmp_path):
+    """A fresh run clears the previous one's parts: parts/ goes once empty, a missing embeddings/ is
+    no error, and a folder still holding another file stays with it."""
+    folder = RunFolder(tmp_path)
+    folder.check_usable()
+    part = "part-000001-0123456789abcdef0123456789abcdef.npz"
+    folder.parts.mkdir()
+    (folder.parts / part).write_text("")
+    folder.clear_progress()
+    assert not folder.parts.exists() and not folder.embeddings.exists()
+    folder.embeddings.mkdir()
+    (folder.embeddings / part).write_text("")
+    (folder.embeddings / "notes.txt").write_text("mine")
+    folder.clear_progress()
+    assert [path.name for path in folder.embeddings.iterdir()] == ["notes.txt"]

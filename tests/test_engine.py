@@ -8,6 +8,7 @@ import json
 import os
 import random
 import resource
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,20 @@ def test_part_writer_raises_a_failed_write():
     assert done == [1]
 
 
+def test_a_failed_write_is_raised_by_the_next_submit_though_others_were_submitted_meanwhile():
+    """A write that fails while later ones are queued is not lost: the first submit after it ends
+    raises it."""
+    writer = PartWriter()
+    gate, ran = threading.Event(), threading.Event()
+    writer.submit(lambda: gate.wait() and 1 / 0)  # fails once let through
+    writer.submit(ran.set)  # submitted while the first write still waits
+    gate.set()
+    ran.wait()  # one thread, in order: the first write has failed by now
+    with pytest.raises(ZeroDivisionError):
+        writer.submit(print)
+    writer.close()
+
+
 def fill_store(folder: Path, parts: int) -> ScoreStore:
     store = ScoreStore(folder)
     for unit in range(parts):
@@ -219,6 +234,16 @@ def test_parts_are_numbered_in_turn_fsynced_and_read_back_in_key_order(tmp_path,
         three.add(unit, np.asarray([6 * unit, 6 * unit + 4], np.int64), np.full((2, 2), unit, np.float32))
     three.commit()
     assert three.sorted_scores()[0].tolist() == [0, 4, 6, 10, 12, 16]
+
+
+def test_a_resumed_store_numbers_its_next_part_above_every_committed_one(tmp_path):
+    """Whatever the highest part number found (here odd), the next part is numbered above it: the
+    newest part, a compacted one included, sorts first when parts are read back."""
+    fill_store(tmp_path, 4)  # parts 0 to 3
+    store = ScoreStore(tmp_path)
+    store.load_committed()
+    store.add(4, np.asarray([24], np.int64), np.zeros((1, 2), np.float32))
+    assert store.commit() == 4
 
 
 def test_a_part_whose_bytes_match_its_name_but_are_no_npz_is_rejected(tmp_path):

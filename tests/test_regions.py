@@ -166,6 +166,18 @@ def test_chunk_maxima_over_frames_and_record_values_over_chunks_with_frames():
     assert vcalls.CONFIDENCE[calls.confidence].tolist() == ["medium", "low", "medium"]
 
 
+def test_a_record_without_chunks_has_no_scores_wherever_it_lies():
+    """A record left out of the plan (a filtered one: no chunks) first, between others or last has
+    NaN scores, never those of the next record's chunks."""
+    scores = vcalls.ChunkScores(np.array([6, 6]), np.array([0.2, 0.3], np.float32), np.array([0.7, 0.9], np.float32))
+    margins = vcalls.chunk_margins(scores, 0.0)
+    calls = vcalls.sequence_calls(tiny_plan([0, 1, 0, 1, 0]), scores, vcalls.chunk_viral(margins), margins,
+                                  0.5, 0.5, 2, 0.2)
+    expected = np.array([np.nan, 0.7, np.nan, 0.9, np.nan])
+    assert np.allclose(calls.max_virus, expected, equal_nan=True)
+    assert np.allclose(calls.mean_virus, expected, equal_nan=True)
+
+
 def test_region_scores_are_over_the_chunks_with_frames_of_each_region():
     from vnp.results.regions import Regions, region_scores
 

@@ -5,12 +5,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import ORIGINAL_SCRIPT
+from tests.helpers import ORIGINAL_SCRIPT, built_once
 from vnp.support.errors import InputError
 from vnp.models.classifier import (
     CONFIG_NAME,
@@ -26,10 +27,13 @@ INPUT_DIM = 12
 
 @pytest.fixture(scope="module")
 def legacy(tmp_path_factory):
-    """(model.pth, x, expected scores) made exactly as the original did, in a subprocess."""
-    folder = tmp_path_factory.mktemp("legacy")
-    (folder / "train.py").write_text(ORIGINAL_SCRIPT)
-    subprocess.run([sys.executable, "train.py", str(INPUT_DIM)], cwd=folder, check=True)
+    """(model.pth, x, expected scores) made exactly as the original did, in a subprocess (once per
+    test run: `built_once`)."""
+    def build(folder: Path) -> None:
+        (folder / "train.py").write_text(ORIGINAL_SCRIPT)
+        subprocess.run([sys.executable, "train.py", str(INPUT_DIM)], cwd=folder, check=True)
+
+    folder = built_once(tmp_path_factory, "legacy-classifier", build)
     return folder / "model.pth", np.load(folder / "x.npy"), np.load(folder / "expected.npy")
 
 

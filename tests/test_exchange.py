@@ -209,6 +209,7 @@ def _rank(rank: int, world: int, port: int, units: int, window: int, out: str) -
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # three processes (mp.spawn)
 @pytest.mark.parametrize("world", [3])
 def test_ranks_send_only_real_rows(tmp_path, world):
     units, window = 23, 3

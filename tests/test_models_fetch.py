@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from tests.helpers import ROOT, child_env, one_error_line, tables, write_mixed_input
 from tests.model_server import Blackhole, Mirror, MirrorServer, git_blob_id
 from vnp.models.pack import build_tiny_pack
+from vnp.cli import main as vnp_main
 from vnp.predict import main as predict_main
 
 REPO = "vnp-test/tiny-dnabert"
@@ -189,8 +190,9 @@ def test_corrupt_pack_fails_predict_with_one_line(fetched, tmp_path, capsys, pri
                    f"{checkpoint}: missing from the model pack; get it with `vnp models fetch 500 -o DIR`")
 
 
-def test_shared_models_folder_read_only(fetched, tmp_path):
-    """pack=<name> is found in VNP_MODELS/<name>/pack.yaml first; a read-only copy works."""
+def test_shared_models_folder_read_only(fetched, tmp_path, monkeypatch, capsys):
+    """pack=<name> is found in VNP_MODELS/<name>/pack.yaml first; a read-only copy works (in this
+    process)."""
     out, _ = fetched
     shared = tmp_path / "models"
     shared.mkdir()
@@ -199,13 +201,15 @@ def test_shared_models_folder_read_only(fetched, tmp_path):
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
         fasta = write_mixed_input(tmp_path / "mixed.fa")
-        env = {"VNP_MODELS": str(shared), "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-        proc = vnp("predict", str(fasta), "-o", str(tmp_path / "out"), "pack=500", *COMMON, env=env)
-        assert proc.returncode == 0, proc.stderr
+        for name, value in {"VNP_MODELS": str(shared), "HF_HUB_OFFLINE": "1",
+                            "XDG_CACHE_HOME": str(tmp_path / "cache")}.items():
+            monkeypatch.setenv(name, value)
+        assert predict_main([str(fasta), "-o", str(tmp_path / "out"), "pack=500", *COMMON]) == 0
         record = json.loads((tmp_path / "out" / "run.json").read_text())
         assert record["models"]["name"] == "tiny500"
-        listing = vnp("models", "list", env=env)
-        assert f"500: {shared / '500' / 'pack.yaml'} (verified)" in listing.stdout
+        capsys.readouterr()
+        assert vnp_main(["models", "list"]) == 0
+        assert f"500: {shared / '500' / 'pack.yaml'} (verified)" in capsys.readouterr().out
     finally:
         for path in [shared, *shared.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)

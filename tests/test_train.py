@@ -25,6 +25,7 @@ from safetensors.numpy import load_file
 from tests.helpers import ROOT, built_once, child_env, launcher, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
+from vnp.predict import main as predict_main
 from vnp.run.folder import FeatureFolder
 from vnp.run.plan import load_plan, pack_inputs, read_chunks
 from vnp.seq.seqio import record_pieces
@@ -218,11 +219,12 @@ def test_two_ranks_give_the_weights_of_one(one_rank, manifest, tmp_path):
 
 def test_trained_head_separates_and_features_are_cached(one_rank, manifest, tmp_path):
     """Other hyperparameters in the same DIR: no embedding again; held-out accuracy well above chance;
-    the pack predicts and `vnp evaluate` measures the run."""
+    the pack predicts and `vnp evaluate` measures the run (all in this process)."""
     out = tmp_path / "out"
     shutil.copytree(one_rank, out)
     before = (out / "features" / "features.npy").stat().st_mtime_ns
-    metrics = train_ok(1, manifest, out, ["train.max_epochs=12", "train.lr=0.02"])
+    assert train_main([str(manifest), "-o", str(out), *COMMON, "train.max_epochs=12", "train.lr=0.02"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "features" / "features.npy").stat().st_mtime_ns == before
     best = metrics["epochs"][metrics["best_epoch"] - 1]
     assert best["accuracy"] >= 0.9 and best["auroc"] >= 0.95
@@ -233,9 +235,7 @@ def test_trained_head_separates_and_features_are_cached(one_rank, manifest, tmp_
         for i in range(6):
             fh.write(f">tv{i}\n{coding(rng, 200, GC_CODONS)}\n>to{i}\n{coding(rng, 200, AT_CODONS)}\n")
     pred = tmp_path / "pred"
-    proc = run([sys.executable, "-m", "vnp.predict", str(fasta), "-o", str(pred), f"pack={out / 'pack.yaml'}",
-                "progress=false", "threads=1"])
-    assert proc.returncode == 0, proc.stderr
+    assert predict_main([str(fasta), "-o", str(pred), f"pack={out / 'pack.yaml'}", "progress=false", "threads=1"]) == 0
     labels = tmp_path / "labels.tsv"
     labels.write_text("".join(f"tv{i}\tvirus\nto{i}\tothers\n" for i in range(6)))
     assert evaluate_main([str(pred), str(labels)]) == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import one_error_line
 from vnp.support.errors import InputError
 from vnp.support.labelled import labelled_lines
 from vnp.train import main as train_main
@@ -64,8 +65,7 @@ def test_a_bad_manifest_is_one_line_exit_2(tmp_path, capsys, kind, message):
     else:
         manifest.write_text("v.fa\tvirus\tx\n")
     assert train_main([str(manifest), "-o", str(tmp_path / "out"), "pack=tiny", "progress=false"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], lines
+    one_error_line(capsys.readouterr().err, message)
 
 
 def test_an_empty_labels_file_says_so(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 
 from benchmarks.bench_report import synthetic_out
 from tests import chromium
+from tests.helpers import one_error_line
 from vnp.results.report import write_report
 from vnp.results.report.data import TOP_N
 from vnp.results.report.plots import track_points
@@ -200,8 +201,7 @@ def test_long_sequences_are_binned_and_empty_chunks_stay_gaps():
 
 def test_vnp_report_on_a_folder_without_a_run_says_so(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2  # `vnp report OUT`
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("vnp: error: ") and "run.json" in err[0]
+    one_error_line(capsys.readouterr().err, "run.json")
     assert not (tmp_path / "report.html").exists()
 
 

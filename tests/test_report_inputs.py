@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_report import synthetic_out
+from tests.helpers import one_error_line
 from vnp.report import main as report_main
 
 
@@ -37,8 +38,7 @@ def edit(out: Path, change) -> None:
 def test_a_mistyped_run_json_is_one_line(out, capsys, change, message):
     edit(out, change)
     assert report_main([str(out)]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], lines
+    one_error_line(capsys.readouterr().err, message)
     assert not (out / "report.html").exists() and not list(out.glob("*.tmp"))
 
 
@@ -55,5 +55,4 @@ def test_a_file_that_is_not_utf8_is_one_line(out, capsys, name, message):
     lines[row] = lines[row][:5] + b"\xe9" + lines[row][5:]
     path.write_bytes(b"\n".join(lines))
     assert report_main([str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("vnp: error: ") and message in err[0], err
+    one_error_line(capsys.readouterr().err, message)

@@ -19,6 +19,7 @@ from tests.helpers import (
     ROOT,
     built_once,
     child_env,
+    error_lines,
     one_error_line,
     predict_ok,
     rank_pid,
@@ -189,7 +190,7 @@ def test_failing_rank_ends_the_job_quickly_under_torchrun(long_input, tmp_path):
                 "-o", str(out), *ARGS[:-1], "dist.timeout_s=20"], timeout=120)
     assert proc.returncode != 0
     assert time.time() - started < 60
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("vnp: error")]
+    lines = error_lines(proc.stderr)
     assert lines == [f"vnp: error: rank 1 failed: RuntimeError: injected failure (log: {out}/logs/rank1.log)"]
     assert "injected failure" in (out / "logs" / "rank1.log").read_text()
 

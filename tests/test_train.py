@@ -22,7 +22,7 @@ from Bio.SeqFeature import FeatureLocation, SeqFeature
 from Bio.SeqRecord import SeqRecord
 from safetensors.numpy import load_file
 
-from tests.helpers import ROOT, built_once, child_env, launcher, run
+from tests.helpers import ROOT, built_once, child_env, launcher, one_error_line, run
 from vnp.demo import SENSE_CODONS, random_dna
 from vnp.evaluate import main as evaluate_main
 from vnp.predict import main as predict_main
@@ -307,8 +307,7 @@ def test_bad_manifest_is_one_line(tmp_path, capsys, case, message):
     manifest = write_bad(tmp_path, case)
     in_process = [a for a in COMMON if not a.startswith("threads=")]  # leave pytest's threads alone
     assert train_main([str(manifest), "-o", str(tmp_path / "out"), *in_process]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vnp: error: ") and message in lines[0], lines
+    one_error_line(capsys.readouterr().err, message)
 
 
 def test_bad_train_key_is_one_line(tmp_path, capsys):

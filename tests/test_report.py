@@ -299,3 +299,54 @@ def test_the_fdr_curve_follows_the_calls_rule_for_ties():
     np.testing.assert_array_equal(k, np.arange(1, 7))
     np.testing.assert_allclose(fdr, estimated_fdr(p, np.ones(6, bool)))
     assert fdr[2] == fdr[3] == fdr[4] == pytest.approx((0.01 + 0.1 + 0.2 * 3) / 5)
+
+
+def track_args(rid: str, length: int, scores: list[float], regions=()) -> tuple:
+    """TrackFigure.draw's arguments for chunks of 500 bp with `scores` (NaN: no frames)."""
+    from vnp.results.report.data import CallRules
+
+    start = np.arange(len(scores)) * 500 + 1
+    track = {"start": start, "end": np.minimum(start + 499, length), "score": np.array(scores, float)}
+    return rid, length, track, list(regions), CallRules(min_score=0.7, min_fraction=0.5, recorded=True)
+
+
+def svg_of(uri: str) -> str:
+    import base64
+
+    return base64.b64decode(uri.split(",", 1)[1]).decode()
+
+
+def test_a_track_drawn_after_another_equals_one_drawn_alone():
+    """The report draws every track on one figure: nothing of the previous track (its regions, its
+    gaps, its points, its title or axis unit) is left on the next one."""
+    from vnp.results.report.plots import TrackFigure, _pyplot
+
+    busy = track_args("x" * 70, 150_000, [np.nan] * 10 + list(np.linspace(0, 1, 290)), [(1, 20_000, "partial")])
+    plain_one = track_args("b", 1500, [0.2, 0.4, 0.9])
+    figure = TrackFigure(_pyplot())
+    figure.draw(*busy)
+    after = figure.draw(*plain_one)
+    figure.close()
+    alone = TrackFigure(_pyplot())
+    assert after == alone.draw(*plain_one)
+    alone.close()
+    assert "called region" not in svg_of(after) and "chunk without frames" not in svg_of(after)
+
+
+def test_every_track_has_the_same_size_and_a_title_that_fits():
+    """Fixed margins, not a tight bounding box: the tracks line up on the page whatever their tick
+    labels or legend, and a long sequence ID is cut to TITLE_CHARS (the page gives it whole)."""
+    import re
+
+    from vnp.results.report.plots import TITLE_CHARS, TrackFigure, _pyplot
+
+    figure = TrackFigure(_pyplot())
+    long_id = "NODE_1_length_150000_cov_12.345678_" + "z" * 40
+    svgs = [svg_of(figure.draw(*args)) for args in (
+        track_args(long_id, 150_000, list(np.linspace(0, 1, 300)), [(1, 20_000, "partial")]),
+        track_args("short", 1500, [0.2, np.nan, 0.9]),
+        track_args("mid", 9_999, [0.5] * 20))]
+    figure.close()
+    sizes = {re.search(r'<svg[^>]* width="([\d.]+pt)" height="([\d.]+pt)"', svg).groups() for svg in svgs}
+    assert len(sizes) == 1
+    assert long_id[:TITLE_CHARS - 1] + "…" in svgs[0] and long_id[:TITLE_CHARS] not in svgs[0]

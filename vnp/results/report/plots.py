@@ -43,11 +43,50 @@ def _pyplot():
     return plt
 
 
-def _svg_uri(fig) -> str:
+@dataclass(frozen=True)
+class Layout:
+    """A figure's size and the margins its axes leave for tick labels, axis labels, titles and
+    legends, all in inches. Fixed margins instead of a tight bounding box at save time: that costs a
+    second draw of the figure, and gives each score track a different plot area."""
+
+    width: float
+    height: float
+    left: float = 0.85  # six-digit tick labels and the axis label
+    right: float = 0.25
+    top: float = 0.35
+    bottom: float = 0.55
+    gap: float = 0.0  # between panels side by side
+
+    def figure(self, plt, panels: int = 1):
+        fig, axes = plt.subplots(1, panels, figsize=(self.width, self.height))
+        panel = (self.width - self.left - self.right - self.gap * (panels - 1)) / panels
+        fig.subplots_adjust(left=self.left / self.width, right=1 - self.right / self.width,
+                            bottom=self.bottom / self.height, top=1 - self.top / self.height,
+                            wspace=self.gap / panel)
+        return fig, axes
+
+    def below_axes(self, inches: float) -> tuple[float, float]:
+        """The point `inches` under the middle of the axes' bottom edge, in axes coordinates (where
+        a legend below the axes hangs from)."""
+        return 0.5, -inches / (self.height - self.top - self.bottom)
+
+
+LABELS_LAYOUT = dict(left=0.9, right=0.2)  # room for the label names
+SCORES_LAYOUT = Layout(6.0, 4.0, bottom=1.3)  # legend (a title, up to 3 rows) under the axis label
+SHARE_LAYOUT = Layout(6.0, 3.1)
+TRACK_LAYOUT = Layout(6.0, 2.9, left=0.75, bottom=0.95)  # legend (up to 2 rows) under the axis label
+PROGRESS_LAYOUT = Layout(10.0, 3.0, gap=1.0)
+RANKS_TOP = 0.8  # title and legend (up to 2 rows) above the bars
+CALIBRATION_LAYOUT = Layout(13.0, 3.6, gap=1.0)
+TITLE_CHARS = 48  # a track's title (its sequence ID) that fits above the axes; the page gives it whole
+
+
+def _svg_uri(fig, close: bool = True) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    fig.clear()
-    pyplot().close(fig)
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    if close:
+        fig.clear()
+        pyplot().close(fig)
     svg = buffer.getvalue()
     svg = svg[svg.index(b"<svg"):]  # no XML declaration or DOCTYPE (an external DTD reference)
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
@@ -55,7 +94,7 @@ def _svg_uri(fig) -> str:
 
 def plot_labels(plt, labels: dict[str, int]) -> str:
     names = sorted(labels, key=lambda k: -labels[k])
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(names)))
+    fig, ax = Layout(6.0, 0.9 + 0.45 * len(names), **LABELS_LAYOUT).figure(plt)
     bars = ax.barh(names, [labels[n] for n in names], color=[COLOURS.get(n, "#56B4E9") for n in names])
     ax.bar_label(bars, labels=[f"{labels[n]:,}" for n in names], padding=3)
     ax.invert_yaxis()
@@ -67,12 +106,11 @@ def plot_labels(plt, labels: dict[str, int]) -> str:
 
 
 def plot_scores(plt, hist: dict[str, np.ndarray], rules: CallRules) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    widths = np.diff(SCORE_BINS)
-    bottom = np.zeros(len(widths))
-    for label in sorted(hist):
-        ax.bar(SCORE_BINS[:-1], hist[label], widths, bottom=bottom, align="edge",
-               color=COLOURS.get(label, "#56B4E9"), label=f"called {label}", edgecolor="white", linewidth=0.3)
+    fig, ax = SCORES_LAYOUT.figure(plt)
+    bottom = np.zeros(len(SCORE_BINS) - 1)
+    for label in sorted(hist):  # stacked: one filled step outline per call (50 bars each would be 50 artists)
+        ax.stairs(bottom + hist[label], SCORE_BINS, baseline=bottom, fill=True,
+                  color=COLOURS.get(label, "#56B4E9"), label=f"called {label}")
         bottom = bottom + hist[label]
     _score_lines(ax, rules, vertical=True)
     ax.set_xlim(0, 1)
@@ -82,14 +120,14 @@ def plot_scores(plt, hist: dict[str, np.ndarray], rules: CallRules) -> str:
     if bottom.max() > 0 and bottom.max() / max(1, np.median(bottom[bottom > 0])) > 100:
         ax.set_yscale("log")
         ax.set_ylabel("chunks (log scale)")
-    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2,
+    ax.legend(frameon=False, fontsize=8, loc="upper center", bbox_to_anchor=SCORES_LAYOUT.below_axes(0.55), ncols=2,
               title="colour: the chunk's call (see the note above)", title_fontsize=8)
     ax.set_title("Chunk virus scores", loc="left")
     return _svg_uri(fig)
 
 
 def plot_share(plt, hist: np.ndarray, rules: CallRules) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = SHARE_LAYOUT.figure(plt)
     colours = [COLOURS["virus"] if low >= rules.min_fraction else COLOURS["others"] for low in SHARE_BINS[:-1]]
     ax.bar(SHARE_BINS[:-1] * 100, hist, np.diff(SHARE_BINS) * 100, align="edge", color=colours,
            edgecolor="white", linewidth=0.5)
@@ -121,30 +159,45 @@ def track_points(start: np.ndarray, end: np.ndarray, score: np.ndarray, limit: i
     return (edges[:-1] + edges[1:]) / 2, best, (edges[:-1], edges[1:])
 
 
-def plot_track(plt, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
-               rules: CallRules) -> str:
-    fig, ax = plt.subplots(figsize=(6, 2.3))
-    scale, unit = (1e3, "kb") if length >= 10_000 else (1.0, "bp")
-    if regions:  # one collection, however many regions
-        ax.broken_barh([((start - 1) / scale, (end - start + 1) / scale) for start, end, _ in regions], (-0.05, 1.1),
-                       color=COLOURS["virus"], alpha=0.12, linewidth=0, label="called region")
-    x, y, (lo, hi) = track_points(track["start"], track["end"], track["score"])
-    empty = np.isnan(y)
-    if len(x) <= 60:  # few chunks: each chunk's span as a bar at its score, plus its midpoint
-        ax.hlines(y[~empty], lo[~empty] / scale, hi[~empty] / scale, color=COLOURS["others"], alpha=0.3, linewidth=3)
-    ax.plot(x / scale, y, color=COLOURS["others"], linewidth=1.2, marker="o" if len(x) <= 200 else None,
-            markersize=3, label="chunk virus score")
-    if empty.any():  # a gap in the line; the chunk's (or bin's) span drawn grey along the bottom
-        ax.hlines(np.zeros(int(empty.sum())), lo[empty] / scale, hi[empty] / scale, color=COLOURS["no_frames"],
-                  linewidth=5, label="chunk without frames")
-    _score_lines(ax, rules, vertical=False)
-    ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncols=3)
-    ax.set_xlim(0, length / scale)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("virus score")
-    ax.set_xlabel(f"position ({unit})")
-    ax.set_title(rid if len(rid) <= 60 else rid[:59] + "…", loc="left", fontsize=10)
-    return _svg_uri(fig)
+class TrackFigure:
+    """One figure for every score track of a report: each track removes the previous track's
+    artists and keeps the axes (their ticks and layout), so a track costs one draw, not a new figure."""
+
+    def __init__(self, plt) -> None:
+        self.fig, self.ax = TRACK_LAYOUT.figure(plt)
+        self.ax.set_yticks(np.linspace(0.0, 1.0, 6))
+
+    def draw(self, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
+             rules: CallRules) -> str:
+        ax = self.ax
+        for artist in [*ax.lines, *ax.collections, *ax.patches]:
+            artist.remove()
+        scale, unit = (1e3, "kb") if length >= 10_000 else (1.0, "bp")
+        if regions:  # one collection, however many regions
+            ax.broken_barh([((start - 1) / scale, (end - start + 1) / scale) for start, end, _ in regions],
+                           (-0.05, 1.1), color=COLOURS["virus"], alpha=0.12, linewidth=0, label="called region")
+        x, y, (lo, hi) = track_points(track["start"], track["end"], track["score"])
+        empty = np.isnan(y)
+        if len(x) <= 60:  # few chunks: each chunk's span as a bar at its score, plus its midpoint
+            ax.hlines(y[~empty], lo[~empty] / scale, hi[~empty] / scale, color=COLOURS["others"], alpha=0.3,
+                      linewidth=3)
+        ax.plot(x / scale, y, color=COLOURS["others"], linewidth=1.2, marker="o" if len(x) <= 200 else None,
+                markersize=3, label="chunk virus score")
+        if empty.any():  # a gap in the line; the chunk's (or bin's) span drawn grey along the bottom
+            ax.hlines(np.zeros(int(empty.sum())), lo[empty] / scale, hi[empty] / scale, color=COLOURS["no_frames"],
+                      linewidth=5, label="chunk without frames")
+        _score_lines(ax, rules, vertical=False)
+        ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=TRACK_LAYOUT.below_axes(0.5), ncols=3)
+        ax.set_xlim(0, length / scale)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("virus score")
+        ax.set_xlabel(f"position ({unit})")
+        ax.set_title(rid if len(rid) <= TITLE_CHARS else rid[:TITLE_CHARS - 1] + "…", loc="left", fontsize=10)
+        return _svg_uri(self.fig, close=False)
+
+    def close(self) -> None:
+        self.fig.clear()
+        pyplot().close(self.fig)
 
 
 def progress_arrays(samples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -176,7 +229,7 @@ def plot_progress(plt, samples: list[dict]) -> str | None:
     t, chunks, frames = progress_arrays(samples)
     if len(t) < 2:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3))
+    fig, (left, right) = PROGRESS_LAYOUT.figure(plt, panels=2)
     left.plot(t, chunks, color=COLOURS["others"], label="chunks")
     left.plot(t, frames, color=COLOURS["virus"], label="frames")
     left.set_xlabel("time since start (s)")
@@ -184,7 +237,6 @@ def plot_progress(plt, samples: list[dict]) -> str | None:
     left.set_title("Progress")
     left.legend(frameon=False)
     draw_throughput(right, samples)
-    fig.tight_layout()
     return _svg_uri(fig)
 
 
@@ -208,7 +260,7 @@ def plot_ranks(plt, per_rank: list[dict]) -> str | None:
     palette = {"busy (model forwards)": COLOURS["busy"], "waiting on exchange": COLOURS["wait"],
                "other": COLOURS["other"]}
     spare = iter(["#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#F0E442", "#0072B2", "#D55E00", "#999999"])
-    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.4 * len(rows)))
+    fig, ax = Layout(8.0, RANKS_TOP + 0.55 + 0.4 * len(rows), left=1.0, top=RANKS_TOP).figure(plt)
     left = np.zeros(len(rows))
     labels = [f"rank {rank}" for rank, _ in rows]
     for name in names:
@@ -248,10 +300,12 @@ def draw(report: Report) -> Figures:
         figs.share = plot_share(plt, report.contigs.share_hist, report.rules)
     if report.chunks is not None:
         lengths = {r["sequence_id"]: int(r.get("length", 0) or 0) for r in report.contigs.top}
+        tracks = TrackFigure(plt)
         for rid, track in report.chunks.tracks.items():
             regions = report.regions.of_tracks.get(rid, []) if report.regions else []
             length = lengths.get(rid) or int(track["end"].max())
-            figs.tracks[rid] = plot_track(plt, rid, length, track, regions, report.rules)
+            figs.tracks[rid] = tracks.draw(rid, length, track, regions, report.rules)
+        tracks.close()
     progress = report.run.get("progress")
     figs.progress = plot_progress(plt, progress) if progress else None
     per_rank = report.run.get("timings_s", {}).get("per_rank", [])
@@ -266,7 +320,7 @@ def plot_calibration(plt, cal: Calibrated, p: np.ndarray, called: int) -> str:
     """Reliability diagram (out of fold, from the file), the histogram of sequence probabilities
     (`p`, decreasing) and the estimated FDR against the number of sequences called by decreasing
     probability, with the sequences called and call.max_fdr marked."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = CALIBRATION_LAYOUT.figure(plt, panels=3)
     for level, rows in (cal.bins or {}).items():
         axes[0].plot([r["mean_probability"] for r in rows], [r["virus_share"] for r in rows], marker="o",
                      label=f"{level}s", color=COLOURS["virus" if level == "sequence" else "others"])

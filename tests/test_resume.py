@@ -34,7 +34,7 @@ from vnp.predict import main as predict_main
 
 pytestmark = pytest.mark.slow
 # Frequent commits, so that runs of a few seconds leave several parts to kill and resume between.
-ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "engine.commit_every_steps=8",
+ARGS = ["pack=tiny", "progress=false", "threads=1", "batch.unit_chunks=2", "engine.commit_every_steps=4",
         "dist.timeout_s=60"]
 
 

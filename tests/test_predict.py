@@ -160,14 +160,21 @@ def test_chunk_and_contig_calls_follow_the_scores(single_run, expected_scores):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_torchrun_tables_and_embeddings_identical(single_run, saved_single, mixed, tmp_path, ranks):
+@pytest.mark.parametrize("launch", ["torchrun-3", "gpus-2"])
+def test_torchrun_tables_and_embeddings_identical(single_run, saved_single, mixed, tmp_path, launch):
     """The ranks deal units by cost, so embeddings parts arrive out of input order: same tables,
-    same IDs and rows as one rank."""
+    same IDs and rows as one rank. On 3 ranks by torchrun, and on 2 by `vnp predict --gpus 0,1`,
+    which starts torchrun itself (device=cpu: the flag sets the ranks, whatever the device)."""
     from vnp.results.tables import load_embeddings
 
     out = tmp_path / "out"
-    predict_ok(ranks, mixed, out, [*COMMON, "save_embeddings=true"])
+    args = [*COMMON, "save_embeddings=true"]
+    if launch == "gpus-2":
+        proc = run([str(BIN / "vnp"), "predict", "--gpus", "0,1", str(mixed), "-o", str(out), "device=cpu", *args])
+        assert proc.returncode == 0, proc.stderr
+    else:
+        predict_ok(3, mixed, out, args)
+    assert json.loads((out / "run.json").read_text())["world_size"] == int(launch[-1])
     assert tables(out) == tables(single_run) == tables(saved_single)
     (ids1, vectors1), (ids, vectors) = load_embeddings(saved_single), load_embeddings(out)
     assert list(ids) == list(ids1) and np.array_equal(vectors, vectors1)
@@ -211,15 +218,6 @@ def test_more_ranks_than_chunks(tmp_path):
     proc = run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node=3", "-m", "vnp.predict", "-o", str(multi), *args])
     assert proc.returncode == 0, proc.stderr
     assert tables(multi) == tables(single)
-
-
-@pytest.mark.slow
-def test_gpus_flag_relaunches_under_torchrun(single_run, mixed, tmp_path):
-    out = tmp_path / "out"
-    proc = run([str(BIN / "vnp"), "predict", "--gpus", "0,1", str(mixed), "-o", str(out), "device=cpu", *COMMON])
-    assert proc.returncode == 0, proc.stderr
-    assert tables(out) == tables(single_run)
-    assert json.loads((out / "run.json").read_text())["world_size"] == 2
 
 
 def test_save_embeddings(saved_single):

@@ -10,15 +10,14 @@ The folders are built through vnp's own packer and score store, as `vnp predict`
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import child_env, one_error_line, write_mixed_input
+from tests.helpers import one_error_line, write_mixed_input
 from vnp.call import call
+from vnp.cli import main as cli_main
 from vnp.calibrate import calibrate
 from vnp.support.config import PRESETS, PredictConfig, load_config, to_yaml
 from vnp.results.tables import RESULT_FILES
@@ -71,9 +70,6 @@ def synthetic_run(out: Path, n: int, share: float, seed: int, max_chunks: int = 
     return virus
 
 
-def vnp(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vnp.cli", *args], capture_output=True, text=True,
-                          env=child_env(), cwd=ROOT, timeout=300)
 
 
 def tables(out: Path) -> dict[str, bytes]:
@@ -242,31 +238,33 @@ def test_a_preset_in_vnp_call_starts_over(fitted):
     assert load_config(str(run / "config.yaml"), []).call.min_score == PRESETS["conservative"]["call.min_score"]
 
 
-def refusal(proc: subprocess.CompletedProcess, text: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    one_error_line(proc.stderr, text)
+def refusal(capsys, text: str, *args: str) -> None:
+    """`vnp ARGS` (in this process: the words are the subject) exits 2 with one line holding `text`."""
+    capsys.readouterr()
+    assert cli_main(list(args)) == 2
+    one_error_line(capsys.readouterr().err, text)
 
 
-def test_refusals(fitted, tmp_path):
+def test_refusals(fitted, tmp_path, capsys):
     path, _, tmp = fitted
     small = tmp_path / "small"
     synthetic_run(small, 120, 0.3, seed=4)
-    refusal(vnp("calibrate", str(small), str(small / "labels.tsv"), "-o", str(tmp_path / "c.json")),
-            "at least 50 of each class are needed")
+    refusal(capsys, "at least 50 of each class are needed",
+            "calibrate", str(small), str(small / "labels.tsv"), "-o", str(tmp_path / "c.json"))
     assert not (tmp_path / "c.json").exists()
     none = tmp_path / "none"
     synthetic_run(none, 300, 0.0, seed=4)
-    refusal(vnp("calibrate", str(none), str(none / "labels.tsv"), "-o", str(tmp_path / "c.json")),
-            "(one class is missing)")
-    refusal(vnp("calibrate", str(none), "-o", str(tmp_path / "c.json")), "give each run with its labels")
+    refusal(capsys, "(one class is missing)",
+            "calibrate", str(none), str(none / "labels.tsv"), "-o", str(tmp_path / "c.json"))
+    refusal(capsys, "give each run with its labels", "calibrate", str(none), "-o", str(tmp_path / "c.json"))
     (tmp_path / "stranger.tsv").write_text("s1\tvirus\nnope\tothers\n")
-    refusal(vnp("calibrate", str(none), str(tmp_path / "stranger.tsv"), "-o", str(tmp_path / "c.json")),
-            "1 IDs are neither sequences nor chunks")
+    refusal(capsys, "1 IDs are neither sequences nor chunks",
+            "calibrate", str(none), str(tmp_path / "stranger.tsv"), "-o", str(tmp_path / "c.json"))
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
-    refusal(vnp("call", str(none), f"calibration={tmp_path / 'bad.json'}"), "not a vnp calibration file")
-    refusal(vnp("call", str(none), "call.max_fdr=0.05"), "call.max_fdr needs calibration=")
-    refusal(vnp("call", str(none), "call.preset=strict"), "call.preset must be relaxed, default or conservative")
-    refusal(vnp("call", str(none), f"calibration={tmp_path / 'missing.json'}"), "calibration file not found")
+    refusal(capsys, "not a vnp calibration file", "call", str(none), f"calibration={tmp_path / 'bad.json'}")
+    refusal(capsys, "call.max_fdr needs calibration=", "call", str(none), "call.max_fdr=0.05")
+    refusal(capsys, "call.preset must be relaxed, default or conservative", "call", str(none), "call.preset=strict")
+    refusal(capsys, "calibration file not found", "call", str(none), f"calibration={tmp_path / 'missing.json'}")
 
 
 def test_chunk_labels_take_precedence_over_their_sequence(tmp_path):

@@ -109,3 +109,32 @@ def test_train_ranks_wait_for_a_long_preparation_on_the_heartbeat(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (out / "pack.yaml").exists()
     assert not [p for p in (out / "work").iterdir() if re.match(r"(ready|remaining|heartbeat)-", p.name)]
+
+
+@pytest.mark.parametrize("job_code", [0, "raises"])
+def test_a_rank_gives_back_the_torch_threads_it_set(job_code, tmp_path, monkeypatch):
+    """run_rank sets torch's CPU threads for its job (threads=1) and restores them when the job ends,
+    however it ends: a command run in a process that goes on (a test, a notebook, a workflow step
+    in Python) leaves that process's threads as they were."""
+    import torch
+
+    from vnp.run.lifecycle import run_rank
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+
+    def job(rank) -> int:
+        seen.append(torch.get_num_threads())
+        if job_code == "raises":
+            raise InputError("in.fa: empty file")
+        return job_code
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code = run_rank(job, "cpu", "gloo", 30, threads=1, stoppable=False)
+        assert (seen, code) == ([1], 0 if job_code == 0 else 2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from vnp.run import dist as vdist
 from vnp.run.engine import StopFlag
 from vnp.run.folder import RunFolder
@@ -88,10 +90,12 @@ def run_rank(job: Callable[[Rank], int], device: str, backend: str, timeout_s: f
     """One rank's whole life around `job` (module docstring); its exit code. `threads`: the CPU
     threads setting (None leaves torch's); `stoppable`: a stop signal lets the job stop after its
     step (else the signal ends the process, as for `vnp embed`, which does not resume);
-    `folder_type`: what names the paths in OUT (`TrainingFolder` for `vnp train`'s DIR)."""
+    `folder_type`: what names the paths in OUT (`TrainingFolder` for `vnp train`'s DIR). The
+    threads it set are given back when the job ends, for a process that goes on (a test, a notebook)."""
     stop = StopFlag.install() if stoppable else StopFlag()
     folder = folder_type(out) if out is not None else None  # rank 0 holds OUT's lock until the end
     rank: Rank | None = None
+    threads_before = torch.get_num_threads()
     try:
         ctx = vdist.init(device, backend, timeout_s)
         rank = Rank(ctx, folder, stop, timeout_s)
@@ -113,6 +117,7 @@ def run_rank(job: Callable[[Rank], int], device: str, backend: str, timeout_s: f
         if rank is not None and rank.alive is not None:
             rank.alive.stop(remove=True)  # before leaving the group: rank 0 then knows it ended by itself
         vdist.cleanup()
+        torch.set_num_threads(threads_before)
         if folder is not None:
             if rank is not None and rank.ctx.is_main and rank.prepared and folder.locked:
                 folder.remove_handshake_files()  # whatever the exit: not left for the next start

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
 pysam = pytest.importorskip("pysam")
 
-from tests.helpers import run  # noqa: E402
+from tests.helpers import one_error_line  # noqa: E402
 from vnp.support.errors import InputError  # noqa: E402
 from vnp.run.plan import pack_inputs  # noqa: E402
 from vnp.seq.seqio import iter_records  # noqa: E402
 from vnp.seq.frames import reverse_complement  # noqa: E402
+from vnp.predict import main as predict_main  # noqa: E402
 
 UNMAPPED, PAIRED, MATE_UNMAPPED, REVERSE = 0x4, 0x1, 0x8, 0x10
 READ1, READ2, SECONDARY = 0x40, 0x80, 0x100
@@ -74,7 +74,7 @@ BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b00030000000000000000
     (b"", r"truncated or corrupt BAM data \(no BGZF EOF marker; file may be truncated\)"),
     (BGZF_EOF, r"truncated or corrupt BAM data after \d+ reads$"),  # cut inside a block, EOF block kept
 ], ids=["cut", "cut-eof-kept"])
-def test_truncated_bam_is_one_line_exit_2_and_nothing_packed(tmp_path, ending, problem):
+def test_truncated_bam_is_one_line_exit_2_and_nothing_packed(tmp_path, ending, problem, capsys):
     reads = [(f"r{i}", UNMAPPED, "ACGT" * 50) for i in range(3000)]
     whole = write_reads(tmp_path / "whole.bam", reads).read_bytes()
     cut = tmp_path / "cut.bam"
@@ -82,10 +82,9 @@ def test_truncated_bam_is_one_line_exit_2_and_nothing_packed(tmp_path, ending, p
     with pytest.raises(InputError, match=f"^{cut}: {problem}"):
         pack_inputs([cut], tmp_path / "work")
     assert not any((tmp_path / "work").iterdir())  # no packed file, no temporary left
-    proc = run([sys.executable, "-m", "vnp", "predict", str(cut), "-o", str(tmp_path / "out"), "pack=tiny",
-                "progress=false", "threads=1"])
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"vnp: error: {cut}: truncated or corrupt BAM")
+    capsys.readouterr()
+    assert predict_main([str(cut), "-o", str(tmp_path / "out"), "pack=tiny", "progress=false", "threads=1"]) == 2
+    assert one_error_line(capsys.readouterr().err).startswith(f"vnp: error: {cut}: truncated or corrupt BAM")
 
 
 @pytest.mark.parametrize("stale", [0, 2, 5])
@@ -107,7 +106,6 @@ def test_a_cut_bam_says_the_same_whatever_errno_htslib_left(tmp_path, stale):
         list(records)
 
 
-@pytest.mark.slow
 def test_predict_on_a_bam_equals_predict_on_the_same_reads_as_fasta(tmp_path):
     from vnp.demo import coding_like
 
@@ -120,8 +118,7 @@ def test_predict_on_a_bam_equals_predict_on_the_same_reads_as_fasta(tmp_path):
     outs = {}
     for path in (bam, fasta):
         out = tmp_path / f"out_{path.suffix[1:]}"
-        proc = run([sys.executable, "-m", "vnp", "predict", str(path), "-o", str(out), *common])
-        assert proc.returncode == 0, proc.stderr
+        assert predict_main([str(path), "-o", str(out), *common]) == 0  # in this process: the reader is the subject
         outs[path.suffix] = out
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv", "chunks.tsv"):
         assert (outs[".bam"] / name).read_bytes() == (outs[".fa"] / name).read_bytes(), name

@@ -143,20 +143,19 @@ def test_interrupted_download_resumes_with_a_range_request(fetched, sources):
     assert esm_gets == [None, f"bytes={len(sources['esm']) // 2}-"]
 
 
-def test_verify_passes_then_fails_on_one_changed_byte(fetched, tmp_path):
+def test_verify_passes_then_fails_on_one_changed_byte(fetched, tmp_path, capsys):
     out, _ = fetched
-    proc = vnp("models", "verify", str(out))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{out}: verified: 7 of 7 files" in proc.stdout
+    assert vnp_main(["models", "verify", str(out)]) == 0
+    assert f"{out}: verified: 7 of 7 files" in capsys.readouterr().out
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
     weights = copy / "classifier" / "classifier.safetensors"
     data = bytearray(weights.read_bytes())
     data[-3] ^= 1
     weights.write_bytes(bytes(data))
-    proc = vnp("models", "verify", str(copy))
-    assert proc.returncode == 1
-    assert f"FAILED {weights}: sha256" in proc.stdout and f"{copy}: FAILED: 6 of 7" in proc.stdout
+    assert vnp_main(["models", "verify", str(copy)]) == 1
+    said = capsys.readouterr().out
+    assert f"FAILED {weights}: sha256" in said and f"{copy}: FAILED: 6 of 7" in said
 
 
 def test_fetched_pack_predicts_as_the_tiny_pack(fetched, sources, tmp_path, private_digest_cache):
@@ -307,6 +306,6 @@ def test_one_download_per_node(sources, tmp_path):
     assert proc.returncode == 0, proc.stderr
     gets = [path for method, path, _ in mirror.requests if method == "GET" and "/resolve/" in path]
     assert sorted(gets) == sorted(f"/{REPO}/resolve/{COMMIT}/{name}" for name in sources["dnabert"])
-    proc = vnp("predict", str(fasta), "-o", str(tmp_path / "direct"), f"pack={sources['tiny'] / 'pack.yaml'}", *COMMON)
-    assert proc.returncode == 0, proc.stderr
+    assert predict_main([str(fasta), "-o", str(tmp_path / "direct"), f"pack={sources['tiny'] / 'pack.yaml'}",
+                         *COMMON]) == 0  # the reference, in this process
     assert tables(tmp_path / "hub") == tables(tmp_path / "direct")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -65,28 +65,36 @@ class Layout:
                             wspace=self.gap / panel)
         return fig, axes
 
+    def taller(self, inches: float) -> "Layout":
+        """This layout with `inches` more plot height (a bar per row)."""
+        return replace(self, height=self.height + inches)
+
     def below_axes(self, inches: float) -> tuple[float, float]:
         """The point `inches` under the middle of the axes' bottom edge, in axes coordinates (where
         a legend below the axes hangs from)."""
         return 0.5, -inches / (self.height - self.top - self.bottom)
 
 
-LABELS_LAYOUT = dict(left=0.9, right=0.2)  # room for the label names
+LABELS_LAYOUT = Layout(6.0, 0.9, left=0.9, right=0.2)  # room for the label names; taller by the labels
 SCORES_LAYOUT = Layout(6.0, 4.0, bottom=1.3)  # legend (a title, up to 3 rows) under the axis label
 SHARE_LAYOUT = Layout(6.0, 3.1)
 TRACK_LAYOUT = Layout(6.0, 2.9, left=0.75, bottom=0.95)  # legend (up to 2 rows) under the axis label
 PROGRESS_LAYOUT = Layout(10.0, 3.0, gap=1.0)
-RANKS_TOP = 0.8  # title and legend (up to 2 rows) above the bars
+RANKS_LAYOUT = Layout(8.0, 1.35, left=1.0, top=0.8)  # title and legend (up to 2 rows) above; taller by the ranks
 CALIBRATION_LAYOUT = Layout(13.0, 3.6, gap=1.0)
 TITLE_CHARS = 48  # a track's title (its sequence ID) that fits above the axes; the page gives it whole
+
+
+def _close(fig) -> None:
+    fig.clear()
+    pyplot().close(fig)
 
 
 def _svg_uri(fig, close: bool = True) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None})
     if close:
-        fig.clear()
-        pyplot().close(fig)
+        _close(fig)
     svg = buffer.getvalue()
     svg = svg[svg.index(b"<svg"):]  # no XML declaration or DOCTYPE (an external DTD reference)
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
@@ -94,7 +102,7 @@ def _svg_uri(fig, close: bool = True) -> str:
 
 def plot_labels(plt, labels: dict[str, int]) -> str:
     names = sorted(labels, key=lambda k: -labels[k])
-    fig, ax = Layout(6.0, 0.9 + 0.45 * len(names), **LABELS_LAYOUT).figure(plt)
+    fig, ax = LABELS_LAYOUT.taller(0.45 * len(names)).figure(plt)
     bars = ax.barh(names, [labels[n] for n in names], color=[COLOURS.get(n, "#56B4E9") for n in names])
     ax.bar_label(bars, labels=[f"{labels[n]:,}" for n in names], padding=3)
     ax.invert_yaxis()
@@ -165,7 +173,9 @@ class TrackFigure:
 
     def __init__(self, plt) -> None:
         self.fig, self.ax = TRACK_LAYOUT.figure(plt)
+        self.ax.set_ylim(-0.05, 1.05)  # what every track shares is set once
         self.ax.set_yticks(np.linspace(0.0, 1.0, 6))
+        self.ax.set_ylabel("virus score")
 
     def draw(self, rid: str, length: int, track: dict[str, np.ndarray], regions: list[tuple[int, int, str]],
              rules: CallRules) -> str:
@@ -189,15 +199,12 @@ class TrackFigure:
         _score_lines(ax, rules, vertical=False)
         ax.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=TRACK_LAYOUT.below_axes(0.5), ncols=3)
         ax.set_xlim(0, length / scale)
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_ylabel("virus score")
         ax.set_xlabel(f"position ({unit})")
         ax.set_title(rid if len(rid) <= TITLE_CHARS else rid[:TITLE_CHARS - 1] + "…", loc="left", fontsize=10)
         return _svg_uri(self.fig, close=False)
 
     def close(self) -> None:
-        self.fig.clear()
-        pyplot().close(self.fig)
+        _close(self.fig)
 
 
 def progress_arrays(samples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -260,7 +267,7 @@ def plot_ranks(plt, per_rank: list[dict]) -> str | None:
     palette = {"busy (model forwards)": COLOURS["busy"], "waiting on exchange": COLOURS["wait"],
                "other": COLOURS["other"]}
     spare = iter(["#56B4E9", "#009E73", "#E69F00", "#CC79A7", "#F0E442", "#0072B2", "#D55E00", "#999999"])
-    fig, ax = Layout(8.0, RANKS_TOP + 0.55 + 0.4 * len(rows), left=1.0, top=RANKS_TOP).figure(plt)
+    fig, ax = RANKS_LAYOUT.taller(0.4 * len(rows)).figure(plt)
     left = np.zeros(len(rows))
     labels = [f"rank {rank}" for rank, _ in rows]
     for name in names:

@@ -70,8 +70,6 @@ def synthetic_run(out: Path, n: int, share: float, seed: int, max_chunks: int = 
     return virus
 
 
-
-
 def tables(out: Path) -> dict[str, bytes]:
     """Every file `vnp call` writes (a synthetic run has no per-frame table)."""
     return {name: (out / name).read_bytes() for name in RESULT_FILES}

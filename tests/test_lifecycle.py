@@ -112,7 +112,7 @@ def test_train_ranks_wait_for_a_long_preparation_on_the_heartbeat(tmp_path):
 
 
 @pytest.mark.parametrize("job_code", [0, "raises"])
-def test_a_rank_gives_back_the_torch_threads_it_set(job_code, tmp_path, monkeypatch):
+def test_a_rank_gives_back_the_torch_threads_it_set(job_code):
     """run_rank sets torch's CPU threads for its job (threads=1) and restores them when the job ends,
     however it ends: a command run in a process that goes on (a test, a notebook, a workflow step
     in Python) leaves that process's threads as they were."""
@@ -120,8 +120,6 @@ def test_a_rank_gives_back_the_torch_threads_it_set(job_code, tmp_path, monkeypa
 
     from vnp.run.lifecycle import run_rank
 
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
     seen = []
 
     def job(rank) -> int:
